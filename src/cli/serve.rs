@@ -1,0 +1,216 @@
+//! `discovered serve`: runs the gRPC server on Redis or in memory.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::model::validate_name;
+use crate::server::{self, Defaults};
+use crate::store::{MemoryRegistry, RedisConfig, RedisRegistry, Registry};
+
+/// Flags of `discovered serve`. Each also reads an environment variable.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "DISCOVERED_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+
+    /// Redis to keep the registry in, as a redis:// or rediss:// URL.
+    /// Without it (and without any --redis-* flag) the registry is kept in
+    /// memory, for this process only.
+    #[arg(long, env = "DISCOVERED_REDIS_URL", conflicts_with_all = ["redis_host", "redis_port", "redis_db", "redis_username", "redis_password"])]
+    redis_url: Option<String>,
+
+    /// Redis host [default when another --redis-* flag is given: localhost].
+    #[arg(long, env = "DISCOVERED_REDIS_HOST")]
+    redis_host: Option<String>,
+
+    /// Redis port [default when another --redis-* flag is given: 6379].
+    #[arg(long, env = "DISCOVERED_REDIS_PORT")]
+    redis_port: Option<u16>,
+
+    /// Redis database index [default when another --redis-* flag is given: 0].
+    #[arg(long, env = "DISCOVERED_REDIS_DB")]
+    redis_db: Option<i64>,
+
+    /// Redis ACL user name (Redis 6+); omit for the default user.
+    #[arg(long, env = "DISCOVERED_REDIS_USERNAME")]
+    redis_username: Option<String>,
+
+    /// Redis password (AUTH); prefer the environment variable, which does
+    /// not show in the process list.
+    #[arg(long, env = "DISCOVERED_REDIS_PASSWORD", hide_env_values = true)]
+    redis_password: Option<String>,
+
+    /// First part of every Redis key, so several registries can share one
+    /// Redis database.
+    #[arg(long, env = "DISCOVERED_KEY_PREFIX", default_value = "discovered")]
+    key_prefix: String,
+
+    /// The group used when a request leaves service_group empty.
+    #[arg(long, env = "DISCOVERED_SERVICE_GROUP", default_value = "default")]
+    service_group: String,
+
+    /// Default node TTL in seconds, for registrations that give none; 0 or
+    /// less (or leaving it out) means nodes never expire.
+    #[arg(long, env = "DISCOVERED_NODE_TTL", allow_negative_numbers = true)]
+    node_ttl: Option<i64>,
+
+    /// Do not fill in a node's address from the caller when a registration
+    /// gives none (a request's `auto` field still overrides this).
+    #[arg(long, env = "DISCOVERED_NO_AUTO")]
+    no_auto: bool,
+
+    /// Seconds that in-flight calls may take to finish after SIGINT/SIGTERM.
+    #[arg(long, env = "DISCOVERED_DRAIN_TIMEOUT", default_value_t = 10)]
+    drain_timeout: u64,
+
+    /// Log format (levels follow RUST_LOG, default info).
+    #[arg(long, env = "DISCOVERED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl ServeArgs {
+    /// The Redis settings, or `None` for the in-memory store.
+    fn redis_config(&self) -> Result<Option<RedisConfig>, String> {
+        if let Some(url) = &self.redis_url {
+            return RedisConfig::from_url(url, &self.key_prefix).map(Some);
+        }
+        let any_part = self.redis_host.is_some()
+            || self.redis_port.is_some()
+            || self.redis_db.is_some()
+            || self.redis_username.is_some()
+            || self.redis_password.is_some();
+        if !any_part {
+            return Ok(None);
+        }
+        RedisConfig::from_parts(
+            self.redis_host.as_deref().unwrap_or("localhost"),
+            self.redis_port.unwrap_or(6379),
+            self.redis_db.unwrap_or(0),
+            self.redis_username.as_deref(),
+            self.redis_password.as_deref(),
+            &self.key_prefix,
+        )
+        .map(Some)
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM; returns the exit code.
+pub fn run(args: ServeArgs) -> ExitCode {
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    // rediss:// needs a TLS crypto provider; installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    validate_name("--service-group", &args.service_group).map_err(|e| e.to_string())?;
+    let defaults = Defaults {
+        service_group: args.service_group.clone(),
+        node_ttl: args
+            .node_ttl
+            .filter(|s| *s > 0)
+            .map(|s| Duration::from_secs(s as u64)),
+        auto: !args.no_auto,
+    };
+    let registry: Arc<dyn Registry> = match args.redis_config()? {
+        Some(config) => {
+            let redis = RedisRegistry::new(config).map_err(|e| e.to_string())?;
+            redis.check().await?;
+            Arc::new(redis)
+        }
+        None => {
+            tracing::warn!(
+                "no Redis configured: using the in-memory store (single process, lost on exit); pass --redis-url to share and keep the registry"
+            );
+            Arc::new(MemoryRegistry::new())
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    tracing::info!(
+        listen = %args.listen,
+        store = %registry.describe(),
+        default_group = %defaults.service_group,
+        node_ttl = ?defaults.node_ttl,
+        auto = defaults.auto,
+        "discovered serving"
+    );
+    server::serve(
+        registry,
+        defaults,
+        listener,
+        shutdown_signal(),
+        Duration::from_secs(args.drain_timeout),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,25 @@
+//! `discovered`: a service-discovery server that speaks gRPC and keeps its
+//! state in Redis (or, for one process, in memory).
+//!
+//! - [`model`]: the registry's domain types and validation rules.
+//! - [`store`]: the [`store::Registry`] trait and its backends.
+//! - [`server`]: the gRPC services on top of a registry.
+//! - [`cli`]: the `discovered` command line.
+
+pub mod cli;
+pub mod model;
+pub mod server;
+pub mod store;
+
+/// Code generated from `proto/discovered/v1/discovery.proto`.
+pub mod proto {
+    /// The `discovered.v1` package.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all)]
+        tonic::include_proto!("discovered.v1");
+    }
+
+    /// The encoded file descriptor set of our protos, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("discovered_descriptor");
+}

@@ -1,0 +1,5 @@
+//! The `discovered` binary; everything lives in the library's `cli` module.
+
+fn main() -> std::process::ExitCode {
+    discovered::cli::main()
+}

@@ -1,0 +1,239 @@
+//! The `discovered.v1.Discovery` service: requests in, store calls out.
+//!
+//! Every handler validates its request, calls the [`Registry`], and turns
+//! the result into the response message or a `Status`. No Redis here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{group_or_default, name, node_out, node_spec, service_out, service_spec};
+use crate::model::{PageRequest, ServiceKey, validate_name, validate_page_size};
+use crate::proto::v1 as pb;
+use crate::proto::v1::discovery_server::Discovery;
+use crate::store::{NodeRegistration, Registry};
+
+/// Server-wide defaults that requests may override.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// The group used when a request leaves `service_group` empty.
+    pub service_group: String,
+    /// The node TTL used when a request leaves `ttl_seconds` out.
+    pub node_ttl: Option<Duration>,
+    /// Whether to fill in what the server can know about a node (its
+    /// address) when a request leaves `auto` out.
+    pub auto: bool,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            service_group: "default".into(),
+            node_ttl: None,
+            auto: true,
+        }
+    }
+}
+
+/// The registry API over one [`Registry`].
+pub struct DiscoveryService {
+    registry: Arc<dyn Registry>,
+    defaults: Defaults,
+}
+
+impl DiscoveryService {
+    /// The service over `registry`.
+    pub fn new(registry: Arc<dyn Registry>, defaults: Defaults) -> Self {
+        Self { registry, defaults }
+    }
+
+    fn key(&self, group: &str, service: &str) -> Result<ServiceKey, Status> {
+        Ok(ServiceKey::new(
+            group_or_default(group, &self.defaults.service_group)?,
+            name("service_name", service)?,
+        ))
+    }
+
+    fn page(size: u32, token: String) -> Result<PageRequest, Status> {
+        let size = validate_page_size("page_size", size)?;
+        let after = if token.is_empty() {
+            None
+        } else {
+            validate_name("page_token", &token)?;
+            Some(token)
+        };
+        Ok(PageRequest { size, after })
+    }
+}
+
+/// The TTL a registration asks for: its own, else the server's default;
+/// zero or negative means none.
+fn ttl(requested: Option<i64>, default: Option<Duration>) -> Option<Duration> {
+    match requested {
+        Some(s) if s > 0 => Some(Duration::from_secs(s as u64)),
+        Some(_) => None,
+        None => default,
+    }
+}
+
+/// The caller's address as a node address (IPv4-mapped IPv6 unwrapped).
+fn peer_ip(peer: Option<SocketAddr>) -> Option<String> {
+    peer.map(|a| a.ip().to_canonical().to_string())
+}
+
+#[tonic::async_trait]
+impl Discovery for DiscoveryService {
+    async fn register_service(
+        &self,
+        request: Request<pb::RegisterServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let r = request.into_inner();
+        let key = self.key(&r.service_group, &r.service_name)?;
+        let spec = service_spec(r)?;
+        let record = self.registry.register_service(key, spec).await?;
+        Ok(Response::new(service_out(record, false)))
+    }
+
+    async fn register_node(
+        &self,
+        request: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let peer = request.remote_addr();
+        let r = request.into_inner();
+        let key = self.key(&r.service_group, &r.service_name)?;
+        let node = name("node_name", &r.node_name)?;
+        let ttl = ttl(r.ttl_seconds, self.defaults.node_ttl);
+        let auto = r.auto.unwrap_or(self.defaults.auto);
+        let mut spec = node_spec(r)?;
+        if auto && spec.ip.is_empty() {
+            spec.ip.extend(peer_ip(peer));
+        }
+        let record = self
+            .registry
+            .register_node(NodeRegistration {
+                key,
+                name: node,
+                spec,
+                ttl,
+            })
+            .await?;
+        Ok(Response::new(node_out(record)))
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        let r = request.into_inner();
+        let key = self.key(&r.service_group, &r.service_name)?;
+        match self.registry.get_service(&key).await? {
+            Some(record) => Ok(Response::new(service_out(record, r.reveal_credentials))),
+            None => Err(Status::not_found(format!(
+                "service {:?} not found in group {:?}",
+                key.service, key.group
+            ))),
+        }
+    }
+
+    async fn get_nodes(
+        &self,
+        request: Request<pb::GetNodesRequest>,
+    ) -> Result<Response<pb::GetNodesResponse>, Status> {
+        let r = request.into_inner();
+        let key = self.key(&r.service_group, &r.service_name)?;
+        let nodes = self.registry.get_nodes(&key).await?;
+        Ok(Response::new(pb::GetNodesResponse {
+            nodes: nodes.into_iter().map(node_out).collect(),
+        }))
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let r = request.into_inner();
+        let group = group_or_default(&r.service_group, &self.defaults.service_group)?;
+        let page = Self::page(r.page_size, r.page_token)?;
+        let page = self.registry.list_services(&group, page).await?;
+        Ok(Response::new(pb::ListServicesResponse {
+            service_names: page.names,
+            next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_service_groups(
+        &self,
+        request: Request<pb::ListServiceGroupsRequest>,
+    ) -> Result<Response<pb::ListServiceGroupsResponse>, Status> {
+        let r = request.into_inner();
+        let page = Self::page(r.page_size, r.page_token)?;
+        let page = self.registry.list_groups(page).await?;
+        Ok(Response::new(pb::ListServiceGroupsResponse {
+            service_groups: page.names,
+            next_page_token: page.next.unwrap_or_default(),
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let r = request.into_inner();
+        let key = self.key(&r.service_group, &r.service_name)?;
+        let node = name("node_name", &r.node_name)?;
+        let removed = self.registry.remove_node(&key, &node).await?;
+        if !removed && !r.allow_missing {
+            return Err(Status::not_found(format!(
+                "node {node:?} of service {:?} not found in group {:?}",
+                key.service, key.group
+            )));
+        }
+        Ok(Response::new(pb::RemoveNodeResponse { removed }))
+    }
+
+    async fn remove_service(
+        &self,
+        request: Request<pb::RemoveServiceRequest>,
+    ) -> Result<Response<pb::RemoveServiceResponse>, Status> {
+        let r = request.into_inner();
+        let key = self.key(&r.service_group, &r.service_name)?;
+        match self.registry.remove_service(&key).await? {
+            Some(nodes_removed) => Ok(Response::new(pb::RemoveServiceResponse {
+                removed: true,
+                nodes_removed,
+            })),
+            None if r.allow_missing => Ok(Response::new(pb::RemoveServiceResponse::default())),
+            None => Err(Status::not_found(format!(
+                "service {:?} not found in group {:?}",
+                key.service, key.group
+            ))),
+        }
+    }
+
+    async fn remove_service_group(
+        &self,
+        request: Request<pb::RemoveServiceGroupRequest>,
+    ) -> Result<Response<pb::RemoveServiceGroupResponse>, Status> {
+        let r = request.into_inner();
+        // Never defaulted: leaving the field out must not wipe the default
+        // group.
+        if r.service_group.is_empty() {
+            return Err(Status::invalid_argument(
+                "service_group: required for RemoveServiceGroup (it is never defaulted)",
+            ));
+        }
+        let group = name("service_group", &r.service_group)?;
+        match self.registry.remove_group(&group).await? {
+            Some(services_removed) => Ok(Response::new(pb::RemoveServiceGroupResponse {
+                removed: true,
+                services_removed,
+            })),
+            None if r.allow_missing => Ok(Response::new(pb::RemoveServiceGroupResponse::default())),
+            None => Err(Status::not_found(format!(
+                "service group {group:?} not found"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Keeps `grpc.health.v1.Health` in step with the backend: SERVING while
+//! the registry answers, NOT_SERVING within a second of it failing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::proto::v1::discovery_server::DiscoveryServer;
+use crate::store::Registry;
+
+use super::discovery::DiscoveryService;
+
+/// How often the backend is pinged.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// How long one ping may take before the backend counts as down.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Probes `registry` forever and reports its state for the overall server
+/// (`""`) and for `discovered.v1.Discovery`. Logs each change once.
+pub async fn monitor(registry: Arc<dyn Registry>, reporter: HealthReporter) {
+    let mut last: Option<bool> = None;
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = match tokio::time::timeout(PROBE_TIMEOUT, registry.ping()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer within 500 ms".to_string()),
+        };
+        let up = result.is_ok();
+        if last == Some(up) {
+            continue;
+        }
+        let status = if up {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status("", status).await;
+        reporter
+            .set_service_status(
+                <DiscoveryServer<DiscoveryService> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+        match result {
+            Ok(()) if last.is_some() => {
+                tracing::info!(store = %registry.describe(), "registry store is back: SERVING")
+            }
+            Ok(()) => tracing::debug!("registry store answers: SERVING"),
+            Err(e) => tracing::warn!(error = %e, "registry store unreachable: NOT_SERVING"),
+        }
+        last = Some(up);
+    }
+}

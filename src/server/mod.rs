@@ -1,0 +1,154 @@
+//! The gRPC server: the Discovery service, health, reflection, limits and
+//! graceful shutdown around one [`Registry`].
+
+mod convert;
+mod discovery;
+mod health;
+mod limits;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use discovery::{Defaults, DiscoveryService};
+
+use crate::proto::v1::discovery_server::DiscoveryServer;
+use crate::store::Registry;
+
+/// How long in-flight calls may run after shutdown begins.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC transport failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built from our descriptors.
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The server task panicked or was cancelled.
+    #[error("server task failed: {0}")]
+    Task(String),
+    /// In-flight calls did not finish within the drain time.
+    #[error("in-flight calls did not finish within {0:?}; stopped anyway")]
+    DrainTimeout(Duration),
+}
+
+/// Serves the registry on `listener` until `shutdown` completes, then stops
+/// accepting and lets in-flight calls finish for at most `drain`.
+pub async fn serve(
+    registry: Arc<dyn Registry>,
+    defaults: Defaults,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> Result<(), ServeError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let monitor = tokio::spawn(health::monitor(registry.clone(), reporter));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let discovery = DiscoveryServer::new(DiscoveryService::new(registry, defaults))
+        .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
+        .max_encoding_message_size(limits::MAX_RESPONSE_BYTES);
+
+    // Shutdown starts when `shutdown` completes; the drain clock starts then.
+    let (started_tx, started_rx) = oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = started_tx.send(());
+    };
+    let server = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            limits::oversized_is_resource_exhausted,
+        ))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(discovery)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    tokio::pin!(server);
+
+    let result = tokio::select! {
+        r = &mut server => r.map_err(ServeError::from),
+        Ok(()) = started_rx => {
+            tracing::info!(drain = ?drain, "shutting down: no new calls, draining in-flight ones");
+            match tokio::time::timeout(drain, &mut server).await {
+                Ok(r) => r.map_err(ServeError::from),
+                Err(_) => Err(ServeError::DrainTimeout(drain)),
+            }
+        }
+    };
+    monitor.abort();
+    result
+}
+
+/// A server running in this process, for tests and embedding.
+pub struct RunningServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningServer {
+    /// Starts a server for `registry` on `addr` (port 0 picks a free one).
+    pub async fn start(
+        registry: Arc<dyn Registry>,
+        defaults: Defaults,
+        addr: SocketAddr,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(
+            registry,
+            defaults,
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+            DEFAULT_DRAIN_TIMEOUT,
+        ));
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// `http://addr`, for a client to connect to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(ServeError::Task(e.to_string())),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,96 @@
+//! Where the registry lives: the [`Registry`] trait and its two backends.
+//!
+//! Both backends keep the same semantics, and one conformance suite
+//! (`tests/conformance.rs`) runs the same test bodies against each.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::model::{
+    NodeRecord, NodeSpec, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec,
+};
+
+pub mod memory;
+pub mod redis;
+
+pub use memory::MemoryRegistry;
+pub use redis::{RedisConfig, RedisRegistry};
+
+/// Why a store operation failed. Bad input never gets here: the server
+/// validates requests before it calls a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backing store cannot be reached or is failing over; the caller
+    /// may retry.
+    #[error("registry store unavailable: {0}")]
+    Unavailable(String),
+    /// Something that should not happen: a bug or corrupted data.
+    #[error("registry store error: {0}")]
+    Internal(String),
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A node registration, validated.
+#[derive(Debug, Clone)]
+pub struct NodeRegistration {
+    /// The service the node belongs to.
+    pub key: ServiceKey,
+    /// The node's name.
+    pub name: String,
+    /// The node's record.
+    pub spec: NodeSpec,
+    /// How long the node lives unless registered again; `None`: forever.
+    pub ttl: Option<Duration>,
+}
+
+/// The registry's operations, as every backend implements them.
+///
+/// Names in every argument are already valid (see [`crate::model`]).
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Registers a service or replaces its record whole, keeping
+    /// `registered_at`.
+    async fn register_service(
+        &self,
+        key: ServiceKey,
+        spec: ServiceSpec,
+    ) -> StoreResult<ServiceRecord>;
+
+    /// Registers a node or replaces its record whole, keeping
+    /// `registered_at` (unless the old record had expired), and lists its
+    /// service in the group.
+    async fn register_node(&self, reg: NodeRegistration) -> StoreResult<NodeRecord>;
+
+    /// The service's record; an implicit record for a service listed only
+    /// through its nodes; `None` if the service is not known.
+    async fn get_service(&self, key: &ServiceKey) -> StoreResult<Option<ServiceRecord>>;
+
+    /// The live nodes of a service, in name order.
+    async fn get_nodes(&self, key: &ServiceKey) -> StoreResult<Vec<NodeRecord>>;
+
+    /// A page of the service names of a group.
+    async fn list_services(&self, group: &str, page: PageRequest) -> StoreResult<Page>;
+
+    /// A page of the group names.
+    async fn list_groups(&self, page: PageRequest) -> StoreResult<Page>;
+
+    /// Removes a node; `false` if there was no live node of that name.
+    async fn remove_node(&self, key: &ServiceKey, node: &str) -> StoreResult<bool>;
+
+    /// Removes a service and its nodes; `None` if the service was not
+    /// known, else how many live nodes went with it.
+    async fn remove_service(&self, key: &ServiceKey) -> StoreResult<Option<u32>>;
+
+    /// Removes a group with its services and nodes; `None` if the group was
+    /// not known, else how many services went with it.
+    async fn remove_group(&self, group: &str) -> StoreResult<Option<u32>>;
+
+    /// Checks that the store answers; feeds the health service.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// A one-line description for logs, such as `redis 127.0.0.1:6379 db 0`.
+    fn describe(&self) -> String;
+}

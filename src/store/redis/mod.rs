@@ -1,0 +1,481 @@
+//! The Redis backend: state shared by any number of `discovered` processes.
+//!
+//! Round trips per call (see `keys.rs` for the layout):
+//!
+//! | call | Redis work | round trips |
+//! | --- | --- | --- |
+//! | RegisterService | `listing_add` + `register_service` scripts | 1 |
+//! | RegisterNode | `listing_add`, ZADD/ZREM deadline, `register_node` script | 1 |
+//! | GetService | GET record + ZSCORE listing | 1 |
+//! | GetNodes | HGETALL | 1 |
+//! | ListServices / ListServiceGroups | ZRANGEBYLEX | 1 |
+//! | RemoveNode | `remove_node` script + ZREM deadline | 1 |
+//! | RemoveService | `remove_service` + `listing_remove` scripts, then ZREM deadlines | 1-2 |
+//! | RemoveServiceGroup | ZRANGE, then the RemoveService work per service | 2-3 |
+//!
+//! Listings are written before a service's own keys and removed after them,
+//! so a crash between the two steps leaves a listed, empty service (seen and
+//! removable), never an unlisted record; any later registration of the
+//! service re-lists it.
+
+mod keys;
+mod pool;
+mod scripts;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+use serde::Deserialize;
+
+pub use keys::Keys;
+pub use pool::RedisPool;
+
+use self::keys::{deadline_member, parse_deadline_member};
+use super::{NodeRegistration, Registry, StoreError, StoreResult};
+use crate::model::{
+    Millis, NodeRecord, NodeSpec, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec,
+    now_millis,
+};
+
+/// How often each server looks for nodes whose deadline has passed.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(200);
+/// Most expired nodes one sweep removes; the rest wait for the next.
+const SWEEP_BATCH: usize = 500;
+
+/// Where the registry lives in Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// The server and how to log in.
+    pub info: ConnectionInfo,
+    /// First part of every key (`discovered` by default).
+    pub key_prefix: String,
+}
+
+impl RedisConfig {
+    /// From a `redis://` or `rediss://` URL.
+    pub fn from_url(url: &str, key_prefix: &str) -> Result<Self, String> {
+        let info = url
+            .into_connection_info()
+            .map_err(|e| format!("bad Redis URL: {e}"))?;
+        Ok(Self {
+            info,
+            key_prefix: key_prefix.into(),
+        })
+    }
+
+    /// From the original library's parameters.
+    pub fn from_parts(
+        host: &str,
+        port: u16,
+        db: i64,
+        username: Option<&str>,
+        password: Option<&str>,
+        key_prefix: &str,
+    ) -> Result<Self, String> {
+        let mut settings = RedisConnectionInfo::default().set_db(db);
+        if let Some(u) = username {
+            settings = settings.set_username(u);
+        }
+        if let Some(p) = password {
+            settings = settings.set_password(p);
+        }
+        let info = ConnectionAddr::Tcp(host.into(), port)
+            .into_connection_info()
+            .map_err(|e| format!("bad Redis address: {e}"))?
+            .set_redis_settings(settings);
+        Ok(Self {
+            info,
+            key_prefix: key_prefix.into(),
+        })
+    }
+}
+
+/// A registry kept in Redis.
+#[derive(Clone)]
+pub struct RedisRegistry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: RedisPool,
+    keys: Keys,
+    db: i64,
+}
+
+/// How a record is stored: the server's times around the registered record.
+#[derive(Deserialize)]
+struct Envelope<T> {
+    registered_at: Millis,
+    updated_at: Millis,
+    #[serde(default)]
+    expires_at: Option<Millis>,
+    record: T,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, raw: &str) -> StoreResult<Envelope<T>> {
+    serde_json::from_str(raw)
+        .map_err(|e| StoreError::Internal(format!("corrupt {what} record: {e}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Internal(format!("encoding record: {e}")))
+}
+
+fn service_record(key: &ServiceKey, raw: &str) -> StoreResult<ServiceRecord> {
+    let env: Envelope<ServiceSpec> = decode("service", raw)?;
+    Ok(ServiceRecord {
+        key: key.clone(),
+        spec: env.record,
+        registered_at: Some(env.registered_at),
+        updated_at: Some(env.updated_at),
+    })
+}
+
+fn node_record(key: &ServiceKey, name: &str, raw: &str) -> StoreResult<NodeRecord> {
+    let env: Envelope<NodeSpec> = decode("node", raw)?;
+    Ok(NodeRecord {
+        key: key.clone(),
+        name: name.into(),
+        spec: env.record,
+        registered_at: env.registered_at,
+        updated_at: env.updated_at,
+        expires_at: env.expires_at,
+    })
+}
+
+impl RedisRegistry {
+    /// A registry on the Redis that `config` names. Connects lazily: call
+    /// [`RedisRegistry::check`] to find out at start whether Redis answers.
+    /// Spawns the expiry sweeper on the current Tokio runtime; it ends when
+    /// the last clone of the registry is dropped.
+    pub fn new(config: RedisConfig) -> StoreResult<Self> {
+        let db = config.info.redis_settings().db();
+        let pool = RedisPool::new(config.info, scripts::all())?;
+        let registry = Self {
+            inner: Arc::new(Inner {
+                pool,
+                keys: Keys::new(&config.key_prefix),
+                db,
+            }),
+        };
+        tokio::spawn(sweeper(Arc::downgrade(&registry.inner)));
+        Ok(registry)
+    }
+
+    /// Connects once and sends PING; the error says what went wrong and
+    /// where (`host:port`), for a one-line message at start.
+    pub async fn check(&self) -> Result<(), String> {
+        self.inner.pool.check().await.map_err(|e| {
+            let addr = self.inner.pool.addr();
+            match e.kind() {
+                redis::ErrorKind::AuthenticationFailed => {
+                    format!("Redis at {addr} refused the credentials: {e}")
+                }
+                _ if e.code().is_some_and(|c| c == "WRONGPASS" || c == "NOAUTH") => {
+                    format!("Redis at {addr} refused the credentials: {e}")
+                }
+                _ => format!("cannot reach Redis at {addr}: {e}"),
+            }
+        })
+    }
+
+    fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    fn pool(&self) -> &RedisPool {
+        &self.inner.pool
+    }
+
+    /// Adds the listing of `key` to a pipeline.
+    fn listing_add(&self, pipe: &mut redis::Pipeline, key: &ServiceKey) {
+        pipe.invoke_script(
+            scripts::LISTING_ADD
+                .key(self.keys().groups())
+                .key(self.keys().group_services(&key.group))
+                .arg(&key.group)
+                .arg(&key.service),
+        )
+        .ignore();
+    }
+
+    /// Adds the removal of a service's keys and listing to a pipeline; its
+    /// replies are the `remove_service` result and the `listing_remove` one.
+    fn remove_service_cmds(&self, pipe: &mut redis::Pipeline, key: &ServiceKey) {
+        pipe.invoke_script(
+            scripts::REMOVE_SERVICE
+                .key(self.keys().service(key))
+                .key(self.keys().nodes(key)),
+        );
+        pipe.invoke_script(
+            scripts::LISTING_REMOVE
+                .key(self.keys().groups())
+                .key(self.keys().group_services(&key.group))
+                .arg(&key.group)
+                .arg(&key.service),
+        );
+    }
+
+    /// Reads the replies of [`Self::remove_service_cmds`]: whether the
+    /// service existed, its live node count, and the deadline members of
+    /// the nodes it had.
+    fn removed_service(
+        key: &ServiceKey,
+        removed: Vec<redis::Value>,
+        unlisted: i64,
+        now: Millis,
+        members: &mut Vec<String>,
+    ) -> StoreResult<(bool, u32)> {
+        let mut items = removed.into_iter();
+        let had_record: i64 = items
+            .next()
+            .map(redis::from_redis_value)
+            .transpose()
+            .map_err(|e| StoreError::Internal(format!("remove_service reply: {e}")))?
+            .unwrap_or(0);
+        let rest: Vec<String> = redis::from_redis_value(redis::Value::Array(items.collect()))
+            .map_err(|e| StoreError::Internal(format!("remove_service reply: {e}")))?;
+        let mut live = 0;
+        let mut had_nodes = false;
+        for pair in rest.chunks(2) {
+            if let [name, raw] = pair {
+                had_nodes = true;
+                let node = node_record(key, name, raw)?;
+                if node.expires_at.is_some() {
+                    members.push(deadline_member(key, name));
+                }
+                live += u32::from(!node.is_expired(now));
+            }
+        }
+        Ok((had_record == 1 || had_nodes || unlisted == 1, live))
+    }
+
+    /// Drops deadline entries of removed nodes (no-op for none).
+    async fn forget_deadlines(&self, members: &[String]) -> StoreResult<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.zrem(self.keys().deadlines(), members).ignore();
+        self.pool().query::<()>(&pipe).await
+    }
+
+    async fn list(&self, key: String, page: PageRequest) -> StoreResult<Page> {
+        let min = match &page.after {
+            Some(after) => format!("({after}"),
+            None => "-".into(),
+        };
+        let mut pipe = redis::pipe();
+        pipe.zrangebylex_limit(key, min, "+", 0, page.size as isize + 1);
+        let (names,): (Vec<String>,) = self.pool().query(&pipe).await?;
+        Ok(Page::from_lookahead(names, page.size))
+    }
+
+    /// One sweep: removes the nodes whose deadline has passed. Several
+    /// servers may sweep at once; the script makes each removal happen once.
+    async fn sweep(&self) -> StoreResult<usize> {
+        let now = now_millis();
+        let deadlines = self.keys().deadlines();
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZRANGEBYSCORE")
+            .arg(&deadlines)
+            .arg("-inf")
+            .arg(now)
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(SWEEP_BATCH);
+        let (due,): (Vec<(String, String)>,) = self.pool().query(&pipe).await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for (member, score) in &due {
+            if let Some((key, node)) = parse_deadline_member(member) {
+                pipe.invoke_script(
+                    scripts::EXPIRE_NODE
+                        .key(self.keys().nodes(&key))
+                        .arg(node)
+                        .arg(now),
+                )
+                .ignore();
+            }
+            // Whatever the node's state, this entry has been dealt with:
+            // expired, gone, or renewed (and a renewal wrote a new score,
+            // which the score check keeps).
+            pipe.invoke_script(
+                scripts::FORGET_DEADLINE
+                    .key(&deadlines)
+                    .arg(member)
+                    .arg(score),
+            )
+            .ignore();
+        }
+        self.pool().query::<()>(&pipe).await?;
+        Ok(due.len())
+    }
+}
+
+async fn sweeper(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let registry = RedisRegistry { inner };
+        if let Err(e) = registry.sweep().await {
+            tracing::debug!(error = %e, "expiry sweep failed; retrying");
+        }
+    }
+}
+
+#[async_trait]
+impl Registry for RedisRegistry {
+    async fn register_service(
+        &self,
+        key: ServiceKey,
+        spec: ServiceSpec,
+    ) -> StoreResult<ServiceRecord> {
+        let now = now_millis();
+        let mut pipe = redis::pipe();
+        self.listing_add(&mut pipe, &key);
+        pipe.invoke_script(
+            scripts::REGISTER_SERVICE
+                .key(self.keys().service(&key))
+                .arg(encode(&spec)?)
+                .arg(now),
+        );
+        let (raw,): (String,) = self.pool().query(&pipe).await?;
+        service_record(&key, &raw)
+    }
+
+    async fn register_node(&self, reg: NodeRegistration) -> StoreResult<NodeRecord> {
+        let now = now_millis();
+        let expires_at = reg.ttl.map(|ttl| now + ttl.as_millis() as Millis);
+        let member = deadline_member(&reg.key, &reg.name);
+        let mut pipe = redis::pipe();
+        self.listing_add(&mut pipe, &reg.key);
+        // The deadline goes in before the record, so a sweep never sees a
+        // record whose deadline it does not know.
+        match expires_at {
+            Some(t) => pipe.zadd(self.keys().deadlines(), &member, t).ignore(),
+            None => pipe.zrem(self.keys().deadlines(), &member).ignore(),
+        };
+        pipe.invoke_script(
+            scripts::REGISTER_NODE
+                .key(self.keys().nodes(&reg.key))
+                .arg(&reg.name)
+                .arg(encode(&reg.spec)?)
+                .arg(now)
+                .arg(expires_at.map(|t| t.to_string()).unwrap_or_default()),
+        );
+        let (raw,): (String,) = self.pool().query(&pipe).await?;
+        node_record(&reg.key, &reg.name, &raw)
+    }
+
+    async fn get_service(&self, key: &ServiceKey) -> StoreResult<Option<ServiceRecord>> {
+        let mut pipe = redis::pipe();
+        pipe.get(self.keys().service(key))
+            .zscore(self.keys().group_services(&key.group), &key.service);
+        let (raw, listed): (Option<String>, Option<f64>) = self.pool().query(&pipe).await?;
+        match (raw, listed) {
+            (Some(raw), _) => service_record(key, &raw).map(Some),
+            (None, Some(_)) => Ok(Some(ServiceRecord::implicit(key.clone()))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    async fn get_nodes(&self, key: &ServiceKey) -> StoreResult<Vec<NodeRecord>> {
+        let mut pipe = redis::pipe();
+        pipe.hgetall(self.keys().nodes(key));
+        let (all,): (Vec<(String, String)>,) = self.pool().query(&pipe).await?;
+        let now = now_millis();
+        let mut nodes = Vec::with_capacity(all.len());
+        for (name, raw) in all {
+            let node = node_record(key, &name, &raw)?;
+            // Expired but not yet swept: already gone for readers.
+            if !node.is_expired(now) {
+                nodes.push(node);
+            }
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nodes)
+    }
+
+    async fn list_services(&self, group: &str, page: PageRequest) -> StoreResult<Page> {
+        self.list(self.keys().group_services(group), page).await
+    }
+
+    async fn list_groups(&self, page: PageRequest) -> StoreResult<Page> {
+        self.list(self.keys().groups(), page).await
+    }
+
+    async fn remove_node(&self, key: &ServiceKey, node: &str) -> StoreResult<bool> {
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(scripts::REMOVE_NODE.key(self.keys().nodes(key)).arg(node));
+        pipe.zrem(self.keys().deadlines(), deadline_member(key, node))
+            .ignore();
+        let (old,): (Option<String>,) = self.pool().query(&pipe).await?;
+        match old {
+            Some(raw) => Ok(!node_record(key, node, &raw)?.is_expired(now_millis())),
+            None => Ok(false),
+        }
+    }
+
+    async fn remove_service(&self, key: &ServiceKey) -> StoreResult<Option<u32>> {
+        let mut pipe = redis::pipe();
+        self.remove_service_cmds(&mut pipe, key);
+        let (removed, unlisted): (Vec<redis::Value>, i64) = self.pool().query(&pipe).await?;
+        let mut members = Vec::new();
+        let (existed, live) =
+            Self::removed_service(key, removed, unlisted, now_millis(), &mut members)?;
+        self.forget_deadlines(&members).await?;
+        Ok(existed.then_some(live))
+    }
+
+    async fn remove_group(&self, group: &str) -> StoreResult<Option<u32>> {
+        let mut pipe = redis::pipe();
+        pipe.zrange(self.keys().group_services(group), 0, -1)
+            .zscore(self.keys().groups(), group);
+        let (services, listed): (Vec<String>, Option<f64>) = self.pool().query(&pipe).await?;
+        if services.is_empty() {
+            return Ok(listed.map(|_| 0));
+        }
+        let keys: Vec<ServiceKey> = services
+            .iter()
+            .map(|s| ServiceKey::new(group, s.clone()))
+            .collect();
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            self.remove_service_cmds(&mut pipe, key);
+        }
+        let replies: Vec<redis::Value> = self.pool().query(&pipe).await?;
+        let now = now_millis();
+        let mut members = Vec::new();
+        let mut replies = replies.into_iter();
+        for key in &keys {
+            let (Some(removed), Some(unlisted)) = (replies.next(), replies.next()) else {
+                return Err(StoreError::Internal("short remove_group reply".into()));
+            };
+            let removed: Vec<redis::Value> = redis::from_redis_value(removed)
+                .map_err(|e| StoreError::Internal(format!("remove_service reply: {e}")))?;
+            let unlisted: i64 = redis::from_redis_value(unlisted)
+                .map_err(|e| StoreError::Internal(format!("listing_remove reply: {e}")))?;
+            Self::removed_service(key, removed, unlisted, now, &mut members)?;
+        }
+        self.forget_deadlines(&members).await?;
+        Ok(Some(keys.len() as u32))
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING");
+        self.pool().query::<(String,)>(&pipe).await.map(|_| ())
+    }
+
+    fn describe(&self) -> String {
+        format!("redis {} db {}", self.pool().addr(), self.inner.db)
+    }
+}
