@@ -1,0 +1,241 @@
+//! Test harness: real `redis-server` processes on free ports, killed on
+//! drop, and in-process `discovered` servers reached through the generated
+//! gRPC client.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use discovered::proto::v1::discovery_client::DiscoveryClient;
+use discovered::server::{Defaults, RunningServer};
+use discovered::store::{MemoryRegistry, RedisConfig, RedisRegistry, Registry};
+use tonic::transport::Channel;
+
+/// Finds `redis-server`, or fails the test saying how to get it.
+pub fn redis_server_binary() -> PathBuf {
+    let candidates = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for dir in candidates.iter().chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")].iter()) {
+        let path = dir.join("redis-server");
+        if path.is_file() {
+            return path;
+        }
+    }
+    panic!(
+        "redis-server not found on PATH: these tests need a real Redis. Install it with \
+         `apt-get install redis-server` (./scripts/test does this for you)"
+    );
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// A `redis-server` child process on 127.0.0.1, without persistence. Killed
+/// when dropped, also when the test panics.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts Redis on a free port and waits until it answers.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts Redis with extra `--name value` arguments (e.g. requirepass).
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let mut server = Self {
+            port: free_port(),
+            child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(redis_server_binary())
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--protected-mode", "no"])
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not start within 10 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:port/`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills Redis (SIGKILL, like a crash) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts Redis again on the same port, empty (no persistence).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// A plain (non-pooled) connection for checking what is stored.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test redis")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Which store a conformance test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Redis,
+}
+
+/// An in-process `discovered` server on 127.0.0.1 with a client, and the
+/// Redis behind it when the backend is Redis.
+pub struct TestServer {
+    pub server: RunningServer,
+    pub client: DiscoveryClient<Channel>,
+    pub channel: Channel,
+    pub redis: Option<RedisServer>,
+    pub registry: Arc<dyn Registry>,
+}
+
+impl TestServer {
+    /// A server with default settings on `backend`.
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, Defaults::default()).await
+    }
+
+    /// A server with `defaults` on `backend`.
+    pub async fn start_with(backend: Backend, defaults: Defaults) -> Self {
+        let (registry, redis): (Arc<dyn Registry>, _) = match backend {
+            Backend::Memory => (Arc::new(MemoryRegistry::new()), None),
+            Backend::Redis => {
+                let redis = RedisServer::start();
+                let config = RedisConfig::from_url(&redis.url(), "discovered").expect("config");
+                let registry = RedisRegistry::new(config).expect("redis registry");
+                registry.check().await.expect("test redis answers");
+                (Arc::new(registry), Some(redis))
+            }
+        };
+        Self::on(registry, redis, defaults).await
+    }
+
+    /// A server over an existing registry.
+    pub async fn on(
+        registry: Arc<dyn Registry>,
+        redis: Option<RedisServer>,
+        defaults: Defaults,
+    ) -> Self {
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let server = RunningServer::start(registry.clone(), defaults, addr)
+            .await
+            .expect("start server");
+        let channel = Channel::from_shared(server.url())
+            .expect("url")
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connect to test server");
+        Self {
+            server,
+            client: DiscoveryClient::new(channel.clone()),
+            channel,
+            redis,
+            registry,
+        }
+    }
+
+    /// The Redis behind the server; panics for the memory backend.
+    pub fn redis(&mut self) -> &mut RedisServer {
+        self.redis.as_mut().expect("this test server has no Redis")
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics with
+/// `what` after `timeout`. For waiting on time-based behaviour without
+/// assuming how fast the machine is.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Generates `mod memory` and `mod redis`, each running the listed async
+/// test bodies (`async fn name(backend: Backend)`) against its backend.
+#[macro_export]
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Memory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Redis).await;
+                }
+            )*
+        }
+    };
+}
