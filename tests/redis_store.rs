@@ -1,0 +1,353 @@
+//! Redis-specific behaviour: what is left in Redis after removals, what a
+//! GetNodes costs, and what happens when Redis dies and comes back.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{Backend, TestServer, eventually};
+use discovered::proto::v1::*;
+use redis::AsyncCommands;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+fn node(group: &str, service: &str, name: &str, ttl: Option<i64>) -> RegisterNodeRequest {
+    RegisterNodeRequest {
+        service_group: group.into(),
+        service_name: service.into(),
+        node_name: name.into(),
+        ip: vec!["10.0.0.1".into()],
+        port: 8080,
+        ttl_seconds: ttl,
+        ..Default::default()
+    }
+}
+
+fn service(group: &str, name: &str) -> RegisterServiceRequest {
+    RegisterServiceRequest {
+        service_group: group.into(),
+        service_name: name.into(),
+        endpoint: "http://x".into(),
+        ..Default::default()
+    }
+}
+
+async fn all_keys(t: &mut TestServer) -> Vec<String> {
+    let mut conn = t.redis().connection().await;
+    let mut keys: Vec<String> = conn.keys("*").await.expect("KEYS");
+    keys.sort();
+    keys
+}
+
+async fn deadline_members(t: &mut TestServer) -> Vec<String> {
+    let mut conn = t.redis().connection().await;
+    conn.zrange("discovered:v1:deadlines", 0, -1)
+        .await
+        .expect("ZRANGE")
+}
+
+#[tokio::test]
+async fn removing_a_service_and_a_group_leaves_no_key_behind() {
+    let mut t = TestServer::start(Backend::Redis).await;
+    let c = &mut t.client;
+    // Group "shop": two services, nodes with and without TTLs.
+    c.register_service(service("shop", "cart")).await.unwrap();
+    c.register_node(node("shop", "cart", "c1", Some(300)))
+        .await
+        .unwrap();
+    c.register_node(node("shop", "cart", "c2", None))
+        .await
+        .unwrap();
+    c.register_node(node("shop", "orders", "o1", Some(300)))
+        .await
+        .unwrap();
+    // Group "ops": kept, to show removal is scoped.
+    c.register_service(service("ops", "metrics")).await.unwrap();
+    c.register_node(node("ops", "metrics", "m1", Some(300)))
+        .await
+        .unwrap();
+
+    let removed = c
+        .remove_service(RemoveServiceRequest {
+            service_group: "shop".into(),
+            service_name: "cart".into(),
+            allow_missing: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((removed.removed, removed.nodes_removed), (true, 2));
+    let keys = all_keys(&mut t).await;
+    assert!(
+        keys.iter().all(|k| !k.contains("shop/cart")),
+        "keys of shop/cart left: {keys:?}"
+    );
+    assert!(
+        !deadline_members(&mut t)
+            .await
+            .contains(&"shop/cart/c1".to_string()),
+        "deadline entry of a removed node left behind"
+    );
+
+    let removed = t
+        .client
+        .remove_service_group(RemoveServiceGroupRequest {
+            service_group: "shop".into(),
+            allow_missing: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((removed.removed, removed.services_removed), (true, 1));
+    let keys = all_keys(&mut t).await;
+    assert_eq!(
+        keys,
+        vec![
+            "discovered:v1:deadlines",
+            "discovered:v1:{listing}:group:ops:services",
+            "discovered:v1:{listing}:groups",
+            "discovered:v1:{ops/metrics}:nodes",
+            "discovered:v1:{ops/metrics}:service",
+        ],
+        "only the ops group's keys may remain"
+    );
+    assert_eq!(deadline_members(&mut t).await, vec!["ops/metrics/m1"]);
+    let mut conn = t.redis().connection().await;
+    let groups: Vec<String> = conn
+        .zrange("discovered:v1:{listing}:groups", 0, -1)
+        .await
+        .unwrap();
+    assert_eq!(groups, vec!["ops"]);
+
+    // Removing the last group empties Redis completely.
+    t.client
+        .remove_service_group(RemoveServiceGroupRequest {
+            service_group: "ops".into(),
+            allow_missing: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all_keys(&mut t).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn expired_nodes_are_removed_from_redis() {
+    let mut t = TestServer::start(Backend::Redis).await;
+    t.client
+        .register_node(node("default", "api", "short", Some(1)))
+        .await
+        .unwrap();
+    t.client
+        .register_node(node("default", "api", "long", None))
+        .await
+        .unwrap();
+    let mut conn = t.redis().connection().await;
+    eventually(
+        "the expired node's hash field to be swept",
+        Duration::from_secs(10),
+        || {
+            let mut conn = conn.clone();
+            async move {
+                let fields: Vec<String> =
+                    conn.hkeys("discovered:v1:{default/api}:nodes").await.ok()?;
+                (fields == vec!["long".to_string()]).then_some(())
+            }
+        },
+    )
+    .await;
+    let members: Vec<String> = conn.zrange("discovered:v1:deadlines", 0, -1).await.unwrap();
+    assert!(members.is_empty(), "deadline entry left: {members:?}");
+}
+
+/// Calls per command since Redis started, from INFO commandstats.
+async fn command_calls(conn: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+/// Commands sent by `n` GetNodes calls, leaving out the ones the server's
+/// background tasks send on their own (health PING, the expiry sweep) and
+/// our own INFO.
+async fn commands_for_get_nodes(t: &mut TestServer, n: usize) -> BTreeMap<String, u64> {
+    let mut conn = t.redis().connection().await;
+    let before = command_calls(&mut conn).await;
+    for _ in 0..n {
+        let nodes = t
+            .client
+            .get_nodes(GetNodesRequest {
+                service_group: String::new(),
+                service_name: "payments".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes;
+        assert_eq!(nodes.len(), 20);
+    }
+    let after = command_calls(&mut conn).await;
+    after
+        .into_iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "ping" | "zrangebyscore" | "info"))
+        .filter_map(|(name, calls)| {
+            let delta = calls - before.get(&name).copied().unwrap_or(0);
+            (delta > 0).then_some((name, delta))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn get_nodes_cost_does_not_grow_with_the_keyspace() {
+    let mut t = TestServer::start(Backend::Redis).await;
+    for i in 0..20 {
+        t.client
+            .register_node(node("default", "payments", &format!("pay-{i}"), Some(600)))
+            .await
+            .unwrap();
+    }
+    let small = commands_for_get_nodes(&mut t, 10).await;
+    assert_eq!(
+        small,
+        BTreeMap::from([("hgetall".to_string(), 10)]),
+        "a GetNodes should be exactly one HGETALL"
+    );
+
+    let mut conn = t.redis().connection().await;
+    for chunk in 0..100 {
+        let pairs: Vec<(String, String)> = (0..1000)
+            .map(|i| (format!("unrelated:{chunk}:{i}"), "x".repeat(32)))
+            .collect();
+        let _: () = conn.mset(&pairs).await.unwrap();
+    }
+    let size: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    assert!(size >= 100_000, "DBSIZE {size}");
+
+    let large = commands_for_get_nodes(&mut t, 10).await;
+    assert_eq!(
+        large, small,
+        "GetNodes cost grew with 100,000 unrelated keys"
+    );
+}
+
+async fn health(t: &TestServer, service: &str) -> Option<ServingStatus> {
+    let mut client = HealthClient::new(t.channel.clone());
+    let resp = client
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(resp.into_inner().status).ok()
+}
+
+async fn wait_health(t: &TestServer, want: ServingStatus) {
+    for service in ["", "discovered.v1.Discovery"] {
+        eventually(
+            &format!("health of {service:?} to become {want:?}"),
+            Duration::from_secs(10),
+            || async move { (health(t, service).await == Some(want)).then_some(()) },
+        )
+        .await;
+    }
+}
+
+/// Runs a call with a generous bound, proving it does not hang.
+async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung for 10 s"))
+}
+
+#[tokio::test]
+async fn redis_down_gives_unavailable_and_not_serving_then_recovers() {
+    let mut t = TestServer::start(Backend::Redis).await;
+    t.client
+        .register_service(service("default", "payments"))
+        .await
+        .unwrap();
+    wait_health(&t, ServingStatus::Serving).await;
+
+    t.redis().kill();
+
+    let err = bounded(
+        "GetService with Redis down",
+        t.client.get_service(GetServiceRequest {
+            service_group: String::new(),
+            service_name: "payments".into(),
+            reveal_credentials: false,
+        }),
+    )
+    .await
+    .expect_err("Redis is down");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let err = bounded(
+        "RegisterNode with Redis down",
+        t.client
+            .register_node(node("default", "payments", "p1", None)),
+    )
+    .await
+    .expect_err("Redis is down");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    wait_health(&t, ServingStatus::NotServing).await;
+
+    // Back, empty (no persistence): calls work again without a restart of
+    // the server, and health follows.
+    t.redis().restart();
+    wait_health(&t, ServingStatus::Serving).await;
+    let registered = eventually(
+        "RegisterNode to succeed again",
+        Duration::from_secs(10),
+        || {
+            let mut c = t.client.clone();
+            async move {
+                c.register_node(node("default", "payments", "p1", None))
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await
+    .into_inner();
+    assert_eq!(registered.node_name, "p1");
+    let nodes = t
+        .client
+        .get_nodes(GetNodesRequest {
+            service_group: String::new(),
+            service_name: "payments".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes;
+    assert_eq!(nodes.len(), 1);
+    // A script-backed call after the restart: Redis forgot the scripts.
+    let removed = t
+        .client
+        .remove_node(RemoveNodeRequest {
+            service_group: String::new(),
+            service_name: "payments".into(),
+            node_name: "p1".into(),
+            allow_missing: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(removed.removed);
+}
