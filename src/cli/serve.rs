@@ -133,7 +133,8 @@ pub fn run(args: ServeArgs) -> ExitCode {
     match runtime.block_on(serve(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            tracing::error!("{message}");
+            // One plain line, whatever the log format: this is what an
+            // operator reads when the server will not start.
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }

@@ -35,9 +35,6 @@ pub enum ServeError {
     /// The server task panicked or was cancelled.
     #[error("server task failed: {0}")]
     Task(String),
-    /// In-flight calls did not finish within the drain time.
-    #[error("in-flight calls did not finish within {0:?}; stopped anyway")]
-    DrainTimeout(Duration),
 }
 
 /// Serves the registry on `listener` until `shutdown` completes, then stops
@@ -94,7 +91,12 @@ pub async fn serve(
             tracing::info!(drain = ?drain, "shutting down: no new calls, draining in-flight ones");
             match tokio::time::timeout(drain, &mut server).await {
                 Ok(r) => r.map_err(ServeError::from),
-                Err(_) => Err(ServeError::DrainTimeout(drain)),
+                Err(_) => {
+                    // A planned stop all the same: the calls still open
+                    // are cut, and the process exits normally.
+                    tracing::warn!(drain = ?drain, "in-flight calls or idle clients did not finish in time; stopping anyway");
+                    Ok(())
+                }
             }
         }
     };

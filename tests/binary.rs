@@ -1,0 +1,298 @@
+//! The real `discovered` binary as a subprocess, the way operators run it.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{RedisServer, free_port};
+use discovered::proto::v1::discovery_client::DiscoveryClient;
+use discovered::proto::v1::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_discovered");
+
+/// A `discovered` child process, killed if the test ends early.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG");
+        // Keep the developer's environment from configuring the server.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DISCOVERED_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        Self {
+            child: cmd.spawn().expect("spawn discovered"),
+        }
+    }
+
+    /// Waits for the process to exit (at most 15 s) and returns its status
+    /// and stderr.
+    fn wait(mut self) -> (ExitStatus, String) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "discovered did not exit within 15 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        (status, stderr)
+    }
+
+    /// Like [`Proc::wait`], but lets the test's own runtime (its gRPC
+    /// clients) keep running meanwhile, as a real client would.
+    async fn wait_async(self) -> (ExitStatus, String) {
+        tokio::task::spawn_blocking(move || self.wait())
+            .await
+            .expect("wait task")
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_listening(port: u16) -> DiscoveryClient<tonic::transport::Channel> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(c) = DiscoveryClient::connect(format!("http://127.0.0.1:{port}")).await {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not listen on {port} within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn register_and_read(client: &mut DiscoveryClient<tonic::transport::Channel>) {
+    client
+        .register_node(RegisterNodeRequest {
+            service_name: "payments".into(),
+            node_name: "pay-1".into(),
+            port: 8080,
+            ..Default::default()
+        })
+        .await
+        .expect("RegisterNode");
+    let nodes = client
+        .get_nodes(GetNodesRequest {
+            service_name: "payments".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("GetNodes")
+        .into_inner()
+        .nodes;
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].ip, vec!["127.0.0.1"]);
+}
+
+#[tokio::test]
+async fn serves_in_memory_and_exits_zero_on_sigterm() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let proc = Proc::spawn(&["serve", "--listen", &listen], &[]);
+    let mut client = wait_listening(port).await;
+    register_and_read(&mut client).await;
+    proc.signal("TERM");
+    let (status, stderr) = proc.wait_async().await;
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(
+        stderr.contains("in-memory store"),
+        "no in-memory notice: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn serves_on_redis_from_environment_and_exits_zero_on_sigint() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let proc = Proc::spawn(
+        &["serve", "--listen", &listen, "--log-format", "json"],
+        &[("DISCOVERED_REDIS_URL", &redis.url())],
+    );
+    let mut client = wait_listening(port).await;
+    register_and_read(&mut client).await;
+    // The node is in Redis, not in the process.
+    let mut conn = redis.connection().await;
+    let fields: Vec<String> =
+        redis::AsyncCommands::hkeys(&mut conn, "discovered:v1:{default/payments}:nodes")
+            .await
+            .unwrap();
+    assert_eq!(fields, vec!["pay-1"]);
+    proc.signal("INT");
+    let (status, stderr) = proc.wait_async().await;
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    for line in stderr.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+    }
+}
+
+#[test]
+fn unreachable_redis_is_one_clear_line_and_a_failure_code() {
+    let closed = free_port();
+    let port = closed.to_string();
+    let proc = Proc::spawn(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--redis-host",
+            "127.0.0.1",
+            "--redis-port",
+            &port,
+        ],
+        &[],
+    );
+    let (status, stderr) = proc.wait();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "want one error line, got: {stderr}");
+    assert!(
+        errors[0].starts_with("error: cannot reach Redis at 127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(
+        errors[0].contains(&format!("127.0.0.1:{closed}")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn wrong_redis_password_is_reported_as_such() {
+    let redis = RedisServer::start_with(&["--requirepass", "right-password"]);
+    let url = format!("redis://:wrong-password@127.0.0.1:{}/", redis.port);
+    let proc = Proc::spawn(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--redis-url",
+            &url,
+        ],
+        &[],
+    );
+    let (status, stderr) = proc.wait();
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(line.contains("refused the credentials"), "{stderr}");
+    assert!(
+        line.contains(&format!("127.0.0.1:{}", redis.port)),
+        "{stderr}"
+    );
+    assert!(
+        !line.contains("wrong-password"),
+        "the password leaked into the message: {line}"
+    );
+
+    // The right password (through the original's parameters) works.
+    let port = free_port();
+    let mut ok = Proc::spawn(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis-host",
+            "127.0.0.1",
+            "--redis-port",
+            &redis.port.to_string(),
+        ],
+        &[("DISCOVERED_REDIS_PASSWORD", "right-password")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            ok.child.try_wait().unwrap().is_none(),
+            "server exited with the right password"
+        );
+        assert!(Instant::now() < deadline, "server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_flags_exit_with_code_two() {
+    for args in [
+        vec!["serve", "--listen", "not-an-address"],
+        vec!["serve", "--redis-url", "redis://x", "--redis-host", "y"],
+        vec!["serve", "--no-such-flag"],
+    ] {
+        let (status, stderr) = Proc::spawn(&args, &[]).wait();
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("error"), "{args:?}: {stderr}");
+    }
+    // A bad default group is refused at start, naming the flag.
+    let (status, stderr) = Proc::spawn(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--service-group",
+            "a:b",
+        ],
+        &[],
+    )
+    .wait();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--service-group"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_stuck_client_cannot_hold_shutdown_past_the_drain_time() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let proc = Proc::spawn(&["serve", "--listen", &listen, "--drain-timeout", "1"], &[]);
+    let mut client = wait_listening(port).await;
+    register_and_read(&mut client).await;
+    proc.signal("TERM");
+    // Blocking this runtime freezes the client: it never answers the
+    // server's goodbye, so only the drain time can end the server.
+    let (status, stderr) = proc.wait();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.contains("stopping anyway"), "{stderr}");
+    drop(client);
+}
