@@ -28,6 +28,8 @@ pub const MAX_STRING_LEN: usize = 4096;
 pub const MAX_METADATA_ENTRIES: usize = 64;
 /// Most addresses on one node.
 pub const MAX_ADDRESSES: usize = 16;
+/// Longest node TTL a registration may ask for: one year.
+pub const MAX_TTL_SECONDS: i64 = 365 * 24 * 3600;
 /// Page size used when a request asks for 0.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page size a request may ask for.
@@ -136,6 +138,22 @@ pub fn validate_addresses(field: &str, ips: &[String]) -> Result<Vec<String>, In
                 })
         })
         .collect()
+}
+
+/// Checks a requested TTL in seconds: `None` for none (zero or negative),
+/// an error beyond [`MAX_TTL_SECONDS`].
+pub fn validate_ttl(
+    field: &str,
+    seconds: i64,
+) -> Result<Option<std::time::Duration>, InvalidField> {
+    match seconds {
+        s if s <= 0 => Ok(None),
+        s if s > MAX_TTL_SECONDS => Err(InvalidField::new(
+            field,
+            format!("must be at most {MAX_TTL_SECONDS} seconds (one year); got {s}"),
+        )),
+        s => Ok(Some(std::time::Duration::from_secs(s as u64))),
+    }
 }
 
 /// Checks a requested page size and applies the default for 0.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::model::validate_name;
+use crate::model::{validate_name, validate_ttl};
 use crate::server::{self, Defaults};
 use crate::store::{MemoryRegistry, RedisConfig, RedisRegistry, Registry};
 
@@ -147,10 +147,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     validate_name("--service-group", &args.service_group).map_err(|e| e.to_string())?;
     let defaults = Defaults {
         service_group: args.service_group.clone(),
-        node_ttl: args
-            .node_ttl
-            .filter(|s| *s > 0)
-            .map(|s| Duration::from_secs(s as u64)),
+        node_ttl: match args.node_ttl {
+            Some(s) => validate_ttl("--node-ttl", s).map_err(|e| e.to_string())?,
+            None => None,
+        },
         auto: !args.no_auto,
     };
     let registry: Arc<dyn Registry> = match args.redis_config()? {

@@ -56,6 +56,10 @@ pub fn timestamp(ms: Millis) -> Timestamp {
 fn instant_in(field: &str, t: Option<Timestamp>) -> Result<Option<Instant>, InvalidField> {
     match t {
         None => Ok(None),
+        // The range protobuf's Timestamp allows: years 0001 to 9999.
+        Some(t) if !(-62_135_596_800..=253_402_300_799).contains(&t.seconds) => Err(
+            InvalidField::new(field, "must be between years 0001 and 9999"),
+        ),
         Some(t) if (0..1_000_000_000).contains(&t.nanos) => Ok(Some(Instant {
             seconds: t.seconds,
             nanos: t.nanos,

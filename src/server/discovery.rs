@@ -10,7 +10,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use super::convert::{group_or_default, name, node_out, node_spec, service_out, service_spec};
-use crate::model::{PageRequest, ServiceKey, validate_name, validate_page_size};
+use crate::model::{PageRequest, ServiceKey, validate_name, validate_page_size, validate_ttl};
 use crate::proto::v1 as pb;
 use crate::proto::v1::discovery_server::Discovery;
 use crate::store::{NodeRegistration, Registry};
@@ -70,11 +70,10 @@ impl DiscoveryService {
 
 /// The TTL a registration asks for: its own, else the server's default;
 /// zero or negative means none.
-fn ttl(requested: Option<i64>, default: Option<Duration>) -> Option<Duration> {
+fn ttl(requested: Option<i64>, default: Option<Duration>) -> Result<Option<Duration>, Status> {
     match requested {
-        Some(s) if s > 0 => Some(Duration::from_secs(s as u64)),
-        Some(_) => None,
-        None => default,
+        Some(s) => Ok(validate_ttl("ttl_seconds", s)?),
+        None => Ok(default),
     }
 }
 
@@ -104,7 +103,7 @@ impl Discovery for DiscoveryService {
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
         let node = name("node_name", &r.node_name)?;
-        let ttl = ttl(r.ttl_seconds, self.defaults.node_ttl);
+        let ttl = ttl(r.ttl_seconds, self.defaults.node_ttl)?;
         let auto = r.auto.unwrap_or(self.defaults.auto);
         let mut spec = node_spec(r)?;
         if auto && spec.ip.is_empty() {

@@ -394,7 +394,15 @@ impl Registry for RedisRegistry {
         let now = now_millis();
         let mut nodes = Vec::with_capacity(all.len());
         for (name, raw) in all {
-            let node = node_record(key, &name, &raw)?;
+            // One unreadable record (written by hand, say) must not hide
+            // the service's other nodes.
+            let node = match node_record(key, &name, &raw) {
+                Ok(node) => node,
+                Err(e) => {
+                    tracing::warn!(service = ?key, node = %name, error = %e, "skipping unreadable node record");
+                    continue;
+                }
+            };
             // Expired but not yet swept: already gone for readers.
             if !node.is_expired(now) {
                 nodes.push(node);
@@ -441,6 +449,12 @@ impl Registry for RedisRegistry {
             .zscore(self.keys().groups(), group);
         let (services, listed): (Vec<String>, Option<f64>) = self.pool().query(&pipe).await?;
         if services.is_empty() {
+            if listed.is_some() {
+                // A group listed without services (left by a crash): unlist it.
+                let mut pipe = redis::pipe();
+                pipe.zrem(self.keys().groups(), group).ignore();
+                self.pool().query::<()>(&pipe).await?;
+            }
             return Ok(listed.map(|_| 0));
         }
         let keys: Vec<ServiceKey> = services
