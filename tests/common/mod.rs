@@ -19,7 +19,10 @@ pub fn redis_server_binary() -> PathBuf {
     let candidates = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();
-    for dir in candidates.iter().chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")].iter()) {
+    for dir in candidates
+        .iter()
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")].iter())
+    {
         let path = dir.join("redis-server");
         if path.is_file() {
             return path;
