@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use discovery::{Defaults, DiscoveryService};
 
@@ -82,7 +82,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(discovery)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(incoming(listener), signal);
     tokio::pin!(server);
 
     let result = tokio::select! {
@@ -102,6 +102,15 @@ pub async fn serve(
     };
     monitor.abort();
     result
+}
+
+/// Accepted connections with TCP_NODELAY: without it, Nagle's algorithm
+/// and delayed ACKs hold small responses back for tens of milliseconds.
+/// TCP keepalive finds clients that vanished without closing.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
 }
 
 /// A server running in this process, for tests and embedding.

@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Benchmarks discovered (over Redis) against etcd 3.4 on this machine, from
+# a clean state: installs what is missing, builds both binaries in release,
+# starts redis-server, discovered and etcd on 127.0.0.1 (free ports, data in
+# a temp dir), seeds them, runs every scenario of bench/loadgen side by side
+# and prints a markdown table with the ratios against the targets.
+#
+# Usage: bench/run.sh            (from anywhere; about 3 minutes of load)
+# Tunables (environment): CONCURRENCY (64), CHANNELS (4), WARMUP (2),
+#   DURATION (10) seconds per scenario, ROUNDS (3) passes over all the
+#   scenarios, interleaved, each row reporting its median round,
+#   NODES (20), POOL (1000), TTL (30),
+#   SCENARIOS (comma list, default all: get-nodes,range-linearizable,
+#   range-serializable,register-node,put-lease), KEEP_WORK=1 to keep the
+#   temp dir (logs, results.json).
+#
+# Stops only the processes it started, by PID, whatever way it exits.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$BENCH_DIR")
+CONCURRENCY=${CONCURRENCY:-64}
+CHANNELS=${CHANNELS:-4}
+WARMUP=${WARMUP:-2}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+NODES=${NODES:-20}
+POOL=${POOL:-1000}
+TTL=${TTL:-30}
+SCENARIOS=${SCENARIOS:-}
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+# --- what we start, and how it is stopped --------------------------------
+PIDS=()
+WORK=""
+cleanup() {
+    local status=$?
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -n "$WORK" ]]; then
+        if [[ "${KEEP_WORK:-0}" == 1 ]]; then
+            log "kept $WORK"
+        else
+            rm -rf "$WORK"
+        fi
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- packages ---------------------------------------------------------------
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v etcd >/dev/null || missing+=(etcd-server)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q redis-server etcd-server
+fi
+command -v cargo >/dev/null || { log "cargo is required"; exit 1; }
+
+# --- builds -----------------------------------------------------------------
+log "building discovered (release)"
+(cd "$ROOT" && cargo build --release --quiet)
+log "building loadgen (release)"
+(cd "$BENCH_DIR/loadgen" && cargo build --release --quiet)
+DISCOVERED="$ROOT/target/release/discovered"
+LOADGEN="$BENCH_DIR/loadgen/target/release/loadgen"
+
+# --- helpers ----------------------------------------------------------------
+# Whether something accepts TCP connections on 127.0.0.1:$1.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# A port nothing listens on, not handed out before in this run.
+TAKEN=" "
+free_port() {
+    local port
+    for _ in $(seq 200); do
+        port=$((20000 + RANDOM % 40000))
+        if [[ "$TAKEN" != *" $port "* ]] && ! listening "$port"; then
+            TAKEN+="$port "
+            echo "$port"
+            return
+        fi
+    done
+    log "no free port found"
+    return 1
+}
+
+# Waits up to $3 seconds for command $2 to succeed; $1 names what for.
+wait_for() {
+    local what=$1 check=$2 deadline=$((SECONDS + $3))
+    until eval "$check"; do
+        if ((SECONDS >= deadline)); then
+            log "$what did not come up; its log:"
+            tail -n 30 "$WORK/$what.log" >&2 || true
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# etcd's /health over plain bash (no curl needed).
+etcd_healthy() {
+    local reply
+    reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$1" &&
+        printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 &&
+        timeout 2 cat <&3) 2>/dev/null) || return 1
+    [[ "$reply" == *'"health":"true"'* ]]
+}
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+# --- servers ----------------------------------------------------------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/discovered-bench.XXXXXX")
+REDIS_PORT=$(free_port)
+DISCOVERED_PORT=$(free_port)
+ETCD_PORT=$(free_port)
+ETCD_PEER_PORT=$(free_port)
+
+log "starting redis-server on 127.0.0.1:$REDIS_PORT"
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+    --dir "$WORK" --daemonize no >"$WORK/redis.log" 2>&1 &
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
+wait_for redis "alive $REDIS_PID && redis-cli -p $REDIS_PORT ping 2>/dev/null | grep -q PONG" 15
+
+log "starting discovered on 127.0.0.1:$DISCOVERED_PORT"
+"$DISCOVERED" serve --listen "127.0.0.1:$DISCOVERED_PORT" \
+    --redis-url "redis://127.0.0.1:$REDIS_PORT/" >"$WORK/discovered.log" 2>&1 &
+DISCOVERED_PID=$!
+PIDS+=("$DISCOVERED_PID")
+wait_for discovered "alive $DISCOVERED_PID && listening $DISCOVERED_PORT" 15
+
+log "starting etcd on 127.0.0.1:$ETCD_PORT (data in $WORK/etcd)"
+etcd --name bench --data-dir "$WORK/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "bench=http://127.0.0.1:$ETCD_PEER_PORT" \
+    >"$WORK/etcd.log" 2>&1 &
+ETCD_PID=$!
+PIDS+=("$ETCD_PID")
+wait_for etcd "alive $ETCD_PID && etcd_healthy $ETCD_PORT" 30
+
+# --- the run ----------------------------------------------------------------
+log "redis-server $(redis-server --version | grep -o 'v=[^ ]*'), $(etcd --version | head -n1), $(nproc) cores"
+args=(
+    --discovered "http://127.0.0.1:$DISCOVERED_PORT"
+    --etcd "http://127.0.0.1:$ETCD_PORT"
+    --concurrency "$CONCURRENCY" --channels "$CHANNELS"
+    --warmup-secs "$WARMUP" --duration-secs "$DURATION" --rounds "$ROUNDS"
+    --nodes "$NODES" --pool "$POOL" --ttl "$TTL"
+    --watch "discovered/discovered=$DISCOVERED_PID" --watch "discovered/redis=$REDIS_PID"
+    --watch "etcd/etcd=$ETCD_PID"
+    --json "$WORK/results.json"
+)
+[[ -n "$SCENARIOS" ]] && args+=(--scenarios "$SCENARIOS")
+# In the background with `wait`, so that a signal stops the run at once
+# (bash runs traps only between foreground commands) and the cleanup stops
+# the load generator too.
+"$LOADGEN" "${args[@]}" &
+LOADGEN_PID=$!
+PIDS=("$LOADGEN_PID" "${PIDS[@]}")
+wait "$LOADGEN_PID"
+
+stored=$(redis-cli -p "$REDIS_PORT" HSTRLEN 'discovered:v1:{default/bench-read}:nodes' node-0000 2>/dev/null || echo '?')
+echo
+echo "discovered stores a read-set node as $stored B of JSON in Redis; CPU columns are cores used (1.00 = one core) during each measured window."
