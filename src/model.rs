@@ -58,6 +58,15 @@ impl InvalidField {
 /// Checks a group, service or node name: 1 to 128 characters of ASCII
 /// letters, digits, `.`, `_` and `-`. Anything else could break a Redis
 /// key or pattern, so it is refused rather than escaped.
+///
+/// ```
+/// use discovered::model::validate_name;
+///
+/// assert!(validate_name("service_name", "payments-v2").is_ok());
+/// let err = validate_name("service_name", "pay:ments").unwrap_err();
+/// assert_eq!(err.field, "service_name");
+/// assert!(err.to_string().starts_with("service_name: "));
+/// ```
 pub fn validate_name(field: &str, value: &str) -> Result<(), InvalidField> {
     let ok_chars = value
         .bytes()
@@ -341,6 +350,14 @@ pub struct Page {
 impl Page {
     /// Builds a page from up to `size + 1` names in order: the extra one,
     /// if present, only says that another page follows.
+    ///
+    /// ```
+    /// use discovered::model::Page;
+    ///
+    /// let page = Page::from_lookahead(vec!["a".into(), "b".into(), "c".into()], 2);
+    /// assert_eq!(page.names, ["a", "b"]);
+    /// assert_eq!(page.next.as_deref(), Some("b"));
+    /// ```
     pub fn from_lookahead(mut names: Vec<String>, size: usize) -> Self {
         let next = if names.len() > size {
             names.truncate(size);
