@@ -104,19 +104,6 @@ fn full_node(group: &str, service: &str, name: &str, i: u32) -> RegisterNodeRequ
     }
 }
 
-/// A minimal node registration with an explicit address.
-fn bare_node(group: &str, service: &str, name: &str, ttl: Option<i64>) -> RegisterNodeRequest {
-    RegisterNodeRequest {
-        service_group: group.into(),
-        service_name: service.into(),
-        node_name: name.into(),
-        ip: vec!["10.0.0.1".into()],
-        port: 8080,
-        ttl_seconds: ttl,
-        ..Default::default()
-    }
-}
-
 /// What the API should return for `req`, registered in `group`, without
 /// the server's timestamps.
 fn service_from(req: &RegisterServiceRequest, group: &str, reveal: bool) -> Service {

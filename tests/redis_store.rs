@@ -6,25 +6,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Backend, TestServer, eventually};
+use common::{Backend, TestServer, bare_node, eventually};
 use discovered::proto::v1::*;
 use redis::AsyncCommands;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-fn node(group: &str, service: &str, name: &str, ttl: Option<i64>) -> RegisterNodeRequest {
-    RegisterNodeRequest {
-        service_group: group.into(),
-        service_name: service.into(),
-        node_name: name.into(),
-        ip: vec!["10.0.0.1".into()],
-        port: 8080,
-        ttl_seconds: ttl,
-        ..Default::default()
-    }
-}
 
 fn service(group: &str, name: &str) -> RegisterServiceRequest {
     RegisterServiceRequest {
@@ -55,18 +43,18 @@ async fn removing_a_service_and_a_group_leaves_no_key_behind() {
     let c = &mut t.client;
     // Group "shop": two services, nodes with and without TTLs.
     c.register_service(service("shop", "cart")).await.unwrap();
-    c.register_node(node("shop", "cart", "c1", Some(300)))
+    c.register_node(bare_node("shop", "cart", "c1", Some(300)))
         .await
         .unwrap();
-    c.register_node(node("shop", "cart", "c2", None))
+    c.register_node(bare_node("shop", "cart", "c2", None))
         .await
         .unwrap();
-    c.register_node(node("shop", "orders", "o1", Some(300)))
+    c.register_node(bare_node("shop", "orders", "o1", Some(300)))
         .await
         .unwrap();
     // Group "ops": kept, to show removal is scoped.
     c.register_service(service("ops", "metrics")).await.unwrap();
-    c.register_node(node("ops", "metrics", "m1", Some(300)))
+    c.register_node(bare_node("ops", "metrics", "m1", Some(300)))
         .await
         .unwrap();
 
@@ -137,11 +125,11 @@ async fn removing_a_service_and_a_group_leaves_no_key_behind() {
 async fn expired_nodes_are_removed_from_redis() {
     let mut t = TestServer::start(Backend::Redis).await;
     t.client
-        .register_node(node("default", "api", "short", Some(1)))
+        .register_node(bare_node("default", "api", "short", Some(1)))
         .await
         .unwrap();
     t.client
-        .register_node(node("default", "api", "long", None))
+        .register_node(bare_node("default", "api", "long", None))
         .await
         .unwrap();
     let mut conn = t.redis().connection().await;
@@ -218,7 +206,12 @@ async fn get_nodes_cost_does_not_grow_with_the_keyspace() {
     let mut t = TestServer::start(Backend::Redis).await;
     for i in 0..20 {
         t.client
-            .register_node(node("default", "payments", &format!("pay-{i}"), Some(600)))
+            .register_node(bare_node(
+                "default",
+                "payments",
+                &format!("pay-{i}"),
+                Some(600),
+            ))
             .await
             .unwrap();
     }
@@ -300,7 +293,7 @@ async fn redis_down_gives_unavailable_and_not_serving_then_recovers() {
     let err = bounded(
         "RegisterNode with Redis down",
         t.client
-            .register_node(node("default", "payments", "p1", None)),
+            .register_node(bare_node("default", "payments", "p1", None)),
     )
     .await
     .expect_err("Redis is down");
@@ -317,7 +310,7 @@ async fn redis_down_gives_unavailable_and_not_serving_then_recovers() {
         || {
             let mut c = t.client.clone();
             async move {
-                c.register_node(node("default", "payments", "p1", None))
+                c.register_node(bare_node("default", "payments", "p1", None))
                     .await
                     .ok()
             }

@@ -198,6 +198,24 @@ impl TestServer {
     }
 }
 
+/// A minimal node registration with an explicit address.
+pub fn bare_node(
+    group: &str,
+    service: &str,
+    name: &str,
+    ttl: Option<i64>,
+) -> discovered::proto::v1::RegisterNodeRequest {
+    discovered::proto::v1::RegisterNodeRequest {
+        service_group: group.into(),
+        service_name: service.into(),
+        node_name: name.into(),
+        ip: vec!["10.0.0.1".into()],
+        port: 8080,
+        ttl_seconds: ttl,
+        ..Default::default()
+    }
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or panics with
 /// `what` after `timeout`. For waiting on time-based behaviour without
 /// assuming how fast the machine is.
