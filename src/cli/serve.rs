@@ -50,6 +50,12 @@ pub struct ServeArgs {
     #[arg(long, env = "DISCOVERED_KEY_PREFIX", default_value = "discovered")]
     key_prefix: String,
 
+    /// Do not add the keyspace-notification flags the server needs with
+    /// CONFIG SET (for a managed Redis that forbids CONFIG): the operator
+    /// has set notify-keyspace-events to include "Kxe".
+    #[arg(long, env = "DISCOVERED_NO_CONFIG_SET")]
+    no_config_set: bool,
+
     /// The group used when a request leaves service_group empty.
     #[arg(long, env = "DISCOVERED_SERVICE_GROUP", default_value = "default")]
     service_group: String,
@@ -85,6 +91,14 @@ enum LogFormat {
 impl ServeArgs {
     /// The Redis settings, or `None` for the in-memory store.
     fn redis_config(&self) -> Result<Option<RedisConfig>, String> {
+        let config = self.redis_parts()?;
+        Ok(config.map(|c| RedisConfig {
+            config_set: !self.no_config_set,
+            ..c
+        }))
+    }
+
+    fn redis_parts(&self) -> Result<Option<RedisConfig>, String> {
         if let Some(url) = &self.redis_url {
             return RedisConfig::from_url(url, &self.key_prefix).map(Some);
         }

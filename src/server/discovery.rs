@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::convert::{group_or_default, name, node_out, node_spec, service_out, service_spec};
+use super::watch::{self, Filter, WatchStream};
 use crate::model::{PageRequest, ServiceKey, validate_name, validate_page_size, validate_ttl};
 use crate::proto::v1 as pb;
 use crate::proto::v1::discovery_server::Discovery;
@@ -41,12 +43,23 @@ impl Default for Defaults {
 pub struct DiscoveryService {
     registry: Arc<dyn Registry>,
     defaults: Defaults,
+    /// Cancelled when the server begins to shut down: watch streams end.
+    shutdown: CancellationToken,
 }
 
 impl DiscoveryService {
-    /// The service over `registry`.
-    pub fn new(registry: Arc<dyn Registry>, defaults: Defaults) -> Self {
-        Self { registry, defaults }
+    /// The service over `registry`; its watch streams end with UNAVAILABLE
+    /// when `shutdown` is cancelled.
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        defaults: Defaults,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            registry,
+            defaults,
+            shutdown,
+        }
     }
 
     fn key(&self, group: &str, service: &str) -> Result<ServiceKey, Status> {
@@ -84,6 +97,27 @@ fn peer_ip(peer: Option<SocketAddr>) -> Option<String> {
 
 #[tonic::async_trait]
 impl Discovery for DiscoveryService {
+    type WatchServiceStream = WatchStream;
+
+    async fn watch_service(
+        &self,
+        request: Request<pb::WatchServiceRequest>,
+    ) -> Result<Response<Self::WatchServiceStream>, Status> {
+        let r = request.into_inner();
+        let group = group_or_default(&r.service_group, &self.defaults.service_group)?;
+        let service = if r.service_name.is_empty() {
+            None
+        } else {
+            Some(name("service_name", &r.service_name)?)
+        };
+        Ok(Response::new(watch::start(
+            self.registry.clone(),
+            Filter { group, service },
+            r.send_initial.unwrap_or(true),
+            self.shutdown.clone(),
+        )))
+    }
+
     async fn register_service(
         &self,
         request: Request<pb::RegisterServiceRequest>,

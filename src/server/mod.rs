@@ -5,6 +5,7 @@ mod convert;
 mod discovery;
 mod health;
 mod limits;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 pub use discovery::{Defaults, DiscoveryService};
@@ -64,14 +66,19 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let discovery = DiscoveryServer::new(DiscoveryService::new(registry, defaults))
-        .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
-        .max_encoding_message_size(limits::MAX_RESPONSE_BYTES);
+    let stopping = CancellationToken::new();
+    let discovery =
+        DiscoveryServer::new(DiscoveryService::new(registry, defaults, stopping.clone()))
+            .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
+            .max_encoding_message_size(limits::MAX_RESPONSE_BYTES);
 
     // Shutdown starts when `shutdown` completes; the drain clock starts then.
     let (started_tx, started_rx) = oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
+        // Watch streams never end by themselves: end them (UNAVAILABLE) so
+        // the drain can finish.
+        stopping.cancel();
         let _ = started_tx.send(());
     };
     let server = tonic::transport::Server::builder()

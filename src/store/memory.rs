@@ -1,7 +1,9 @@
 //! The in-memory backend: the default when no Redis is configured.
 //!
 //! One process, nothing persisted. Expiry works as on Redis: expired nodes
-//! are hidden from reads at once and removed by a sweeper shortly after.
+//! are hidden from reads at once and removed by a sweeper shortly after,
+//! which tells watchers. Every change is sent to watchers under the lock
+//! that makes it, so they see changes in revision order.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -10,7 +12,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{NodeRegistration, Registry, StoreError, StoreResult};
+use tokio::sync::broadcast;
+
+use super::{
+    Change, Hub, NodeRegistration, Registry, Snapshot, StoreError, StoreEvent, StoreResult,
+};
 use crate::model::{
     Millis, NodeRecord, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec, now_millis,
 };
@@ -30,6 +36,11 @@ struct State {
     groups: BTreeMap<String, BTreeMap<String, Service>>,
     /// Node deadlines, soonest first: (expires_at, service, node).
     deadlines: BTreeSet<(Millis, ServiceKey, String)>,
+    /// The revision of the last change.
+    revision: u64,
+    /// Watchers. Changes are sent while the state is locked, so they go out
+    /// in revision order.
+    hub: Hub,
 }
 
 #[derive(Default)]
@@ -40,6 +51,12 @@ struct Service {
 }
 
 impl State {
+    /// Records a change: the next revision, sent to every watcher.
+    fn emit(&mut self, change: Change, now: Millis) {
+        self.revision += 1;
+        self.hub.change(change, self.revision, now);
+    }
+
     fn service_mut(&mut self, key: &ServiceKey) -> &mut Service {
         self.groups
             .entry(key.group.clone())
@@ -68,9 +85,17 @@ impl State {
             self.groups.remove(&key.group);
         }
         let mut live = 0;
-        for node in service.nodes.values() {
-            self.forget_deadline(node);
+        let had_nodes = !service.nodes.is_empty();
+        for node in service.nodes.into_values() {
+            self.forget_deadline(&node);
             live += u32::from(!node.is_expired(now));
+            self.emit(gone(node, now), now);
+        }
+        if service.record.is_some() || had_nodes {
+            let record = service
+                .record
+                .unwrap_or_else(|| ServiceRecord::implicit(key.clone()));
+            self.emit(Change::ServiceRemoved(record), now);
         }
         Some(live)
     }
@@ -89,10 +114,21 @@ impl State {
                 .get_mut(&key.group)
                 .and_then(|s| s.get_mut(&key.service))
                 && service.nodes.get(&name).is_some_and(|n| n.is_expired(now))
+                && let Some(node) = service.nodes.remove(&name)
             {
-                service.nodes.remove(&name);
+                self.emit(Change::NodeExpired(node), now);
             }
         }
+    }
+}
+
+/// The change that removing `node` at `now` makes: it expired if its
+/// deadline had passed, else it was removed.
+fn gone(node: NodeRecord, now: Millis) -> Change {
+    if node.is_expired(now) {
+        Change::NodeExpired(node)
+    } else {
+        Change::NodeRemoved(node)
     }
 }
 
@@ -151,18 +187,21 @@ impl Registry for MemoryRegistry {
         let now = now_millis();
         let mut state = self.lock()?;
         let service = state.service_mut(&key);
-        let registered_at = service
-            .record
-            .as_ref()
-            .and_then(|r| r.registered_at)
-            .unwrap_or(now);
+        let old = service.record.take();
         let record = ServiceRecord {
             key,
             spec,
-            registered_at: Some(registered_at),
+            registered_at: Some(old.as_ref().and_then(|r| r.registered_at).unwrap_or(now)),
             updated_at: Some(now),
         };
         service.record = Some(record.clone());
+        match old {
+            None => state.emit(Change::ServiceRegistered(record.clone()), now),
+            Some(old) if old.spec != record.spec => {
+                state.emit(Change::ServiceUpdated(record.clone()), now)
+            }
+            Some(_) => {}
+        }
         Ok(record)
     }
 
@@ -194,6 +233,18 @@ impl Registry for MemoryRegistry {
             .service_mut(&record.key)
             .nodes
             .insert(record.name.clone(), record.clone());
+        match old {
+            Some(old) if !old.is_expired(now) => {
+                if old.spec != record.spec {
+                    state.emit(Change::NodeUpdated(record.clone()), now);
+                }
+            }
+            Some(old) => {
+                state.emit(Change::NodeExpired(old), now);
+                state.emit(Change::NodeAdded(record.clone()), now);
+            }
+            None => state.emit(Change::NodeAdded(record.clone()), now),
+        }
         Ok(record)
     }
 
@@ -257,7 +308,9 @@ impl Registry for MemoryRegistry {
             return Ok(false);
         };
         state.forget_deadline(&old);
-        Ok(!old.is_expired(now))
+        let live = !old.is_expired(now);
+        state.emit(gone(old, now), now);
+        Ok(live)
     }
 
     async fn remove_service(&self, key: &ServiceKey) -> StoreResult<Option<u32>> {
@@ -276,6 +329,34 @@ impl Registry for MemoryRegistry {
             state.take_service(&ServiceKey::new(group, name.clone()), now);
         }
         Ok(Some(names.len() as u32))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        match self.state.lock() {
+            Ok(state) => state.hub.subscribe(),
+            // Poisoned: every call fails from here on; a receiver of a
+            // fan-out nobody sends on at least never lies.
+            Err(_) => Hub::new().subscribe(),
+        }
+    }
+
+    async fn snapshot(&self, group: &str, service: Option<&str>) -> StoreResult<Snapshot> {
+        let now = now_millis();
+        let state = self.lock()?;
+        let nodes = match state.groups.get(group) {
+            Some(services) => services
+                .iter()
+                .filter(|(name, _)| service.is_none_or(|s| s == name.as_str()))
+                .flat_map(|(_, s)| s.nodes.values())
+                .filter(|n| !n.is_expired(now))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Snapshot {
+            revision: state.revision,
+            nodes,
+        })
     }
 
     async fn ping(&self) -> StoreResult<()> {

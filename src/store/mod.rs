@@ -13,9 +13,11 @@ use crate::model::{
 
 pub mod memory;
 pub mod redis;
+pub mod watch;
 
 pub use memory::MemoryRegistry;
 pub use redis::{RedisConfig, RedisRegistry};
+pub use watch::{Change, ChangeEvent, Hub, Snapshot, StoreEvent};
 
 /// Why a store operation failed. Bad input never gets here: the server
 /// validates requests before it calls a store.
@@ -87,6 +89,14 @@ pub trait Registry: Send + Sync + 'static {
     /// Removes a group with its services and nodes; `None` if the group was
     /// not known, else how many services went with it.
     async fn remove_group(&self, group: &str) -> StoreResult<Option<u32>>;
+
+    /// A receiver of every change from now on, in revision order, and of
+    /// [`StoreEvent::Resync`] when changes may have been missed.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent>;
+
+    /// The live nodes of one service (`Some(name)`) or of every service in
+    /// the group (`None`), at one revision.
+    async fn snapshot(&self, group: &str, service: Option<&str>) -> StoreResult<Snapshot>;
 
     /// Checks that the store answers; feeds the health service.
     async fn ping(&self) -> StoreResult<()>;

@@ -14,6 +14,9 @@
 //! | `discovered:v1:{<g>/<s>}:service` | string (JSON) | the service's record |
 //! | `discovered:v1:{<g>/<s>}:nodes` | hash: node name -> JSON | the service's node records |
 //! | `discovered:v1:deadlines` | sorted set: `g/s/n` -> expires_at ms | nodes with a TTL, for the sweeper |
+//! | `discovered:v1:revision` | string (integer) | the revision of the last change |
+//!
+//! Changes are published on the channel `discovered:v1:changes`.
 //!
 //! Names never contain `/`, `:` or braces (see [`crate::model::validate_name`]),
 //! so every key and `g/s/n` member splits back unambiguously.
@@ -53,6 +56,22 @@ impl Keys {
     /// The hash holding a service's node records.
     pub fn nodes(&self, key: &ServiceKey) -> String {
         format!("{}:{{{}/{}}}:nodes", self.base, key.group, key.service)
+    }
+
+    /// The counter of changes: the revision of the last one.
+    pub fn revision(&self) -> String {
+        format!("{}:revision", self.base)
+    }
+
+    /// The channel the write scripts publish changes on.
+    pub fn changes_channel(&self) -> String {
+        format!("{}:changes", self.base)
+    }
+
+    /// The keyspace-notification pattern for every key of this registry
+    /// in database `db`.
+    pub fn keyspace_pattern(&self, db: i64) -> String {
+        format!("__keyspace@{db}__:{}:*", self.base)
     }
 
     /// The sorted set of node deadlines.

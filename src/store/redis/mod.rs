@@ -12,15 +12,22 @@
 //! | RemoveNode | `remove_node` script + ZREM deadline | 1 |
 //! | RemoveService | `remove_service` + `listing_remove` scripts, then ZREM deadlines | 1-2 |
 //! | RemoveServiceGroup | ZRANGE, then the RemoveService work per service | 2-3 |
+//! | WatchService start | `snapshot` script (plus a ZRANGE for a whole group) | 1-2 |
+//!
+//! Every script that changes what watchers see also takes the next
+//! revision and publishes the change (see `lua/prelude.lua`); one
+//! subscription per process (`subscriber.rs`) feeds every watch stream.
 //!
 //! Listings are written before a service's own keys and removed after them,
 //! so a crash between the two steps leaves a listed, empty service (seen and
 //! removable), never an unlisted record; any later registration of the
 //! service re-lists it.
 
+mod changes;
 mod keys;
 mod pool;
 mod scripts;
+mod subscriber;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,12 +35,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 use serde::Deserialize;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 pub use keys::Keys;
 pub use pool::RedisPool;
 
 use self::keys::{deadline_member, parse_deadline_member};
-use super::{NodeRegistration, Registry, StoreError, StoreResult};
+use super::{Hub, NodeRegistration, Registry, Snapshot, StoreError, StoreEvent, StoreResult};
 use crate::model::{
     Millis, NodeRecord, NodeSpec, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec,
     now_millis,
@@ -51,6 +60,9 @@ pub struct RedisConfig {
     pub info: ConnectionInfo,
     /// First part of every key (`discovered` by default).
     pub key_prefix: String,
+    /// Whether the server may add the keyspace-notification flags it needs
+    /// with CONFIG SET (off for managed Redis that forbids CONFIG).
+    pub config_set: bool,
 }
 
 impl RedisConfig {
@@ -62,6 +74,7 @@ impl RedisConfig {
         Ok(Self {
             info,
             key_prefix: key_prefix.into(),
+            config_set: true,
         })
     }
 
@@ -88,6 +101,7 @@ impl RedisConfig {
         Ok(Self {
             info,
             key_prefix: key_prefix.into(),
+            config_set: true,
         })
     }
 }
@@ -102,6 +116,16 @@ struct Inner {
     pool: RedisPool,
     keys: Keys,
     db: i64,
+    config_set: bool,
+    hub: Hub,
+    /// Ends the subscriber when the last clone of the registry goes.
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// How a record is stored: the server's times around the registered record.
@@ -119,30 +143,60 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &str, raw: &str) -> StoreResult<En
         .map_err(|e| StoreError::Internal(format!("corrupt {what} record: {e}")))
 }
 
+impl Envelope<ServiceSpec> {
+    fn into_record(self, key: &ServiceKey) -> ServiceRecord {
+        ServiceRecord {
+            key: key.clone(),
+            spec: self.record,
+            registered_at: Some(self.registered_at),
+            updated_at: Some(self.updated_at),
+        }
+    }
+}
+
+impl Envelope<NodeSpec> {
+    fn into_record(self, key: &ServiceKey, name: &str) -> NodeRecord {
+        NodeRecord {
+            key: key.clone(),
+            name: name.into(),
+            spec: self.record,
+            registered_at: self.registered_at,
+            updated_at: self.updated_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Internal(format!("encoding record: {e}")))
 }
 
 fn service_record(key: &ServiceKey, raw: &str) -> StoreResult<ServiceRecord> {
-    let env: Envelope<ServiceSpec> = decode("service", raw)?;
-    Ok(ServiceRecord {
-        key: key.clone(),
-        spec: env.record,
-        registered_at: Some(env.registered_at),
-        updated_at: Some(env.updated_at),
-    })
+    Ok(decode::<ServiceSpec>("service", raw)?.into_record(key))
 }
 
 fn node_record(key: &ServiceKey, name: &str, raw: &str) -> StoreResult<NodeRecord> {
-    let env: Envelope<NodeSpec> = decode("node", raw)?;
-    Ok(NodeRecord {
-        key: key.clone(),
-        name: name.into(),
-        spec: env.record,
-        registered_at: env.registered_at,
-        updated_at: env.updated_at,
-        expires_at: env.expires_at,
-    })
+    Ok(decode::<NodeSpec>("node", raw)?.into_record(key, name))
+}
+
+/// The live, readable nodes among `(name, stored)` pairs of one service.
+/// One unreadable record (written by hand, say) must not hide the others.
+fn live_nodes(
+    key: &ServiceKey,
+    all: Vec<(String, String)>,
+    now: Millis,
+    out: &mut Vec<NodeRecord>,
+) {
+    for (name, raw) in all {
+        match node_record(key, &name, &raw) {
+            // Expired but not yet swept: already gone for readers.
+            Ok(node) if node.is_expired(now) => {}
+            Ok(node) => out.push(node),
+            Err(e) => {
+                tracing::warn!(service = ?key, node = %name, error = %e, "skipping unreadable node record");
+            }
+        }
+    }
 }
 
 impl RedisRegistry {
@@ -152,21 +206,49 @@ impl RedisRegistry {
     /// the last clone of the registry is dropped.
     pub fn new(config: RedisConfig) -> StoreResult<Self> {
         let db = config.info.redis_settings().db();
+        let client = redis::Client::open(config.info.clone())
+            .map_err(|e| StoreError::Internal(format!("bad Redis settings: {e}")))?;
         let pool = RedisPool::new(config.info, scripts::all())?;
         let registry = Self {
             inner: Arc::new(Inner {
                 pool,
                 keys: Keys::new(&config.key_prefix),
                 db,
+                config_set: config.config_set,
+                hub: Hub::new(),
+                stop: CancellationToken::new(),
             }),
         };
         tokio::spawn(sweeper(Arc::downgrade(&registry.inner)));
+        tokio::spawn(subscriber::run(subscriber::Feed {
+            client,
+            pool: registry.inner.pool.clone(),
+            keys: registry.inner.keys.clone(),
+            db,
+            config_set: config.config_set,
+            hub: registry.inner.hub.clone(),
+            stop: registry.inner.stop.clone(),
+        }));
         Ok(registry)
     }
 
     /// Connects once and sends PING; the error says what went wrong and
     /// where (`host:port`), for a one-line message at start.
     pub async fn check(&self) -> Result<(), String> {
+        self.check_connection().await?;
+        if self.inner.config_set {
+            subscriber::ensure_notifications(&self.inner.pool).await.map_err(|e| {
+                format!(
+                    "cannot enable keyspace notifications on Redis at {}: {e}. Set notify-keyspace-events to include '{}' in the Redis configuration and start with --no-config-set",
+                    self.inner.pool.addr(),
+                    subscriber::REQUIRED_FLAGS
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn check_connection(&self) -> Result<(), String> {
         self.inner.pool.check().await.map_err(|e| {
             let addr = self.inner.pool.addr();
             match e.kind() {
@@ -207,7 +289,12 @@ impl RedisRegistry {
         pipe.invoke_script(
             scripts::REMOVE_SERVICE
                 .key(self.keys().service(key))
-                .key(self.keys().nodes(key)),
+                .key(self.keys().nodes(key))
+                .key(self.keys().revision())
+                .arg(now_millis())
+                .arg(self.keys().changes_channel())
+                .arg(&key.group)
+                .arg(&key.service),
         );
         pipe.invoke_script(
             scripts::LISTING_REMOVE
@@ -297,8 +384,12 @@ impl RedisRegistry {
                 pipe.invoke_script(
                     scripts::EXPIRE_NODE
                         .key(self.keys().nodes(&key))
+                        .key(self.keys().revision())
                         .arg(node)
-                        .arg(now),
+                        .arg(now)
+                        .arg(self.keys().changes_channel())
+                        .arg(&key.group)
+                        .arg(&key.service),
                 )
                 .ignore();
             }
@@ -344,8 +435,12 @@ impl Registry for RedisRegistry {
         pipe.invoke_script(
             scripts::REGISTER_SERVICE
                 .key(self.keys().service(&key))
+                .key(self.keys().revision())
                 .arg(encode(&spec)?)
-                .arg(now),
+                .arg(now)
+                .arg(self.keys().changes_channel())
+                .arg(&key.group)
+                .arg(&key.service),
         );
         let (raw,): (String,) = self.pool().query(&pipe).await?;
         service_record(&key, &raw)
@@ -366,10 +461,14 @@ impl Registry for RedisRegistry {
         pipe.invoke_script(
             scripts::REGISTER_NODE
                 .key(self.keys().nodes(&reg.key))
+                .key(self.keys().revision())
                 .arg(&reg.name)
                 .arg(encode(&reg.spec)?)
                 .arg(now)
-                .arg(expires_at.map(|t| t.to_string()).unwrap_or_default()),
+                .arg(expires_at.map(|t| t.to_string()).unwrap_or_default())
+                .arg(self.keys().changes_channel())
+                .arg(&reg.key.group)
+                .arg(&reg.key.service),
         );
         let (raw,): (String,) = self.pool().query(&pipe).await?;
         node_record(&reg.key, &reg.name, &raw)
@@ -391,23 +490,8 @@ impl Registry for RedisRegistry {
         let mut pipe = redis::pipe();
         pipe.hgetall(self.keys().nodes(key));
         let (all,): (Vec<(String, String)>,) = self.pool().query(&pipe).await?;
-        let now = now_millis();
         let mut nodes = Vec::with_capacity(all.len());
-        for (name, raw) in all {
-            // One unreadable record (written by hand, say) must not hide
-            // the service's other nodes.
-            let node = match node_record(key, &name, &raw) {
-                Ok(node) => node,
-                Err(e) => {
-                    tracing::warn!(service = ?key, node = %name, error = %e, "skipping unreadable node record");
-                    continue;
-                }
-            };
-            // Expired but not yet swept: already gone for readers.
-            if !node.is_expired(now) {
-                nodes.push(node);
-            }
-        }
+        live_nodes(key, all, now_millis(), &mut nodes);
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(nodes)
     }
@@ -422,7 +506,16 @@ impl Registry for RedisRegistry {
 
     async fn remove_node(&self, key: &ServiceKey, node: &str) -> StoreResult<bool> {
         let mut pipe = redis::pipe();
-        pipe.invoke_script(scripts::REMOVE_NODE.key(self.keys().nodes(key)).arg(node));
+        pipe.invoke_script(
+            scripts::REMOVE_NODE
+                .key(self.keys().nodes(key))
+                .key(self.keys().revision())
+                .arg(node)
+                .arg(now_millis())
+                .arg(self.keys().changes_channel())
+                .arg(&key.group)
+                .arg(&key.service),
+        );
         pipe.zrem(self.keys().deadlines(), deadline_member(key, node))
             .ignore();
         let (old,): (Option<String>,) = self.pool().query(&pipe).await?;
@@ -481,6 +574,62 @@ impl Registry for RedisRegistry {
         }
         self.forget_deadlines(&members).await?;
         Ok(Some(keys.len() as u32))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.inner.hub.subscribe()
+    }
+
+    async fn snapshot(&self, group: &str, service: Option<&str>) -> StoreResult<Snapshot> {
+        let mut services = match service {
+            Some(s) => vec![s.to_string()],
+            None => {
+                let mut pipe = redis::pipe();
+                pipe.zrange(self.keys().group_services(group), 0, -1);
+                let (names,): (Vec<String>,) = self.pool().query(&pipe).await?;
+                names
+            }
+        };
+        // The listing is read again inside the script: if a service joined
+        // the group in between, read again with it.
+        for _ in 0..5 {
+            let mut invocation = scripts::SNAPSHOT.key(self.keys().revision());
+            invocation.key(self.keys().group_services(group));
+            for s in &services {
+                invocation.key(self.keys().nodes(&ServiceKey::new(group, s.clone())));
+            }
+            let mut pipe = redis::pipe();
+            pipe.invoke_script(&invocation);
+            let (reply,): (Vec<redis::Value>,) = self.pool().query(&pipe).await?;
+            let mut reply = reply.into_iter();
+            let bad = |e: redis::ParsingError| StoreError::Internal(format!("snapshot reply: {e}"));
+            let revision: u64 =
+                redis::from_redis_value(reply.next().unwrap_or(redis::Value::Nil)).map_err(bad)?;
+            let listing: Vec<String> =
+                redis::from_redis_value(reply.next().unwrap_or(redis::Value::Nil)).map_err(bad)?;
+            if service.is_none() && listing != services {
+                services = listing;
+                continue;
+            }
+            let now = now_millis();
+            let mut nodes = Vec::new();
+            for (s, hash) in services.iter().zip(reply) {
+                let all: Vec<(String, String)> = redis::from_redis_value(hash).map_err(bad)?;
+                let mut of_service = Vec::with_capacity(all.len());
+                live_nodes(
+                    &ServiceKey::new(group, s.clone()),
+                    all,
+                    now,
+                    &mut of_service,
+                );
+                of_service.sort_by(|a, b| a.name.cmp(&b.name));
+                nodes.extend(of_service);
+            }
+            return Ok(Snapshot { revision, nodes });
+        }
+        Err(StoreError::Unavailable(format!(
+            "the services of group {group:?} kept changing while a snapshot was taken; retry"
+        )))
     }
 
     async fn ping(&self) -> StoreResult<()> {

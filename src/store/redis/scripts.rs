@@ -1,7 +1,10 @@
 //! The Lua scripts that make each multi-key update atomic.
 //!
-//! Each touches the keys of one hash tag only (one service, or the
-//! listings, or the deadlines), so it stays legal on Redis Cluster.
+//! Each data write touches the keys of one hash tag (one service, or the
+//! listings, or the deadlines) plus, for the scripts that change what
+//! watchers see, the revision counter: the one key shared by every change,
+//! which gives all of a registry's changes one order. (On Redis Cluster
+//! that counter is a cross-slot key; see the README.)
 
 use std::sync::LazyLock;
 
@@ -15,11 +18,25 @@ macro_rules! script {
     };
 }
 
-script!(REGISTER_SERVICE, "register_service.lua");
-script!(REGISTER_NODE, "register_node.lua");
-script!(REMOVE_NODE, "remove_node.lua");
-script!(REMOVE_SERVICE, "remove_service.lua");
-script!(EXPIRE_NODE, "expire_node.lua");
+/// A script that publishes changes: `lua/prelude.lua` comes first.
+macro_rules! change_script {
+    ($name:ident, $file:literal) => {
+        #[doc = concat!("`lua/prelude.lua` + `lua/", $file, "`")]
+        pub static $name: LazyLock<Script> = LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("lua/prelude.lua"),
+                include_str!(concat!("lua/", $file))
+            ))
+        });
+    };
+}
+
+change_script!(REGISTER_SERVICE, "register_service.lua");
+change_script!(REGISTER_NODE, "register_node.lua");
+change_script!(REMOVE_NODE, "remove_node.lua");
+change_script!(REMOVE_SERVICE, "remove_service.lua");
+change_script!(EXPIRE_NODE, "expire_node.lua");
+script!(SNAPSHOT, "snapshot.lua");
 script!(LISTING_ADD, "listing_add.lua");
 script!(LISTING_REMOVE, "listing_remove.lua");
 script!(FORGET_DEADLINE, "forget_deadline.lua");
@@ -36,6 +53,7 @@ pub fn all() -> &'static [&'static Script] {
             &*LISTING_ADD,
             &*LISTING_REMOVE,
             &*FORGET_DEADLINE,
+            &*SNAPSHOT,
         ]
     });
     &ALL

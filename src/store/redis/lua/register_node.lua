@@ -1,14 +1,26 @@
 -- Writes a node record whole, keeping registered_at of an existing live one.
--- KEYS[1] nodes hash; ARGV[1] node name; ARGV[2] record JSON; ARGV[3] now
--- (ms); ARGV[4] expires_at (ms), or "" for no TTL.
+-- KEYS[1] nodes hash; KEYS[2] revision counter.
+-- ARGV[1] node name; ARGV[2] record JSON; ARGV[3] now (ms); ARGV[4]
+-- expires_at (ms), or "" for no TTL; ARGV[5] change channel; ARGV[6]
+-- group; ARGV[7] service.
+-- Publishes node_added, or node_updated if a field of a live node's record
+-- changed (timestamps and the deadline do not count); an old record past
+-- its deadline is published as node_expired first.
 -- Returns the stored envelope.
 local now = tonumber(ARGV[3])
 local registered = ARGV[3]
+local kind = 'node_added'
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
-  local reg, exp = string.match(old, '^{"registered_at":(%d+),"updated_at":%d+,"expires_at":(%w+)')
-  if reg and (exp == 'null' or tonumber(exp) > now) then
-    registered = reg
+  if is_expired(old, now) then
+    change(KEYS[2], ARGV[5], 'node_expired', ARGV[6], ARGV[7], ARGV[1], old, ARGV[3])
+  else
+    registered = string.match(old, '^{"registered_at":(%d+)') or registered
+    if record_of(old) == ARGV[2] then
+      kind = nil
+    else
+      kind = 'node_updated'
+    end
   end
 end
 local expires = 'null'
@@ -18,4 +30,7 @@ end
 local stored = '{"registered_at":' .. registered .. ',"updated_at":' .. ARGV[3]
   .. ',"expires_at":' .. expires .. ',"record":' .. ARGV[2] .. '}'
 redis.call('HSET', KEYS[1], ARGV[1], stored)
+if kind then
+  change(KEYS[2], ARGV[5], kind, ARGV[6], ARGV[7], ARGV[1], stored, ARGV[3])
+end
 return stored

@@ -1,0 +1,228 @@
+//! WatchService: one task per stream, fed by the store's fan-out.
+//!
+//! A stream subscribes to the store's changes first and takes its snapshot
+//! second, so nothing falls between the two: a change that the snapshot
+//! already shows has a revision no higher than the snapshot's and is
+//! skipped. The same happens after every RESYNC.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::convert::{node_out, service_out, timestamp};
+use crate::model::{NodeRecord, ServiceKey, now_millis};
+use crate::proto::v1::{self as pb, EventType};
+use crate::store::{Change, ChangeEvent, Registry, StoreError, StoreEvent};
+
+/// Events a stream holds for a client that reads slowly. When it is full
+/// the stream's task waits, falls behind the fan-out, and the client gets
+/// a RESYNC once it reads again: memory stays bounded either way.
+const STREAM_BUFFER: usize = 256;
+/// How long a stream waits before retrying a snapshot the store refused
+/// (Redis down): the store's own RESYNC usually comes first.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
+
+/// The stream type of WatchService.
+pub type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
+
+/// What one stream watches: a group, and one service or all of them.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    /// The group.
+    pub group: String,
+    /// The service, or `None` for every service of the group.
+    pub service: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, key: &ServiceKey) -> bool {
+        key.group == self.group && self.service.as_ref().is_none_or(|s| *s == key.service)
+    }
+}
+
+/// Starts a stream's task and returns the stream. The task ends when the
+/// client goes away, or with UNAVAILABLE when `shutdown` is cancelled.
+pub fn start(
+    registry: Arc<dyn Registry>,
+    filter: Filter,
+    send_initial: bool,
+    shutdown: CancellationToken,
+) -> WatchStream {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    // Subscribe before the task runs, so that the snapshot it takes cannot
+    // miss a change made in between.
+    let events = registry.subscribe();
+    let watcher = Watcher {
+        registry,
+        filter,
+        tx,
+        shutdown,
+        sequence: 0,
+    };
+    tokio::spawn(watcher.run(events, send_initial));
+    ReceiverStream::new(rx)
+}
+
+struct Watcher {
+    registry: Arc<dyn Registry>,
+    filter: Filter,
+    tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
+    shutdown: CancellationToken,
+    sequence: u64,
+}
+
+/// Why a stream's task stops.
+enum End {
+    /// The client went away: nothing more to send.
+    ClientGone,
+    /// The server is stopping: tell the client.
+    Shutdown,
+}
+
+impl Watcher {
+    async fn run(mut self, mut events: broadcast::Receiver<StoreEvent>, send_initial: bool) {
+        let end = self.watch(&mut events, send_initial).await;
+        if let Err(End::Shutdown) = end {
+            let _ = self.tx.try_send(Err(Status::unavailable(
+                "the server is shutting down; watch again elsewhere",
+            )));
+        }
+    }
+
+    async fn watch(
+        &mut self,
+        events: &mut broadcast::Receiver<StoreEvent>,
+        send_initial: bool,
+    ) -> Result<(), End> {
+        let mut revision = if send_initial {
+            self.sync(false).await?
+        } else {
+            self.marker(EventType::Synced).await?;
+            0
+        };
+        loop {
+            let event = tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(End::Shutdown),
+                _ = self.tx.closed() => return Err(End::ClientGone),
+                event = events.recv() => event,
+            };
+            match event {
+                Ok(StoreEvent::Change(change)) => {
+                    if change.revision > revision && self.filter.matches(change.change.key()) {
+                        self.send(change_event(&change, self.sequence + 1)).await?;
+                    }
+                }
+                Ok(StoreEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    revision = self.sync(true).await?;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(End::Shutdown),
+            }
+        }
+    }
+
+    /// Sends the current state (after a RESYNC marker when `resync`), then
+    /// SYNCED; returns the snapshot's revision.
+    async fn sync(&mut self, resync: bool) -> Result<u64, End> {
+        if resync {
+            self.marker(EventType::Resync).await?;
+        }
+        let snapshot = loop {
+            match self
+                .registry
+                .snapshot(&self.filter.group, self.filter.service.as_deref())
+                .await
+            {
+                Ok(snapshot) => break snapshot,
+                Err(e) => {
+                    if matches!(e, StoreError::Internal(_)) {
+                        tracing::error!(error = %e, "watch snapshot failed");
+                    }
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(End::Shutdown),
+                        _ = self.tx.closed() => return Err(End::ClientGone),
+                        _ = tokio::time::sleep(SNAPSHOT_RETRY) => {}
+                    }
+                }
+            }
+        };
+        let now = now_millis();
+        for node in snapshot.nodes {
+            let event = initial_event(node, snapshot.revision, now, self.sequence + 1);
+            self.send(event).await?;
+        }
+        self.marker(EventType::Synced).await?;
+        Ok(snapshot.revision)
+    }
+
+    async fn marker(&mut self, kind: EventType) -> Result<(), End> {
+        let event = pb::WatchEvent {
+            r#type: kind as i32,
+            service_group: self.filter.group.clone(),
+            service_name: self.filter.service.clone().unwrap_or_default(),
+            node: None,
+            service: None,
+            sequence: self.sequence + 1,
+            revision: 0,
+            time: Some(timestamp(now_millis())),
+        };
+        self.send(event).await
+    }
+
+    /// Sends one event, waiting while the client's buffer is full.
+    async fn send(&mut self, event: pb::WatchEvent) -> Result<(), End> {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => Err(End::Shutdown),
+            sent = self.tx.send(Ok(event)) => match sent {
+                Ok(()) => {
+                    self.sequence += 1;
+                    Ok(())
+                }
+                Err(_) => Err(End::ClientGone),
+            },
+        }
+    }
+}
+
+fn initial_event(node: NodeRecord, revision: u64, now: i64, sequence: u64) -> pb::WatchEvent {
+    pb::WatchEvent {
+        r#type: EventType::Initial as i32,
+        service_group: node.key.group.clone(),
+        service_name: node.key.service.clone(),
+        node: Some(node_out(node)),
+        service: None,
+        sequence,
+        revision,
+        time: Some(timestamp(now)),
+    }
+}
+
+fn change_event(event: &ChangeEvent, sequence: u64) -> pb::WatchEvent {
+    let key = event.change.key();
+    let (kind, node, service) = match event.change.clone() {
+        Change::NodeAdded(n) => (EventType::NodeAdded, Some(node_out(n)), None),
+        Change::NodeUpdated(n) => (EventType::NodeUpdated, Some(node_out(n)), None),
+        Change::NodeRemoved(n) => (EventType::NodeRemoved, Some(node_out(n)), None),
+        Change::NodeExpired(n) => (EventType::NodeExpired, Some(node_out(n)), None),
+        Change::ServiceRegistered(s) => (
+            EventType::ServiceRegistered,
+            None,
+            Some(service_out(s, false)),
+        ),
+        Change::ServiceUpdated(s) => (EventType::ServiceUpdated, None, Some(service_out(s, false))),
+        Change::ServiceRemoved(s) => (EventType::ServiceRemoved, None, Some(service_out(s, false))),
+    };
+    pb::WatchEvent {
+        r#type: kind as i32,
+        service_group: key.group.clone(),
+        service_name: key.service.clone(),
+        node,
+        service,
+        sequence,
+        revision: event.revision,
+        time: Some(timestamp(event.time)),
+    }
+}

@@ -1,0 +1,121 @@
+//! What a store tells its watchers, and the in-process fan-out that carries
+//! it to every watch stream of this process.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::model::{Millis, NodeRecord, ServiceKey, ServiceRecord};
+
+/// One change to the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A node was registered that did not exist (or had expired).
+    NodeAdded(NodeRecord),
+    /// A live node was registered again with a changed record.
+    NodeUpdated(NodeRecord),
+    /// A node was removed through the API; its last record.
+    NodeRemoved(NodeRecord),
+    /// A node's TTL ran out; its last record.
+    NodeExpired(NodeRecord),
+    /// A service was registered that had no record.
+    ServiceRegistered(ServiceRecord),
+    /// A service was registered again with a changed record.
+    ServiceUpdated(ServiceRecord),
+    /// A service was removed; its last record (implicit if it had none).
+    ServiceRemoved(ServiceRecord),
+}
+
+impl Change {
+    /// The service the change belongs to.
+    pub fn key(&self) -> &ServiceKey {
+        match self {
+            Change::NodeAdded(n)
+            | Change::NodeUpdated(n)
+            | Change::NodeRemoved(n)
+            | Change::NodeExpired(n) => &n.key,
+            Change::ServiceRegistered(s)
+            | Change::ServiceUpdated(s)
+            | Change::ServiceRemoved(s) => &s.key,
+        }
+    }
+}
+
+/// A change with its place in the registry's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeEvent {
+    /// The change.
+    pub change: Change,
+    /// The registry's revision for it: increasing across every server that
+    /// shares the registry.
+    pub revision: u64,
+    /// When it happened.
+    pub time: Millis,
+}
+
+/// What a watcher receives from the store.
+#[derive(Debug, Clone)]
+pub enum StoreEvent {
+    /// A change, in revision order.
+    Change(Arc<ChangeEvent>),
+    /// Changes may have been missed (the store's feed dropped and is back):
+    /// take a new snapshot.
+    Resync,
+}
+
+/// A consistent view of some nodes at one revision: every change with a
+/// higher revision happened after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The registry's revision when the snapshot was taken.
+    pub revision: u64,
+    /// The live nodes, by service then name.
+    pub nodes: Vec<NodeRecord>,
+}
+
+/// How many events the fan-out holds for the slowest watcher before that
+/// watcher is told to resync.
+pub const FANOUT_CAPACITY: usize = 4096;
+
+/// The in-process fan-out: one feed in, any number of watchers out. A
+/// watcher that falls more than [`FANOUT_CAPACITY`] events behind loses
+/// them and is told so (see [`tokio::sync::broadcast`]), so a slow watcher
+/// never holds up the others and memory stays bounded.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    tx: broadcast::Sender<StoreEvent>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    /// An empty fan-out.
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(FANOUT_CAPACITY);
+        Self { tx }
+    }
+
+    /// Hands an event to every current watcher.
+    pub fn send(&self, event: StoreEvent) {
+        // No receiver is fine: nobody is watching.
+        let _ = self.tx.send(event);
+    }
+
+    /// Hands a change to every current watcher.
+    pub fn change(&self, change: Change, revision: u64, time: Millis) {
+        self.send(StoreEvent::Change(Arc::new(ChangeEvent {
+            change,
+            revision,
+            time,
+        })));
+    }
+
+    /// A new watcher's receiver: it sees what is sent from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.tx.subscribe()
+    }
+}
