@@ -340,6 +340,10 @@ impl Registry for MemoryRegistry {
         }
     }
 
+    fn watcher_count(&self) -> usize {
+        self.state.lock().map(|s| s.hub.receivers()).unwrap_or(0)
+    }
+
     async fn snapshot(&self, group: &str, service: Option<&str>) -> StoreResult<Snapshot> {
         let now = now_millis();
         let state = self.lock()?;

@@ -114,6 +114,11 @@ impl Hub {
         })));
     }
 
+    /// How many receivers exist: one per open watch stream.
+    pub fn receivers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     /// A new watcher's receiver: it sees what is sent from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.tx.subscribe()

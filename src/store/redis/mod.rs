@@ -120,6 +120,8 @@ struct Inner {
     hub: Hub,
     /// Ends the subscriber when the last clone of the registry goes.
     stop: CancellationToken,
+    /// Whether the change subscription is up.
+    subscribed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Drop for Inner {
@@ -209,6 +211,7 @@ impl RedisRegistry {
         let client = redis::Client::open(config.info.clone())
             .map_err(|e| StoreError::Internal(format!("bad Redis settings: {e}")))?;
         let pool = RedisPool::new(config.info, scripts::all())?;
+        let (subscribed_tx, subscribed) = tokio::sync::watch::channel(false);
         let registry = Self {
             inner: Arc::new(Inner {
                 pool,
@@ -217,6 +220,7 @@ impl RedisRegistry {
                 config_set: config.config_set,
                 hub: Hub::new(),
                 stop: CancellationToken::new(),
+                subscribed,
             }),
         };
         tokio::spawn(sweeper(Arc::downgrade(&registry.inner)));
@@ -228,12 +232,15 @@ impl RedisRegistry {
             config_set: config.config_set,
             hub: registry.inner.hub.clone(),
             stop: registry.inner.stop.clone(),
+            subscribed: subscribed_tx,
         }));
         Ok(registry)
     }
 
-    /// Connects once and sends PING; the error says what went wrong and
-    /// where (`host:port`), for a one-line message at start.
+    /// Connects once and sends PING, enables keyspace notifications
+    /// (unless told not to) and waits for the change subscription; the
+    /// error says what went wrong and where (`host:port`), for a one-line
+    /// message at start.
     pub async fn check(&self) -> Result<(), String> {
         self.check_connection().await?;
         if self.inner.config_set {
@@ -245,7 +252,16 @@ impl RedisRegistry {
                 )
             })?;
         }
-        Ok(())
+        // Serve only once changes reach this process, so the first
+        // watchers need no RESYNC.
+        let mut subscribed = self.inner.subscribed.clone();
+        match tokio::time::timeout(Duration::from_secs(5), subscribed.wait_for(|up| *up)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(format!(
+                "cannot subscribe to change notifications on Redis at {}",
+                self.inner.pool.addr()
+            )),
+        }
     }
 
     async fn check_connection(&self) -> Result<(), String> {
@@ -416,8 +432,17 @@ async fn sweeper(inner: std::sync::Weak<Inner>) {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         let registry = RedisRegistry { inner };
-        if let Err(e) = registry.sweep().await {
-            tracing::debug!(error = %e, "expiry sweep failed; retrying");
+        // A full batch means more are due: keep going rather than let the
+        // backlog add a tick of delay per batch.
+        loop {
+            match registry.sweep().await {
+                Ok(n) if n >= SWEEP_BATCH => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "expiry sweep failed; retrying");
+                    break;
+                }
+            }
         }
     }
 }
@@ -578,6 +603,10 @@ impl Registry for RedisRegistry {
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.inner.hub.subscribe()
+    }
+
+    fn watcher_count(&self) -> usize {
+        self.inner.hub.receivers()
     }
 
     async fn snapshot(&self, group: &str, service: Option<&str>) -> StoreResult<Snapshot> {

@@ -47,6 +47,8 @@ pub struct Feed {
     pub config_set: bool,
     /// Where events go.
     pub hub: Hub,
+    /// Whether the subscription is up, for [`super::RedisRegistry::check`].
+    pub subscribed: tokio::sync::watch::Sender<bool>,
     /// Ends the subscriber.
     pub stop: CancellationToken,
 }
@@ -96,8 +98,13 @@ pub async fn run(feed: Feed) {
                 }
                 backoff = FIRST_BACKOFF;
                 // Subscribed: from here on nothing is missed, so watchers
-                // may take a fresh snapshot.
-                feed.hub.send(StoreEvent::Resync);
+                // may take a fresh snapshot. The first subscription comes
+                // before the server serves (see `check`), with no watcher
+                // to tell.
+                if *feed.subscribed.borrow() || failing {
+                    feed.hub.send(StoreEvent::Resync);
+                }
+                feed.subscribed.send_replace(true);
                 let mut messages = pubsub.into_on_message();
                 loop {
                     tokio::select! {
@@ -110,6 +117,7 @@ pub async fn run(feed: Feed) {
                 }
                 tracing::warn!(addr = %feed.pool.addr(), "Redis subscription lost; reconnecting");
                 failing = true;
+                feed.subscribed.send_replace(false);
             }
             Err(e) => {
                 if !failing {
