@@ -296,3 +296,85 @@ async fn a_stuck_client_cannot_hold_shutdown_past_the_drain_time() {
     assert!(stderr.contains("stopping anyway"), "{stderr}");
     drop(client);
 }
+
+#[tokio::test]
+async fn sigterm_ends_open_watch_streams_with_unavailable() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let proc = Proc::spawn(
+        &["serve", "--listen", &listen, "--redis-url", &redis.url()],
+        &[],
+    );
+    let mut client = wait_listening(port).await;
+    let mut stream = client
+        .watch_service(WatchServiceRequest {
+            service_name: "payments".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("WatchService")
+        .into_inner();
+    let synced = stream.message().await.expect("first event").expect("open");
+    assert_eq!(synced.r#type, EventType::Synced as i32);
+    proc.signal("TERM");
+    let end = tokio::time::timeout(Duration::from_secs(15), stream.message())
+        .await
+        .expect("the stream did not end within 15 s");
+    let status = end.expect_err("the stream must end with a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let (status, stderr) = proc.wait_async().await;
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(
+        !stderr.contains("stopping anyway"),
+        "the drain timed out: {stderr}"
+    );
+}
+
+#[test]
+fn redis_that_refuses_config_needs_no_config_set() {
+    // Like a managed Redis: CONFIG is not available.
+    let redis = RedisServer::start_with(&["--rename-command", "CONFIG", ""]);
+    let (status, stderr) = Proc::spawn(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--redis-url",
+            &redis.url(),
+        ],
+        &[],
+    )
+    .wait();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("notify-keyspace-events"), "{stderr}");
+    assert!(
+        errors[0].contains("Kxe") && errors[0].contains("--no-config-set"),
+        "{stderr}"
+    );
+
+    // With the operator's word that it is configured, the server starts.
+    let port = free_port();
+    let mut proc = Proc::spawn(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis-url",
+            &redis.url(),
+            "--no-config-set",
+        ],
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            proc.child.try_wait().unwrap().is_none(),
+            "server exited with --no-config-set"
+        );
+        assert!(Instant::now() < deadline, "server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
