@@ -122,6 +122,8 @@ struct Inner {
     stop: CancellationToken,
     /// Whether the change subscription is up.
     subscribed: tokio::sync::watch::Receiver<bool>,
+    /// The subscriber, until [`RedisRegistry::check`] starts it.
+    feed: std::sync::Mutex<Option<subscriber::Feed>>,
 }
 
 impl Drop for Inner {
@@ -203,7 +205,8 @@ fn live_nodes(
 
 impl RedisRegistry {
     /// A registry on the Redis that `config` names. Connects lazily: call
-    /// [`RedisRegistry::check`] to find out at start whether Redis answers.
+    /// [`RedisRegistry::check`] before serving, to find out whether Redis
+    /// answers and to start the change subscription that watchers need.
     /// Spawns the expiry sweeper on the current Tokio runtime; it ends when
     /// the last clone of the registry is dropped.
     pub fn new(config: RedisConfig) -> StoreResult<Self> {
@@ -221,19 +224,25 @@ impl RedisRegistry {
                 hub: Hub::new(),
                 stop: CancellationToken::new(),
                 subscribed,
+                feed: std::sync::Mutex::new(None),
             }),
         };
         tokio::spawn(sweeper(Arc::downgrade(&registry.inner)));
-        tokio::spawn(subscriber::run(subscriber::Feed {
-            client,
-            pool: registry.inner.pool.clone(),
-            keys: registry.inner.keys.clone(),
-            db,
-            config_set: config.config_set,
-            hub: registry.inner.hub.clone(),
-            stop: registry.inner.stop.clone(),
-            subscribed: subscribed_tx,
-        }));
+        *registry
+            .inner
+            .feed
+            .lock()
+            .map_err(|_| StoreError::Internal("feed lock poisoned".into()))? =
+            Some(subscriber::Feed {
+                client,
+                pool: registry.inner.pool.clone(),
+                keys: registry.inner.keys.clone(),
+                db,
+                config_set: config.config_set,
+                hub: registry.inner.hub.clone(),
+                stop: registry.inner.stop.clone(),
+                subscribed: subscribed_tx,
+            });
         Ok(registry)
     }
 
@@ -251,6 +260,11 @@ impl RedisRegistry {
                     subscriber::REQUIRED_FLAGS
                 )
             })?;
+        }
+        // The subscriber starts here, once Redis is known to be usable, so
+        // that a refused start says one thing once.
+        if let Some(feed) = self.inner.feed.lock().ok().and_then(|mut f| f.take()) {
+            tokio::spawn(subscriber::run(feed));
         }
         // Serve only once changes reach this process, so the first
         // watchers need no RESYNC.
