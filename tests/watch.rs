@@ -1,0 +1,1105 @@
+//! WatchService as a client sees it: the INITIAL/SYNCED start, the change
+//! events each operation sends, their order, sequence and revision, and
+//! which streams see which changes. Every test body runs twice, once on the
+//! memory store and once on a real Redis (see the `conformance!` list at
+//! the end).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use discovered::proto::v1::discovery_client::DiscoveryClient;
+use discovered::proto::v1::*;
+use discovered::server::Defaults;
+use prost_types::Timestamp;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+type Client = DiscoveryClient<Channel>;
+
+/// How long an expected event may take to arrive. Generous: reads end as
+/// soon as the event is there.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// How far an event's `time` may lie outside the span in which the test
+/// saw it happen (the server and the test share a clock; this only allows
+/// for millisecond rounding).
+const CLOCK_SLACK_MS: i64 = 1000;
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// Wall-clock milliseconds since the epoch, as the server counts them.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// A timestamp that must be set, in milliseconds since the epoch.
+#[track_caller]
+fn ms(t: &Option<Timestamp>) -> i64 {
+    let t = t.as_ref().expect("timestamp should be set");
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
+fn kind(e: &WatchEvent) -> EventType {
+    EventType::try_from(e.r#type).unwrap_or(EventType::Unspecified)
+}
+
+fn meta(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A node registration with every field set: several addresses (one IPv6)
+/// and several metadata entries, so that a re-registration that changes
+/// nothing is only recognised as such if the server compares records, not
+/// the order a map happened to be sent in.
+fn node(group: &str, service: &str, name: &str, i: u32, ttl: Option<i64>) -> RegisterNodeRequest {
+    RegisterNodeRequest {
+        service_group: group.into(),
+        service_name: service.into(),
+        node_name: name.into(),
+        ip: vec![format!("10.1.0.{i}"), format!("fd00::{i}")],
+        port: 9000 + i,
+        fqdn: format!("{name}.example.com"),
+        os: "Debian GNU/Linux 12".into(),
+        platform_name: "Linux".into(),
+        arch: "x86_64".into(),
+        cpu_count: 2 * i,
+        memory_mb: 4096 + u64::from(i),
+        last_boot: Some(Timestamp {
+            seconds: 1_700_000_000 + i64::from(i),
+            nanos: 500_000_000,
+        }),
+        metadata: meta(&[
+            ("rack", &format!("r{i}")),
+            ("zone", "eu-1"),
+            ("alpha", "1"),
+            ("beta", "2"),
+            ("gamma", "3"),
+            ("delta", "4"),
+        ]),
+        ttl_seconds: ttl,
+        auto: None,
+    }
+}
+
+/// A service registration with every field set, credentials included.
+fn service(group: &str, name: &str) -> RegisterServiceRequest {
+    RegisterServiceRequest {
+        service_group: group.into(),
+        service_name: name.into(),
+        endpoint: format!("https://{name}.example.com:8443/api"),
+        endpoint_type: "http".into(),
+        auth_type: "basic".into(),
+        auth_credentials: "user:s3cret".into(),
+        backend: "postgres-15".into(),
+        description: format!("The {name} service"),
+        metadata: meta(&[("team", "core"), ("tier", "1"), ("owner", "ops")]),
+    }
+}
+
+async fn register_node(c: &mut Client, req: RegisterNodeRequest) -> Node {
+    let what = format!("RegisterNode {}/{}", req.service_name, req.node_name);
+    c.register_node(req)
+        .await
+        .unwrap_or_else(|s| panic!("{what}: {s:?}"))
+        .into_inner()
+}
+
+async fn register_service(c: &mut Client, req: RegisterServiceRequest) -> Service {
+    let what = format!("RegisterService {}", req.service_name);
+    c.register_service(req)
+        .await
+        .unwrap_or_else(|s| panic!("{what}: {s:?}"))
+        .into_inner()
+}
+
+async fn get_nodes(c: &mut Client, group: &str, service: &str) -> Vec<Node> {
+    c.get_nodes(GetNodesRequest {
+        service_group: group.into(),
+        service_name: service.into(),
+    })
+    .await
+    .unwrap_or_else(|s| panic!("GetNodes {group}/{service}: {s:?}"))
+    .into_inner()
+    .nodes
+}
+
+async fn remove_node(c: &mut Client, group: &str, service: &str, name: &str) {
+    let r = c
+        .remove_node(RemoveNodeRequest {
+            service_group: group.into(),
+            service_name: service.into(),
+            node_name: name.into(),
+            allow_missing: false,
+        })
+        .await
+        .unwrap_or_else(|s| panic!("RemoveNode {group}/{service}/{name}: {s:?}"))
+        .into_inner();
+    assert!(
+        r.removed,
+        "RemoveNode {group}/{service}/{name} removed nothing"
+    );
+}
+
+async fn remove_service(c: &mut Client, group: &str, service: &str) -> RemoveServiceResponse {
+    c.remove_service(RemoveServiceRequest {
+        service_group: group.into(),
+        service_name: service.into(),
+        allow_missing: false,
+    })
+    .await
+    .unwrap_or_else(|s| panic!("RemoveService {group}/{service}: {s:?}"))
+    .into_inner()
+}
+
+/// Node records keyed by (service, node name), for order-free comparison.
+fn by_name<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> BTreeMap<(String, String), Node> {
+    nodes
+        .into_iter()
+        .map(|n| ((n.service_name.clone(), n.node_name.clone()), n.clone()))
+        .collect()
+}
+
+/// The node an event carries; it must be there, and the event's own
+/// group and service must be the node's.
+#[track_caller]
+fn node_of(e: &WatchEvent) -> &Node {
+    let n = e
+        .node
+        .as_ref()
+        .unwrap_or_else(|| panic!("event without a node: {e:?}"));
+    assert_eq!(
+        (e.service_group.as_str(), e.service_name.as_str()),
+        (n.service_group.as_str(), n.service_name.as_str()),
+        "event names a different service than its node: {e:?}"
+    );
+    assert!(e.service.is_none(), "node event with a service: {e:?}");
+    n
+}
+
+/// The service an event carries; it must be there, without credentials,
+/// and the event's own group and service must be the record's.
+#[track_caller]
+fn service_of(e: &WatchEvent) -> &Service {
+    let s = e
+        .service
+        .as_ref()
+        .unwrap_or_else(|| panic!("event without a service: {e:?}"));
+    assert_eq!(
+        (e.service_group.as_str(), e.service_name.as_str()),
+        (s.service_group.as_str(), s.service_name.as_str()),
+        "event names a different service than its record: {e:?}"
+    );
+    assert!(e.node.is_none(), "service event with a node: {e:?}");
+    assert_eq!(
+        s.auth_credentials, "",
+        "a watch event must never carry credentials: {e:?}"
+    );
+    s
+}
+
+/// One open watch stream. Every event it hands out has been checked for
+/// what every event promises: sequence 1, 2, 3... with no gap, and a
+/// `time` that is set and plausible.
+struct Watch {
+    stream: Streaming<WatchEvent>,
+    what: String,
+    last_sequence: u64,
+    opened_ms: i64,
+}
+
+impl Watch {
+    async fn open(c: &mut Client, group: &str, service: &str, send_initial: Option<bool>) -> Self {
+        let what = format!("watch of {group:?}/{service:?} (send_initial {send_initial:?})");
+        let opened_ms = now_ms();
+        let stream = c
+            .watch_service(WatchServiceRequest {
+                service_group: group.into(),
+                service_name: service.into(),
+                send_initial,
+            })
+            .await
+            .unwrap_or_else(|s| panic!("{what}: WatchService failed: {s:?}"))
+            .into_inner();
+        Self {
+            stream,
+            what,
+            last_sequence: 0,
+            opened_ms,
+        }
+    }
+
+    /// The next event; panics if none arrives within [`WAIT`].
+    async fn next(&mut self) -> WatchEvent {
+        let e = match tokio::time::timeout(WAIT, self.stream.message()).await {
+            Err(_) => panic!(
+                "{}: no event within {WAIT:?} after sequence {}",
+                self.what, self.last_sequence
+            ),
+            Ok(Err(s)) => panic!("{}: the stream failed: {s:?}", self.what),
+            Ok(Ok(None)) => panic!("{}: the stream ended", self.what),
+            Ok(Ok(Some(e))) => e,
+        };
+        assert_eq!(
+            e.sequence,
+            self.last_sequence + 1,
+            "{}: sequence numbers must run 1, 2, 3... without a gap: {e:?}",
+            self.what
+        );
+        self.last_sequence = e.sequence;
+        let t = ms(&e.time);
+        assert!(
+            t >= self.opened_ms - CLOCK_SLACK_MS && t <= now_ms() + CLOCK_SLACK_MS,
+            "{}: implausible event time {t} (stream opened at {}, now {}): {e:?}",
+            self.what,
+            self.opened_ms,
+            now_ms()
+        );
+        e
+    }
+
+    /// The next event, which must be of type `want`.
+    async fn expect(&mut self, want: EventType) -> WatchEvent {
+        let e = self.next().await;
+        assert_eq!(
+            kind(&e),
+            want,
+            "{}: expected {want:?} next, got {e:?}",
+            self.what
+        );
+        e
+    }
+
+    /// The start of a stream: the INITIAL events up to SYNCED. Checks that
+    /// they all carry one revision, above 0, and that SYNCED names what is
+    /// watched (`group` resolved, `service` as asked) with revision 0.
+    async fn initial(&mut self, group: &str, service: &str) -> Vec<WatchEvent> {
+        let mut events: Vec<WatchEvent> = Vec::new();
+        loop {
+            let e = self.next().await;
+            match kind(&e) {
+                EventType::Initial => {
+                    let n = node_of(&e);
+                    assert_eq!(n.service_group, group, "{}: {e:?}", self.what);
+                    if !service.is_empty() {
+                        assert_eq!(n.service_name, service, "{}: {e:?}", self.what);
+                    }
+                    assert!(
+                        e.revision > 0,
+                        "{}: INITIAL at revision 0: {e:?}",
+                        self.what
+                    );
+                    if let Some(first) = events.first() {
+                        assert_eq!(
+                            e.revision, first.revision,
+                            "{}: INITIAL events of one snapshot must share its revision",
+                            self.what
+                        );
+                    }
+                    events.push(e);
+                }
+                EventType::Synced => {
+                    self.check_synced(&e, group, service);
+                    return events;
+                }
+                _ => panic!(
+                    "{}: expected INITIAL or SYNCED at the start, got {e:?}",
+                    self.what
+                ),
+            }
+        }
+    }
+
+    #[track_caller]
+    fn check_synced(&self, e: &WatchEvent, group: &str, service: &str) {
+        assert_eq!(kind(e), EventType::Synced, "{}: {e:?}", self.what);
+        assert_eq!(
+            e.revision, 0,
+            "{}: SYNCED carries revision 0: {e:?}",
+            self.what
+        );
+        assert_eq!(
+            (e.service_group.as_str(), e.service_name.as_str()),
+            (group, service),
+            "{}: SYNCED should name what is watched: {e:?}",
+            self.what
+        );
+        assert!(
+            e.node.is_none() && e.service.is_none(),
+            "{}: SYNCED carries no record: {e:?}",
+            self.what
+        );
+    }
+}
+
+/// The nodes of INITIAL events, keyed by (service, node name).
+fn initial_nodes(events: &[WatchEvent]) -> BTreeMap<(String, String), Node> {
+    let map = by_name(events.iter().map(node_of));
+    assert_eq!(map.len(), events.len(), "a node sent twice: {events:#?}");
+    map
+}
+
+#[track_caller]
+fn assert_increasing(revisions: &[u64], what: &str) {
+    for w in revisions.windows(2) {
+        assert!(
+            w[0] < w[1],
+            "{what}: revisions must strictly increase: {revisions:?}"
+        );
+    }
+}
+
+/// The error a watch request must be refused with: on the call itself, or
+/// as the first message of the stream.
+async fn watch_error(c: &mut Client, req: WatchServiceRequest) -> Status {
+    let what = format!("WatchService {req:?}");
+    match c.watch_service(req).await {
+        Err(s) => s,
+        Ok(response) => {
+            let mut stream = response.into_inner();
+            match tokio::time::timeout(WAIT, stream.message()).await {
+                Ok(Err(s)) => s,
+                Ok(Ok(Some(e))) => panic!("{what}: expected an error, got the event {e:?}"),
+                Ok(Ok(None)) => panic!("{what}: expected an error, the stream just ended"),
+                Err(_) => panic!("{what}: expected an error, got nothing within {WAIT:?}"),
+            }
+        }
+    }
+}
+
+/// Whether `message` names `field` as a whole word.
+fn mentions(message: &str, field: &str) -> bool {
+    let ident = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    message.match_indices(field).any(|(i, _)| {
+        !ident(message[..i].chars().next_back())
+            && !ident(message[i + field.len()..].chars().next())
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+/// The whole life of a service through one stream: its state first, then
+/// each kind of change, in order, each with the record it is about.
+async fn initial_then_changes(backend: Backend) {
+    let mut t = TestServer::start(backend).await;
+    let c = &mut t.client;
+    let registered = register_service(c, service("shop", "payments")).await;
+    register_node(c, node("shop", "payments", "n1", 1, None)).await;
+    register_node(c, node("shop", "payments", "n2", 2, None)).await;
+    let existing = get_nodes(c, "shop", "payments").await;
+    assert_eq!(existing.len(), 2);
+
+    let mut w = Watch::open(c, "shop", "payments", None).await;
+    let initial = w.initial("shop", "payments").await;
+    assert_eq!(initial.len(), 2, "one INITIAL per node: {initial:#?}");
+    assert_eq!(
+        initial_nodes(&initial),
+        by_name(&existing),
+        "INITIAL records must be GetNodes' records"
+    );
+    assert_eq!(w.last_sequence, 3, "INITIAL, INITIAL, SYNCED");
+    let snapshot_revision = initial[0].revision;
+    let mut changes: Vec<WatchEvent> = Vec::new();
+
+    // Writes elsewhere (a sibling service of the group, the same service
+    // name in another group) are not this stream's business: the next
+    // event is the node added after them.
+    register_node(c, bare_node("shop", "payments-eu", "x1", None)).await;
+    register_node(c, bare_node("other", "payments", "x1", None)).await;
+    let added = register_node(c, node("shop", "payments", "n3", 3, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &added);
+    changes.push(e);
+
+    // A changed field: NODE_UPDATED with the new record.
+    let mut req = node("shop", "payments", "n3", 3, None);
+    req.port = 9999;
+    let updated = register_node(c, req).await;
+    assert_eq!(updated.registered_at, added.registered_at);
+    let e = w.expect(EventType::NodeUpdated).await;
+    assert_eq!(node_of(&e), &updated);
+    assert_eq!(node_of(&e).port, 9999);
+    changes.push(e);
+
+    // RemoveNode: NODE_REMOVED with the node's last record, addresses too.
+    remove_node(c, "shop", "payments", "n3").await;
+    let e = w.expect(EventType::NodeRemoved).await;
+    assert_eq!(node_of(&e), &updated);
+    assert_eq!(node_of(&e).ip, ["10.1.0.3", "fd00::3"]);
+    changes.push(e);
+
+    // A node with a TTL: NODE_ADDED, then NODE_EXPIRED with its record
+    // once the TTL runs out.
+    let short = register_node(c, node("shop", "payments", "n4", 4, Some(1))).await;
+    assert!(short.expires_at.is_some());
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &short);
+    changes.push(e);
+    let e = w.expect(EventType::NodeExpired).await;
+    assert_eq!(node_of(&e), &short);
+    assert_eq!(node_of(&e).ip, ["10.1.0.4", "fd00::4"]);
+    assert!(
+        ms(&e.time) >= ms(&short.expires_at),
+        "expired before its deadline: {e:?}"
+    );
+    changes.push(e);
+
+    // The service's record changes (credentials still set): SERVICE_UPDATED
+    // with the new record, credentials left out.
+    let mut req = service("shop", "payments");
+    req.description = "Payments, now with refunds".into();
+    req.auth_credentials = "user:n3w-s3cret".into();
+    let service_updated = register_service(c, req).await;
+    assert_eq!(service_updated.registered_at, registered.registered_at);
+    let e = w.expect(EventType::ServiceUpdated).await;
+    assert_eq!(service_of(&e), &service_updated);
+    assert_eq!(service_of(&e).description, "Payments, now with refunds");
+    changes.push(e);
+    let revealed = c
+        .get_service(GetServiceRequest {
+            service_group: "shop".into(),
+            service_name: "payments".into(),
+            reveal_credentials: true,
+        })
+        .await
+        .expect("GetService")
+        .into_inner();
+    assert_eq!(
+        revealed.auth_credentials, "user:n3w-s3cret",
+        "the credentials are set, so their absence from the event means something"
+    );
+
+    // RemoveService: NODE_REMOVED for each node it had, then
+    // SERVICE_REMOVED with its record.
+    let r = remove_service(c, "shop", "payments").await;
+    assert!(r.removed);
+    assert_eq!(r.nodes_removed, 2);
+    let mut removed = Vec::new();
+    for _ in 0..2 {
+        let e = w.expect(EventType::NodeRemoved).await;
+        removed.push(node_of(&e).clone());
+        changes.push(e);
+    }
+    assert_eq!(
+        by_name(&removed),
+        by_name(&existing),
+        "NODE_REMOVED must carry each remaining node's last record"
+    );
+    let e = w.expect(EventType::ServiceRemoved).await;
+    assert_eq!(service_of(&e), &service_updated);
+    changes.push(e);
+
+    // Nothing else came with the removal: the next event is a new node.
+    let again = register_node(c, node("shop", "payments", "n5", 5, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &again);
+    changes.push(e);
+
+    for e in &changes {
+        assert_eq!(
+            (e.service_group.as_str(), e.service_name.as_str()),
+            ("shop", "payments"),
+            "{e:?}"
+        );
+    }
+    let revisions: Vec<u64> = changes.iter().map(|e| e.revision).collect();
+    assert!(
+        revisions[0] > snapshot_revision,
+        "changes after the snapshot must have higher revisions: snapshot {snapshot_revision}, changes {revisions:?}"
+    );
+    assert_increasing(&revisions, "change events");
+    let sequences: Vec<u64> = changes.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (4..4 + changes.len() as u64).collect::<Vec<_>>());
+}
+
+/// A re-registration that changes no field sends nothing: neither for a
+/// node (whatever its TTL) nor for a service.
+async fn identical_reregistration_is_silent(backend: Backend) {
+    let mut t = TestServer::start(backend).await;
+    let c = &mut t.client;
+    let mut w = Watch::open(c, "shop", "payments", None).await;
+    assert!(w.initial("shop", "payments").await.is_empty());
+
+    let a = register_node(c, node("shop", "payments", "a", 1, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &a);
+
+    // The same record again, then with a TTL, then with another TTL:
+    // timestamps and deadlines change, fields do not.
+    let same = register_node(c, node("shop", "payments", "a", 1, None)).await;
+    assert!(same.expires_at.is_none());
+    let with_ttl = register_node(c, node("shop", "payments", "a", 1, Some(3600))).await;
+    assert!(
+        with_ttl.expires_at.is_some(),
+        "the TTL was taken: {with_ttl:?}"
+    );
+    let other_ttl = register_node(c, node("shop", "payments", "a", 1, Some(7200))).await;
+    assert!(ms(&other_ttl.expires_at) > ms(&with_ttl.expires_at));
+    assert_eq!(other_ttl.registered_at, a.registered_at);
+
+    let b = register_node(c, node("shop", "payments", "b", 2, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(
+        node_of(&e),
+        &b,
+        "re-registering a node unchanged must send nothing"
+    );
+
+    // The service had no record (only nodes): its first registration is
+    // SERVICE_REGISTERED; the same registration again sends nothing.
+    let registered = register_service(c, service("shop", "payments")).await;
+    let e = w.expect(EventType::ServiceRegistered).await;
+    assert_eq!(service_of(&e), &registered);
+    let again = register_service(c, service("shop", "payments")).await;
+    assert_eq!(again.registered_at, registered.registered_at);
+
+    let mut req = node("shop", "payments", "a", 1, None);
+    req.fqdn = "a.renamed.example.com".into();
+    let changed = register_node(c, req).await;
+    let e = w.expect(EventType::NodeUpdated).await;
+    assert_eq!(
+        node_of(&e),
+        &changed,
+        "re-registering a service unchanged must send nothing"
+    );
+    assert_eq!(node_of(&e).fqdn, "a.renamed.example.com");
+
+    // A node's record may equal its old one exactly after a change back:
+    // that is a change, and it is sent.
+    let back = register_node(c, node("shop", "payments", "a", 1, None)).await;
+    let e = w.expect(EventType::NodeUpdated).await;
+    assert_eq!(node_of(&e), &back);
+}
+
+/// A watch of a whole group (empty service_name) sees every service of the
+/// group and nothing of other groups, however similar their names.
+async fn group_watch_sees_every_service(backend: Backend) {
+    let mut t = TestServer::start(backend).await;
+    let c = &mut t.client;
+    register_service(c, service("shop", "payments")).await;
+    register_node(c, node("shop", "payments", "p1", 1, None)).await;
+    register_node(c, node("shop", "payments", "p2", 2, None)).await;
+    register_node(c, node("shop", "orders", "o1", 3, None)).await;
+    // A registered service without nodes has no INITIAL event.
+    register_service(c, service("shop", "catalog")).await;
+    register_node(c, node("other", "payments", "x1", 4, None)).await;
+    register_node(c, node("shop-eu", "payments", "y1", 5, None)).await;
+    register_node(c, node("sho", "orders", "z1", 6, None)).await;
+    let mut expected = get_nodes(c, "shop", "payments").await;
+    expected.extend(get_nodes(c, "shop", "orders").await);
+    assert_eq!(expected.len(), 3);
+
+    let mut w = Watch::open(c, "shop", "", None).await;
+    let initial = w.initial("shop", "").await;
+    assert_eq!(
+        initial_nodes(&initial),
+        by_name(&expected),
+        "INITIAL must cover every node of the group's services, and only those"
+    );
+
+    // A node in another group, then one in the group: only the latter.
+    register_node(c, node("other", "orders", "x2", 7, None)).await;
+    let o2 = register_node(c, node("shop", "orders", "o2", 8, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &o2);
+    assert_eq!(
+        (e.service_group.as_str(), e.service_name.as_str()),
+        ("shop", "orders")
+    );
+
+    // A service registered in a group whose name starts like ours.
+    register_service(c, service("shop-eu", "inventory")).await;
+    let inventory = register_service(c, service("shop", "inventory")).await;
+    let e = w.expect(EventType::ServiceRegistered).await;
+    assert_eq!(service_of(&e), &inventory);
+
+    // A changed node elsewhere, then a changed node here.
+    let mut req = node("other", "payments", "x1", 4, None);
+    req.port = 1;
+    register_node(c, req).await;
+    let mut req = node("shop", "payments", "p2", 2, None);
+    req.port = 2;
+    let p2 = register_node(c, req).await;
+    let e = w.expect(EventType::NodeUpdated).await;
+    assert_eq!(node_of(&e), &p2);
+
+    // A removed node elsewhere, then here.
+    remove_node(c, "shop-eu", "payments", "y1").await;
+    remove_node(c, "shop", "payments", "p1").await;
+    let e = w.expect(EventType::NodeRemoved).await;
+    assert_eq!(
+        (
+            node_of(&e).service_name.as_str(),
+            node_of(&e).node_name.as_str()
+        ),
+        ("payments", "p1")
+    );
+
+    // A removed service elsewhere, then one here (known only by its nodes).
+    remove_service(c, "other", "payments").await;
+    remove_service(c, "sho", "orders").await;
+    let orders = get_nodes(c, "shop", "orders").await;
+    remove_service(c, "shop", "orders").await;
+    let mut removed = Vec::new();
+    for _ in 0..2 {
+        let e = w.expect(EventType::NodeRemoved).await;
+        removed.push(node_of(&e).clone());
+    }
+    assert_eq!(by_name(&removed), by_name(&orders));
+    let e = w.expect(EventType::ServiceRemoved).await;
+    let s = service_of(&e);
+    assert_eq!(
+        (s.service_group.as_str(), s.service_name.as_str()),
+        ("shop", "orders")
+    );
+
+    // And a service of the group that had no nodes when the stream began.
+    register_node(c, node("shop-eu", "catalog", "y2", 9, None)).await;
+    let c1 = register_node(c, node("shop", "catalog", "c1", 10, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &c1);
+}
+
+/// send_initial=false: the stream starts with SYNCED and then carries
+/// changes only.
+async fn send_initial_false(backend: Backend) {
+    let mut t = TestServer::start(backend).await;
+    let c = &mut t.client;
+    register_service(c, service("shop", "payments")).await;
+    register_node(c, node("shop", "payments", "n1", 1, None)).await;
+    register_node(c, node("shop", "payments", "n2", 2, None)).await;
+
+    let mut w = Watch::open(c, "shop", "payments", Some(false)).await;
+    let e = w.next().await;
+    w.check_synced(&e, "shop", "payments");
+    assert_eq!(e.sequence, 1, "SYNCED comes first: {e:?}");
+
+    let n3 = register_node(c, node("shop", "payments", "n3", 3, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &n3);
+    assert_eq!(e.sequence, 2);
+    assert!(e.revision > 0);
+    let mut req = node("shop", "payments", "n1", 1, None);
+    req.os = "Debian GNU/Linux 13".into();
+    let n1 = register_node(c, req).await;
+    let e2 = w.expect(EventType::NodeUpdated).await;
+    assert_eq!(node_of(&e2), &n1);
+    assert!(e2.revision > e.revision);
+
+    // send_initial=true is the same as leaving it out: the state first.
+    let mut full = Watch::open(c, "shop", "payments", Some(true)).await;
+    let initial = full.initial("shop", "payments").await;
+    assert_eq!(
+        initial_nodes(&initial),
+        by_name(&get_nodes(c, "shop", "payments").await)
+    );
+}
+
+/// RemoveServiceGroup: for each service, NODE_REMOVED per node, then
+/// SERVICE_REMOVED, each with its record.
+async fn remove_group_events(backend: Backend) {
+    let mut t = TestServer::start(backend).await;
+    let c = &mut t.client;
+    let payments = register_service(c, service("shop", "payments")).await;
+    register_node(c, node("shop", "payments", "p1", 1, None)).await;
+    register_node(c, node("shop", "payments", "p2", 2, None)).await;
+    // Known only by its node: no record of its own.
+    register_node(c, node("shop", "orders", "o1", 3, None)).await;
+    // Registered, without nodes.
+    let catalog = register_service(c, service("shop", "catalog")).await;
+    // A group whose name starts like ours: untouched.
+    register_node(c, node("shop-eu", "payments", "y1", 4, None)).await;
+    let mut nodes = get_nodes(c, "shop", "payments").await;
+    nodes.extend(get_nodes(c, "shop", "orders").await);
+
+    let mut w = Watch::open(c, "shop", "", None).await;
+    let initial = w.initial("shop", "").await;
+    assert_eq!(initial_nodes(&initial), by_name(&nodes));
+
+    let r = c
+        .remove_service_group(RemoveServiceGroupRequest {
+            service_group: "shop".into(),
+            allow_missing: false,
+        })
+        .await
+        .expect("RemoveServiceGroup")
+        .into_inner();
+    assert!(r.removed);
+    assert_eq!(r.services_removed, 3);
+
+    // Three nodes and three services: six events.
+    let mut events = Vec::new();
+    for _ in 0..6 {
+        events.push(w.next().await);
+    }
+    let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
+    assert!(revisions[0] > initial[0].revision);
+    assert_increasing(&revisions, "RemoveServiceGroup events");
+
+    let mut removed_nodes = Vec::new();
+    let mut removed_services: BTreeMap<String, Service> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.service_group, "shop", "{e:?}");
+        assert!(
+            !removed_services.contains_key(&e.service_name),
+            "an event about {:?} after its SERVICE_REMOVED: {events:#?}",
+            e.service_name
+        );
+        match kind(e) {
+            EventType::NodeRemoved => removed_nodes.push(node_of(e).clone()),
+            EventType::ServiceRemoved => {
+                let s = service_of(e).clone();
+                // Every node of this service came before it.
+                let before: BTreeSet<&str> = events[..i]
+                    .iter()
+                    .filter(|p| p.service_name == e.service_name)
+                    .map(|p| node_of(p).node_name.as_str())
+                    .collect();
+                let of_service: BTreeSet<&str> = nodes
+                    .iter()
+                    .filter(|n| n.service_name == e.service_name)
+                    .map(|n| n.node_name.as_str())
+                    .collect();
+                assert_eq!(
+                    before, of_service,
+                    "SERVICE_REMOVED of {:?} must follow its nodes' NODE_REMOVED: {events:#?}",
+                    e.service_name
+                );
+                removed_services.insert(s.service_name.clone(), s);
+            }
+            _ => panic!("unexpected event for RemoveServiceGroup: {e:?} in {events:#?}"),
+        }
+    }
+    assert_eq!(
+        by_name(&removed_nodes),
+        by_name(&nodes),
+        "NODE_REMOVED must carry each node's last record"
+    );
+    assert_eq!(
+        removed_services.keys().collect::<Vec<_>>(),
+        ["catalog", "orders", "payments"]
+    );
+    assert_eq!(removed_services["payments"], payments);
+    assert_eq!(removed_services["catalog"], catalog);
+    let orders = &removed_services["orders"];
+    assert_eq!(
+        (orders.endpoint.as_str(), orders.registered_at),
+        ("", None),
+        "a service known only by its nodes has a bare record: {orders:?}"
+    );
+
+    // Nothing else: the next event is a new node of the (new) group, after
+    // a write to the look-alike group.
+    register_node(c, node("shop-eu", "payments", "y2", 5, None)).await;
+    let fresh = register_node(c, node("shop", "payments", "p3", 6, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &fresh);
+}
+
+/// An empty service_group is the server's default group, for the watch as
+/// for the registrations.
+async fn default_group(backend: Backend) {
+    let mut t = TestServer::start(backend).await;
+    let c = &mut t.client;
+    let d1 = register_node(c, node("", "payments", "d1", 1, None)).await;
+    assert_eq!(d1.service_group, "default");
+
+    let mut w = Watch::open(c, "", "payments", None).await;
+    let initial = w.initial("default", "payments").await;
+    assert_eq!(initial_nodes(&initial), by_name([&d1]));
+
+    let d2 = register_node(c, node("default", "payments", "d2", 2, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &d2);
+    assert_eq!(e.service_group, "default");
+    register_node(c, node("other", "payments", "x1", 3, None)).await;
+    let d3 = register_node(c, node("", "payments", "d3", 4, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &d3);
+    assert_eq!(e.service_group, "default");
+
+    // Naming the default group is the same as leaving it out.
+    let mut named = Watch::open(c, "default", "", None).await;
+    let initial = named.initial("default", "").await;
+    assert_eq!(initial_nodes(&initial), by_name([&d1, &d2, &d3]));
+
+    // The default is the server's: with another one, "" means that one.
+    let mut t = TestServer::start_with(
+        backend,
+        Defaults {
+            service_group: "main".into(),
+            ..Defaults::default()
+        },
+    )
+    .await;
+    let c = &mut t.client;
+    let m1 = register_node(c, node("", "payments", "m1", 5, None)).await;
+    assert_eq!(m1.service_group, "main");
+    let mut w = Watch::open(c, "", "", None).await;
+    let initial = w.initial("main", "").await;
+    assert_eq!(initial_nodes(&initial), by_name([&m1]));
+    register_node(c, node("default", "payments", "x2", 6, None)).await;
+    let m2 = register_node(c, node("main", "payments", "m2", 7, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &m2);
+    let m3 = register_node(c, node("", "orders", "m3", 8, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &m3);
+    assert_eq!(e.service_group, "main");
+}
+
+/// A watch with a bad name is refused with INVALID_ARGUMENT naming the
+/// field.
+async fn invalid_watch_request(backend: Backend) {
+    let mut t = TestServer::start(backend).await;
+    let c = &mut t.client;
+    let long = "x".repeat(129);
+    for bad in ["a:b", "a*", "{x}", "has space", "ä", long.as_str()] {
+        for (field, req) in [
+            (
+                "service_name",
+                WatchServiceRequest {
+                    service_group: "shop".into(),
+                    service_name: bad.into(),
+                    send_initial: None,
+                },
+            ),
+            (
+                "service_group",
+                WatchServiceRequest {
+                    service_group: bad.into(),
+                    service_name: "payments".into(),
+                    send_initial: None,
+                },
+            ),
+            (
+                "service_group",
+                WatchServiceRequest {
+                    service_group: bad.into(),
+                    service_name: String::new(),
+                    send_initial: Some(false),
+                },
+            ),
+        ] {
+            let what = format!("WatchService with {field} {bad:?}");
+            let s = watch_error(c, req).await;
+            assert_eq!(
+                s.code(),
+                Code::InvalidArgument,
+                "{what}: wrong code ({:?})",
+                s.message()
+            );
+            assert!(
+                mentions(s.message(), field),
+                "{what}: message should name {field:?}: {:?}",
+                s.message()
+            );
+        }
+    }
+    // The longest names are fine, and so is the server afterwards.
+    let longest = "y".repeat(128);
+    let mut w = Watch::open(c, &longest, &longest, None).await;
+    assert!(w.initial(&longest, &longest).await.is_empty());
+    let n = register_node(c, node(&longest, &longest, "n1", 1, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &n);
+}
+
+/// A node registered again after it expired is a new node: NODE_EXPIRED,
+/// then NODE_ADDED (never NODE_UPDATED), whether or not the server had
+/// swept the expired node yet.
+async fn reregister_after_expiry(backend: Backend) {
+    let mut t = TestServer::start(backend).await;
+    let c = &mut t.client;
+    let mut w = Watch::open(c, "shop", "payments", None).await;
+    assert!(w.initial("shop", "payments").await.is_empty());
+
+    let first = register_node(c, node("shop", "payments", "n1", 1, Some(1))).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &first);
+    let e = w.expect(EventType::NodeExpired).await;
+    assert_eq!(node_of(&e), &first);
+
+    let second = register_node(c, node("shop", "payments", "n1", 1, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &second);
+    assert!(
+        ms(&second.registered_at) > ms(&first.registered_at),
+        "an expired node registered again starts afresh: {second:?}"
+    );
+
+    // Registered again as soon as reads stop showing it, which may be
+    // before or after the server's sweep noticed it: the stream tells the
+    // same story either way, once.
+    let short = register_node(c, node("shop", "payments", "n2", 2, Some(1))).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &short);
+    eventually("n2 to expire", WAIT, || {
+        let mut c = c.clone();
+        async move {
+            let gone = get_nodes(&mut c, "shop", "payments")
+                .await
+                .iter()
+                .all(|n| n.node_name != "n2");
+            gone.then_some(())
+        }
+    })
+    .await;
+    let renewed = register_node(c, node("shop", "payments", "n2", 2, None)).await;
+    let e = w.expect(EventType::NodeExpired).await;
+    assert_eq!(node_of(&e), &short);
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &renewed);
+    let n3 = register_node(c, node("shop", "payments", "n3", 3, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &n3, "the expiry must be reported exactly once");
+}
+
+/// Clients that open watches and go away leave a server that still serves.
+async fn client_disconnect(backend: Backend) {
+    let t = TestServer::start(backend).await;
+    let mut c = t.client.clone();
+    let n1 = register_node(&mut c, node("shop", "payments", "n1", 1, None)).await;
+
+    let mut watches = Vec::new();
+    for i in 0..20 {
+        let mut w = if i % 2 == 0 {
+            Watch::open(&mut c, "shop", "payments", None).await
+        } else {
+            Watch::open(&mut c, "shop", "", None).await
+        };
+        let initial = w
+            .initial("shop", if i % 2 == 0 { "payments" } else { "" })
+            .await;
+        assert_eq!(initial_nodes(&initial), by_name([&n1]));
+        watches.push(w);
+    }
+    assert_eq!(t.registry.watcher_count(), 20);
+    drop(watches);
+    eventually("the dropped watches to be cleaned up", WAIT, || {
+        let n = t.registry.watcher_count();
+        async move { (n == 0).then_some(()) }
+    })
+    .await;
+
+    let mut w = Watch::open(&mut c, "shop", "payments", None).await;
+    let initial = w.initial("shop", "payments").await;
+    assert_eq!(initial_nodes(&initial), by_name([&n1]));
+    let n2 = register_node(&mut c, node("shop", "payments", "n2", 2, None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e), &n2);
+    assert_eq!(
+        by_name(&get_nodes(&mut c, "shop", "payments").await),
+        by_name([&n1, &n2])
+    );
+    let listed = c
+        .list_services(ListServicesRequest {
+            service_group: "shop".into(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect("ListServices")
+        .into_inner();
+    assert_eq!(listed.service_names, ["payments"]);
+}
+
+/// Streams that start while another client writes: each stream's INITIAL
+/// state plus its changes is the registry's state, with no change lost and
+/// none told twice (a change both in the snapshot and sent after it would
+/// be a NODE_ADDED for a node the stream already has).
+async fn consistent_start_under_writes(backend: Backend) {
+    let mut t = TestServer::start(backend).await;
+    let c = &mut t.client;
+    for i in 0..5 {
+        register_node(c, node("shop", "payments", &format!("a{i}"), i, None)).await;
+    }
+    let writer = {
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            let name = |i: u32| format!("w{i:03}");
+            for i in 0..200u32 {
+                register_node(&mut c, bare_node("shop", "payments", &name(i), None)).await;
+                if i % 4 == 3 {
+                    remove_node(&mut c, "shop", "payments", &name(i - 2)).await;
+                }
+                if i % 5 == 4 {
+                    let mut req = bare_node("shop", "payments", &name(i - 1), None);
+                    req.port = 1;
+                    register_node(&mut c, req).await;
+                }
+            }
+        })
+    };
+    let mut readers = Vec::new();
+    for _ in 0..10 {
+        let mut w = Watch::open(c, "shop", "payments", None).await;
+        readers.push(tokio::spawn(async move {
+            let mut state = initial_nodes(&w.initial("shop", "payments").await);
+            loop {
+                let e = w.next().await;
+                let n = node_of(&e).clone();
+                let key = (n.service_name.clone(), n.node_name.clone());
+                match kind(&e) {
+                    EventType::NodeAdded => assert!(
+                        state.insert(key, n).is_none(),
+                        "NODE_ADDED for a node the stream already had: {e:?}"
+                    ),
+                    EventType::NodeUpdated => assert!(
+                        state.insert(key, n).is_some(),
+                        "NODE_UPDATED for a node the stream did not have: {e:?}"
+                    ),
+                    EventType::NodeRemoved => assert!(
+                        state.remove(&key).is_some(),
+                        "NODE_REMOVED for a node the stream did not have: {e:?}"
+                    ),
+                    _ => panic!("unexpected event: {e:?}"),
+                }
+                if e.node.as_ref().is_some_and(|n| n.node_name == "zz-marker") {
+                    return state;
+                }
+            }
+        }));
+        tokio::task::yield_now().await;
+    }
+    writer
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    register_node(c, bare_node("shop", "payments", "zz-marker", None)).await;
+    let want = by_name(&get_nodes(c, "shop", "payments").await);
+    assert_eq!(want.len(), 5 + 200 - 50 + 1);
+    for reader in readers {
+        let state = reader
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        assert_eq!(
+            state, want,
+            "INITIAL plus changes must add up to the registry's state"
+        );
+    }
+}
+
+conformance!(
+    initial_then_changes,
+    identical_reregistration_is_silent,
+    group_watch_sees_every_service,
+    send_initial_false,
+    remove_group_events,
+    default_group,
+    invalid_watch_request,
+    reregister_after_expiry,
+    client_disconnect,
+    consistent_start_under_writes,
+);
