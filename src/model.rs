@@ -270,6 +270,9 @@ impl ServiceRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NodeSpec {
+    /// The registrant's identity for this life of the node. First, so that
+    /// the Redis scripts find it at a fixed place in the stored JSON.
+    pub instance_id: String,
     /// The node's addresses, canonical form.
     pub ip: Vec<String>,
     /// The port the node serves on.

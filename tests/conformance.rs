@@ -101,6 +101,7 @@ fn full_node(group: &str, service: &str, name: &str, i: u32) -> RegisterNodeRequ
         metadata: meta(&[("rack", &format!("r{i}")), ("zone", "eu-1")]),
         ttl_seconds: None,
         auto: None,
+        instance_id: format!("{name}-instance"),
     }
 }
 
@@ -154,6 +155,7 @@ fn node_from(req: &RegisterNodeRequest, group: &str) -> Node {
         registered_at: None,
         updated_at: None,
         expires_at: None,
+        instance_id: req.instance_id.clone(),
     }
 }
 
@@ -574,6 +576,8 @@ async fn reregister_node_replaces_whole_record(backend: Backend) {
         .into_inner();
     let mut want = node_from(&replacement, "shop");
     want.ip = vec!["::1".into(), "192.168.1.9".into()];
+    // Named no instance: the node keeps its own.
+    want.instance_id = first.instance_id.clone();
     assert_eq!(node_without_times(&second), want);
     assert_eq!(second.fqdn, "");
     assert_eq!(second.os, "");
@@ -1189,6 +1193,7 @@ fn remove_node_req(
         service_name: service.into(),
         node_name: node.into(),
         allow_missing,
+        instance_id: String::new(),
     }
 }
 

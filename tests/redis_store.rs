@@ -340,6 +340,7 @@ async fn redis_down_gives_unavailable_and_not_serving_then_recovers() {
             service_name: "payments".into(),
             node_name: "p1".into(),
             allow_missing: false,
+            instance_id: String::new(),
         })
         .await
         .unwrap()

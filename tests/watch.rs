@@ -87,6 +87,7 @@ fn node(group: &str, service: &str, name: &str, i: u32, ttl: Option<i64>) -> Reg
             ("gamma", "3"),
             ("delta", "4"),
         ]),
+        instance_id: format!("{name}-instance"),
         ttl_seconds: ttl,
         auto: None,
     }
@@ -141,6 +142,7 @@ async fn remove_node(c: &mut Client, group: &str, service: &str, name: &str) {
             service_name: service.into(),
             node_name: name.into(),
             allow_missing: false,
+            instance_id: String::new(),
         })
         .await
         .unwrap_or_else(|s| panic!("RemoveNode {group}/{service}/{name}: {s:?}"))

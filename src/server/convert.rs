@@ -92,7 +92,11 @@ pub fn service_spec(r: pb::RegisterServiceRequest) -> Result<ServiceSpec, Invali
 
 /// The node spec of a registration, validated, addresses canonical.
 pub fn node_spec(r: pb::RegisterNodeRequest) -> Result<NodeSpec, InvalidField> {
+    if !r.instance_id.is_empty() {
+        validate_name("instance_id", &r.instance_id)?;
+    }
     let mut spec = NodeSpec {
+        instance_id: r.instance_id,
         ip: r.ip,
         port: r.port,
         fqdn: r.fqdn,
@@ -157,6 +161,7 @@ pub fn node_out(r: NodeRecord) -> pb::Node {
         registered_at: Some(timestamp(r.registered_at)),
         updated_at: Some(timestamp(r.updated_at)),
         expires_at: r.expires_at.map(timestamp),
+        instance_id: r.spec.instance_id,
     }
 }
 

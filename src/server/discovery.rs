@@ -10,12 +10,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::convert::{group_or_default, name, node_out, node_spec, service_out, service_spec};
+use super::convert::{
+    group_or_default, name, node_out, node_spec, service_out, service_spec, timestamp,
+};
 use super::watch::{self, Filter, WatchStream};
 use crate::model::{PageRequest, ServiceKey, validate_name, validate_page_size, validate_ttl};
 use crate::proto::v1 as pb;
 use crate::proto::v1::discovery_server::Discovery;
-use crate::store::{NodeRegistration, Registry};
+use crate::store::{NodeRegistration, Registry, Removal, Renewal};
 
 /// Server-wide defaults that requests may override.
 #[derive(Debug, Clone)]
@@ -90,6 +92,33 @@ fn ttl(requested: Option<i64>, default: Option<Duration>) -> Result<Option<Durat
     }
 }
 
+/// A fresh instance id: 128 random bits in hex.
+fn new_instance_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// An optional name field: empty means not given.
+fn optional_name<'a>(field: &str, value: &'a str) -> Result<Option<&'a str>, Status> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    validate_name(field, value)?;
+    Ok(Some(value))
+}
+
+fn node_not_found(key: &ServiceKey, node: &str) -> Status {
+    Status::not_found(format!(
+        "node {node:?} of service {:?} not found in group {:?}",
+        key.service, key.group
+    ))
+}
+
+fn other_instance(node: &str, owner: &str) -> Status {
+    Status::failed_precondition(format!(
+        "instance_id: node {node:?} is registered by instance {owner:?}, not this one"
+    ))
+}
+
 /// The caller's address as a node address (IPv4-mapped IPv6 unwrapped).
 fn peer_ip(peer: Option<SocketAddr>) -> Option<String> {
     peer.map(|a| a.ip().to_canonical().to_string())
@@ -143,6 +172,10 @@ impl Discovery for DiscoveryService {
         if auto && spec.ip.is_empty() {
             spec.ip.extend(peer_ip(peer));
         }
+        let keep_instance = spec.instance_id.is_empty();
+        if keep_instance {
+            spec.instance_id = new_instance_id();
+        }
         let record = self
             .registry
             .register_node(NodeRegistration {
@@ -150,6 +183,7 @@ impl Discovery for DiscoveryService {
                 name: node,
                 spec,
                 ttl,
+                keep_instance,
             })
             .await?;
         Ok(Response::new(node_out(record)))
@@ -216,14 +250,33 @@ impl Discovery for DiscoveryService {
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
         let node = name("node_name", &r.node_name)?;
-        let removed = self.registry.remove_node(&key, &node).await?;
-        if !removed && !r.allow_missing {
-            return Err(Status::not_found(format!(
-                "node {node:?} of service {:?} not found in group {:?}",
-                key.service, key.group
-            )));
+        let instance = optional_name("instance_id", &r.instance_id)?;
+        match self.registry.remove_node(&key, &node, instance).await? {
+            Removal::Removed => Ok(Response::new(pb::RemoveNodeResponse { removed: true })),
+            Removal::Missing if r.allow_missing => {
+                Ok(Response::new(pb::RemoveNodeResponse { removed: false }))
+            }
+            Removal::Missing => Err(node_not_found(&key, &node)),
+            Removal::OtherInstance(owner) => Err(other_instance(&node, &owner)),
         }
-        Ok(Response::new(pb::RemoveNodeResponse { removed }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let key = self.key(&r.service_group, &r.service_name)?;
+        let node = name("node_name", &r.node_name)?;
+        let ttl = ttl(r.ttl_seconds, self.defaults.node_ttl)?;
+        let instance = optional_name("instance_id", &r.instance_id)?;
+        match self.registry.heartbeat(&key, &node, ttl, instance).await? {
+            Renewal::Renewed(expires_at) => Ok(Response::new(pb::HeartbeatResponse {
+                expires_at: expires_at.map(timestamp),
+            })),
+            Renewal::Missing => Err(node_not_found(&key, &node)),
+            Renewal::OtherInstance(owner) => Err(other_instance(&node, &owner)),
+        }
     }
 
     async fn remove_service(

@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::{
-    Change, Hub, NodeRegistration, Registry, Snapshot, StoreError, StoreEvent, StoreResult,
+    Change, Hub, NodeRegistration, Registry, Removal, Renewal, Snapshot, StoreError, StoreEvent,
+    StoreResult,
 };
 use crate::model::{
     Millis, NodeRecord, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec, now_millis,
@@ -209,8 +210,14 @@ impl Registry for MemoryRegistry {
         let now = now_millis();
         let mut state = self.lock()?;
         let old = state.service_mut(&reg.key).nodes.get(&reg.name).cloned();
+        let mut spec = reg.spec;
         let registered_at = match &old {
-            Some(old) if !old.is_expired(now) => old.registered_at,
+            Some(old) if !old.is_expired(now) => {
+                if reg.keep_instance {
+                    spec.instance_id = old.spec.instance_id.clone();
+                }
+                old.registered_at
+            }
             _ => now,
         };
         if let Some(old) = &old {
@@ -219,7 +226,7 @@ impl Registry for MemoryRegistry {
         let record = NodeRecord {
             key: reg.key,
             name: reg.name,
-            spec: reg.spec,
+            spec,
             registered_at,
             updated_at: now,
             expires_at: reg.ttl.map(|ttl| now + ttl.as_millis() as Millis),
@@ -294,7 +301,12 @@ impl Registry for MemoryRegistry {
         Ok(page_of(state.groups.keys(), &page))
     }
 
-    async fn remove_node(&self, key: &ServiceKey, node: &str) -> StoreResult<bool> {
+    async fn remove_node(
+        &self,
+        key: &ServiceKey,
+        node: &str,
+        instance: Option<&str>,
+    ) -> StoreResult<Removal> {
         let now = now_millis();
         let mut state = self.lock()?;
         let Some(service) = state
@@ -302,15 +314,61 @@ impl Registry for MemoryRegistry {
             .get_mut(&key.group)
             .and_then(|s| s.get_mut(&key.service))
         else {
-            return Ok(false);
+            return Ok(Removal::Missing);
         };
+        let Some(old) = service.nodes.get(node) else {
+            return Ok(Removal::Missing);
+        };
+        if let Some(id) = instance
+            && !old.is_expired(now)
+            && old.spec.instance_id != id
+        {
+            return Ok(Removal::OtherInstance(old.spec.instance_id.clone()));
+        }
         let Some(old) = service.nodes.remove(node) else {
-            return Ok(false);
+            return Ok(Removal::Missing);
         };
         state.forget_deadline(&old);
         let live = !old.is_expired(now);
         state.emit(gone(old, now), now);
-        Ok(live)
+        Ok(if live {
+            Removal::Removed
+        } else {
+            Removal::Missing
+        })
+    }
+
+    async fn heartbeat(
+        &self,
+        key: &ServiceKey,
+        node: &str,
+        ttl: Option<Duration>,
+        instance: Option<&str>,
+    ) -> StoreResult<Renewal> {
+        let now = now_millis();
+        let mut state = self.lock()?;
+        let Some(old) = state
+            .service(key)
+            .and_then(|s| s.nodes.get(node))
+            .filter(|n| !n.is_expired(now))
+            .cloned()
+        else {
+            return Ok(Renewal::Missing);
+        };
+        if let Some(id) = instance
+            && old.spec.instance_id != id
+        {
+            return Ok(Renewal::OtherInstance(old.spec.instance_id));
+        }
+        state.forget_deadline(&old);
+        let expires_at = ttl.map(|ttl| now + ttl.as_millis() as Millis);
+        if let Some(t) = expires_at {
+            state.deadlines.insert((t, key.clone(), node.to_string()));
+        }
+        if let Some(n) = state.service_mut(key).nodes.get_mut(node) {
+            n.expires_at = expires_at;
+        }
+        Ok(Renewal::Renewed(expires_at))
     }
 
     async fn remove_service(&self, key: &ServiceKey) -> StoreResult<Option<u32>> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::model::{
-    NodeRecord, NodeSpec, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec,
+    Millis, NodeRecord, NodeSpec, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec,
 };
 
 pub mod memory;
@@ -46,6 +46,32 @@ pub struct NodeRegistration {
     pub spec: NodeSpec,
     /// How long the node lives unless registered again; `None`: forever.
     pub ttl: Option<Duration>,
+    /// The request named no instance: keep the live node's instance id if
+    /// there is one (`spec.instance_id` then only serves a new node), so a
+    /// plain re-registration changes nothing.
+    pub keep_instance: bool,
+}
+
+/// What a RemoveNode did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// The live node was removed.
+    Removed,
+    /// There was no live node of that name (an expired one is gone too).
+    Missing,
+    /// The node belongs to another instance (its id); nothing changed.
+    OtherInstance(String),
+}
+
+/// What a Heartbeat did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// Renewed; the new deadline, if any.
+    Renewed(Option<Millis>),
+    /// There is no live node of that name: register it again.
+    Missing,
+    /// The node belongs to another instance (its id); nothing changed.
+    OtherInstance(String),
 }
 
 /// The registry's operations, as every backend implements them.
@@ -79,8 +105,24 @@ pub trait Registry: Send + Sync + 'static {
     /// A page of the group names.
     async fn list_groups(&self, page: PageRequest) -> StoreResult<Page>;
 
-    /// Removes a node; `false` if there was no live node of that name.
-    async fn remove_node(&self, key: &ServiceKey, node: &str) -> StoreResult<bool>;
+    /// Removes a node; only `instance`'s registration when given.
+    async fn remove_node(
+        &self,
+        key: &ServiceKey,
+        node: &str,
+        instance: Option<&str>,
+    ) -> StoreResult<Removal>;
+
+    /// Gives a live node a new deadline `ttl` from now (none: no expiry)
+    /// without writing its record or telling watchers; only `instance`'s
+    /// registration when given.
+    async fn heartbeat(
+        &self,
+        key: &ServiceKey,
+        node: &str,
+        ttl: Option<Duration>,
+        instance: Option<&str>,
+    ) -> StoreResult<Renewal>;
 
     /// Removes a service and its nodes; `None` if the service was not
     /// known, else how many live nodes went with it.

@@ -42,7 +42,10 @@ pub use keys::Keys;
 pub use pool::RedisPool;
 
 use self::keys::{deadline_member, parse_deadline_member};
-use super::{Hub, NodeRegistration, Registry, Snapshot, StoreError, StoreEvent, StoreResult};
+use super::{
+    Hub, NodeRegistration, Registry, Removal, Renewal, Snapshot, StoreError, StoreEvent,
+    StoreResult,
+};
 use crate::model::{
     Millis, NodeRecord, NodeSpec, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec,
     now_millis,
@@ -507,7 +510,8 @@ impl Registry for RedisRegistry {
                 .arg(expires_at.map(|t| t.to_string()).unwrap_or_default())
                 .arg(self.keys().changes_channel())
                 .arg(&reg.key.group)
-                .arg(&reg.key.service),
+                .arg(&reg.key.service)
+                .arg(if reg.keep_instance { "1" } else { "" }),
         );
         let (raw,): (String,) = self.pool().query(&pipe).await?;
         node_record(&reg.key, &reg.name, &raw)
@@ -543,7 +547,12 @@ impl Registry for RedisRegistry {
         self.list(self.keys().groups(), page).await
     }
 
-    async fn remove_node(&self, key: &ServiceKey, node: &str) -> StoreResult<bool> {
+    async fn remove_node(
+        &self,
+        key: &ServiceKey,
+        node: &str,
+        instance: Option<&str>,
+    ) -> StoreResult<Removal> {
         let mut pipe = redis::pipe();
         pipe.invoke_script(
             scripts::REMOVE_NODE
@@ -553,14 +562,60 @@ impl Registry for RedisRegistry {
                 .arg(now_millis())
                 .arg(self.keys().changes_channel())
                 .arg(&key.group)
-                .arg(&key.service),
+                .arg(&key.service)
+                .arg(instance.unwrap_or_default()),
         );
-        pipe.zrem(self.keys().deadlines(), deadline_member(key, node))
-            .ignore();
-        let (old,): (Option<String>,) = self.pool().query(&pipe).await?;
-        match old {
-            Some(raw) => Ok(!node_record(key, node, &raw)?.is_expired(now_millis())),
-            None => Ok(false),
+        let (reply,): (Vec<String>,) = self.pool().query(&pipe).await?;
+        match reply.as_slice() {
+            [status, raw] if status == "removed" => {
+                // Its deadline entry goes only now: a refused removal must
+                // keep it, or the node would never be swept.
+                self.forget_deadlines(&[deadline_member(key, node)]).await?;
+                Ok(if node_record(key, node, raw)?.is_expired(now_millis()) {
+                    Removal::Missing
+                } else {
+                    Removal::Removed
+                })
+            }
+            [status, id] if status == "other" => Ok(Removal::OtherInstance(id.clone())),
+            _ => Ok(Removal::Missing),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        key: &ServiceKey,
+        node: &str,
+        ttl: Option<Duration>,
+        instance: Option<&str>,
+    ) -> StoreResult<Renewal> {
+        let now = now_millis();
+        let expires_at = ttl.map(|ttl| now + ttl.as_millis() as Millis);
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(
+            scripts::HEARTBEAT
+                .key(self.keys().nodes(key))
+                .arg(node)
+                .arg(now)
+                .arg(expires_at.map(|t| t.to_string()).unwrap_or_default())
+                .arg(instance.unwrap_or_default()),
+        );
+        let (reply,): (Vec<String>,) = self.pool().query(&pipe).await?;
+        match reply.as_slice() {
+            [status] if status == "renewed" => {
+                // The new deadline goes in after the record: a sweep in
+                // between finds the record renewed and leaves it.
+                let member = deadline_member(key, node);
+                let mut pipe = redis::pipe();
+                match expires_at {
+                    Some(t) => pipe.zadd(self.keys().deadlines(), &member, t).ignore(),
+                    None => pipe.zrem(self.keys().deadlines(), &member).ignore(),
+                };
+                self.pool().query::<()>(&pipe).await?;
+                Ok(Renewal::Renewed(expires_at))
+            }
+            [status, id] if status == "other" => Ok(Renewal::OtherInstance(id.clone())),
+            _ => Ok(Renewal::Missing),
         }
     }
 

@@ -36,6 +36,7 @@ change_script!(REGISTER_NODE, "register_node.lua");
 change_script!(REMOVE_NODE, "remove_node.lua");
 change_script!(REMOVE_SERVICE, "remove_service.lua");
 change_script!(EXPIRE_NODE, "expire_node.lua");
+change_script!(HEARTBEAT, "heartbeat.lua");
 script!(SNAPSHOT, "snapshot.lua");
 script!(LISTING_ADD, "listing_add.lua");
 script!(LISTING_REMOVE, "listing_remove.lua");
@@ -54,6 +55,7 @@ pub fn all() -> &'static [&'static Script] {
             &*LISTING_REMOVE,
             &*FORGET_DEADLINE,
             &*SNAPSHOT,
+            &*HEARTBEAT,
         ]
     });
     &ALL

@@ -36,3 +36,8 @@ local function is_expired(stored, now)
   local exp = string.match(stored, '^{"registered_at":%d+,"updated_at":%d+,"expires_at":(%d+)')
   return exp ~= nil and tonumber(exp) <= now
 end
+
+-- The instance_id of a stored node envelope (the record's first field).
+local function instance_of(stored)
+  return string.match(stored, '"record":{"instance_id":"([^"]*)"') or ''
+end
