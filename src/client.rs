@@ -1,0 +1,438 @@
+//! A typed Rust client for `discovered.v1.Discovery`.
+//!
+//! [`Client`] wraps the generated stub: it takes `host:port` or an
+//! `http://` URL, fills in the defaults the server applies anyway, and
+//! turns WatchService into a [`Stream`] of [`Event`]s that outlives the
+//! server: when the stream breaks (the server restarted, or shut down and
+//! another took its address), the client reconnects with a capped backoff
+//! and surfaces [`Event::Resync`], followed by the state again.
+//!
+//! ```no_run
+//! use discovered::client::{Client, Event};
+//! use discovered::proto::v1::RegisterNodeRequest;
+//! use futures::StreamExt;
+//!
+//! # async fn demo() -> Result<(), discovered::client::ClientError> {
+//! let client = Client::connect("127.0.0.1:50051").await?;
+//! let node = client
+//!     .register_node(RegisterNodeRequest {
+//!         service_name: "payments".into(),
+//!         node_name: "pay-1".into(),
+//!         port: 8443,
+//!         ttl_seconds: Some(30),
+//!         ..Default::default()
+//!     })
+//!     .await?;
+//! client.heartbeat("", "payments", "pay-1", Some(30), &node.instance_id).await?;
+//! for node in client.get_nodes("", "payments").await? {
+//!     println!("{} at {:?}:{}", node.node_name, node.ip, node.port);
+//! }
+//! let mut events = client.watch("", "payments");
+//! while let Some(event) = events.next().await {
+//!     match event? {
+//!         Event::NodeAdded(n) | Event::Initial(n) => println!("up: {}", n.node_name),
+//!         Event::NodeRemoved(n) | Event::NodeExpired(n) => println!("down: {}", n.node_name),
+//!         Event::Resync => println!("state follows again"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::time::Duration;
+
+use futures::Stream;
+use prost_types::Timestamp;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::proto::v1::discovery_client::DiscoveryClient;
+use crate::proto::v1::{self as pb, EventType};
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The address is not `host:port` or an `http://` URL.
+    #[error("bad server address {0:?}: {1}")]
+    Address(String, String),
+    /// The server could not be reached.
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, String),
+    /// The server answered with an error status.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] Status),
+}
+
+impl ClientError {
+    /// The gRPC status code of the failure (UNAVAILABLE when the server
+    /// could not be reached).
+    pub fn code(&self) -> Code {
+        match self {
+            ClientError::Address(..) => Code::InvalidArgument,
+            ClientError::Connect(..) => Code::Unavailable,
+            ClientError::Status(s) => s.code(),
+        }
+    }
+}
+
+/// Result of a client call.
+pub type ClientResult<T> = Result<T, ClientError>;
+
+/// One change or marker of a watch, typed (see `EventType` in the proto
+/// for what each promises).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A node that exists when the stream starts or restarts.
+    Initial(pb::Node),
+    /// Every INITIAL event has been sent: the receiver holds the state.
+    Synced,
+    /// A node appeared.
+    NodeAdded(pb::Node),
+    /// A field of a node's record changed.
+    NodeUpdated(pb::Node),
+    /// A node was removed; its last record.
+    NodeRemoved(pb::Node),
+    /// A node's TTL ran out; its last record.
+    NodeExpired(pb::Node),
+    /// A service was registered.
+    ServiceRegistered(pb::Service),
+    /// A service's record changed.
+    ServiceUpdated(pb::Service),
+    /// A service was removed.
+    ServiceRemoved(pb::Service),
+    /// Changes may have been missed (the server said so, or the stream
+    /// broke and the client reconnected): the state follows again.
+    Resync,
+}
+
+impl Event {
+    /// The typed event of a WatchEvent; `None` for a type this client does
+    /// not know (from a newer server).
+    pub fn from_proto(e: pb::WatchEvent) -> Option<Self> {
+        let node = e.node;
+        let service = e.service;
+        Some(match EventType::try_from(e.r#type).ok()? {
+            EventType::Initial => Event::Initial(node?),
+            EventType::Synced => Event::Synced,
+            EventType::NodeAdded => Event::NodeAdded(node?),
+            EventType::NodeUpdated => Event::NodeUpdated(node?),
+            EventType::NodeRemoved => Event::NodeRemoved(node?),
+            EventType::NodeExpired => Event::NodeExpired(node?),
+            EventType::ServiceRegistered => Event::ServiceRegistered(service?),
+            EventType::ServiceUpdated => Event::ServiceUpdated(service?),
+            EventType::ServiceRemoved => Event::ServiceRemoved(service?),
+            EventType::Resync => Event::Resync,
+            EventType::Unspecified => return None,
+        })
+    }
+}
+
+/// A connection to a `discovered` server. Cheap to clone; clones share the
+/// connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    stub: DiscoveryClient<Channel>,
+}
+
+/// `http://host:port` from `host:port` or a URL.
+fn endpoint(addr: &str) -> ClientResult<Endpoint> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Endpoint::from_shared(url)
+        .map(|e| {
+            e.connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(true)
+        })
+        .map_err(|e| ClientError::Address(addr.into(), e.to_string()))
+}
+
+/// The backoff after `failures` failed reconnects: 100 ms doubling, capped.
+fn backoff(failures: u32, cap: Duration) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(2u32.saturating_pow(failures.min(16)))
+        .min(cap)
+}
+
+impl Client {
+    /// Connects now; fails if the server cannot be reached.
+    pub async fn connect(addr: &str) -> ClientResult<Self> {
+        let channel = endpoint(addr)?
+            .connect()
+            .await
+            .map_err(|e| ClientError::Connect(addr.into(), e.to_string()))?;
+        Ok(Self {
+            stub: DiscoveryClient::new(channel),
+        })
+    }
+
+    /// Connects on first use and reconnects after failures by itself: for
+    /// long-running callers (the agent) that must outlive a server outage.
+    pub fn lazy(addr: &str) -> ClientResult<Self> {
+        Ok(Self {
+            stub: DiscoveryClient::new(endpoint(addr)?.connect_lazy()),
+        })
+    }
+
+    /// The generated stub, for calls this wrapper does not cover.
+    pub fn stub(&self) -> DiscoveryClient<Channel> {
+        self.stub.clone()
+    }
+
+    /// Registers or replaces a service.
+    pub async fn register_service(
+        &self,
+        req: pb::RegisterServiceRequest,
+    ) -> ClientResult<pb::Service> {
+        Ok(self.stub.clone().register_service(req).await?.into_inner())
+    }
+
+    /// Registers or replaces a node.
+    pub async fn register_node(&self, req: pb::RegisterNodeRequest) -> ClientResult<pb::Node> {
+        Ok(self.stub.clone().register_node(req).await?.into_inner())
+    }
+
+    /// Renews a node's TTL; returns its new deadline. An empty `instance_id`
+    /// renews whoever registered it.
+    pub async fn heartbeat(
+        &self,
+        group: &str,
+        service: &str,
+        node: &str,
+        ttl_seconds: Option<i64>,
+        instance_id: &str,
+    ) -> ClientResult<Option<Timestamp>> {
+        let req = pb::HeartbeatRequest {
+            service_group: group.into(),
+            service_name: service.into(),
+            node_name: node.into(),
+            ttl_seconds,
+            instance_id: instance_id.into(),
+        };
+        Ok(self
+            .stub
+            .clone()
+            .heartbeat(req)
+            .await?
+            .into_inner()
+            .expires_at)
+    }
+
+    /// A service's record (credentials only when `reveal_credentials`).
+    pub async fn get_service(
+        &self,
+        group: &str,
+        service: &str,
+        reveal_credentials: bool,
+    ) -> ClientResult<pb::Service> {
+        let req = pb::GetServiceRequest {
+            service_group: group.into(),
+            service_name: service.into(),
+            reveal_credentials,
+        };
+        Ok(self.stub.clone().get_service(req).await?.into_inner())
+    }
+
+    /// The live nodes of a service.
+    pub async fn get_nodes(&self, group: &str, service: &str) -> ClientResult<Vec<pb::Node>> {
+        let req = pb::GetNodesRequest {
+            service_group: group.into(),
+            service_name: service.into(),
+        };
+        Ok(self.stub.clone().get_nodes(req).await?.into_inner().nodes)
+    }
+
+    /// Every service name of a group, all pages.
+    pub async fn list_services(&self, group: &str) -> ClientResult<Vec<String>> {
+        let mut names = Vec::new();
+        let mut token = String::new();
+        loop {
+            let req = pb::ListServicesRequest {
+                service_group: group.into(),
+                page_size: 1000,
+                page_token: token,
+            };
+            let page = self.stub.clone().list_services(req).await?.into_inner();
+            names.extend(page.service_names);
+            if page.next_page_token.is_empty() {
+                return Ok(names);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// Every group name, all pages.
+    pub async fn list_groups(&self) -> ClientResult<Vec<String>> {
+        let mut names = Vec::new();
+        let mut token = String::new();
+        loop {
+            let req = pb::ListServiceGroupsRequest {
+                page_size: 1000,
+                page_token: token,
+            };
+            let page = self
+                .stub
+                .clone()
+                .list_service_groups(req)
+                .await?
+                .into_inner();
+            names.extend(page.service_groups);
+            if page.next_page_token.is_empty() {
+                return Ok(names);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// Removes a node; `instance_id` (if not empty) must own it.
+    pub async fn remove_node(&self, req: pb::RemoveNodeRequest) -> ClientResult<bool> {
+        Ok(self
+            .stub
+            .clone()
+            .remove_node(req)
+            .await?
+            .into_inner()
+            .removed)
+    }
+
+    /// Removes a service with its nodes.
+    pub async fn remove_service(
+        &self,
+        req: pb::RemoveServiceRequest,
+    ) -> ClientResult<pb::RemoveServiceResponse> {
+        Ok(self.stub.clone().remove_service(req).await?.into_inner())
+    }
+
+    /// Removes a group with its services.
+    pub async fn remove_group(
+        &self,
+        req: pb::RemoveServiceGroupRequest,
+    ) -> ClientResult<pb::RemoveServiceGroupResponse> {
+        Ok(self
+            .stub
+            .clone()
+            .remove_service_group(req)
+            .await?
+            .into_inner())
+    }
+
+    /// Watches a service (or, with an empty `service`, a whole group): the
+    /// state, then every change. The stream ends only when dropped, or with
+    /// one error for a request the server refuses (INVALID_ARGUMENT, say);
+    /// a broken stream is reopened (backoff 100 ms doubling to 2 s) and the
+    /// reopening is surfaced as [`Event::Resync`] before the state.
+    pub fn watch(
+        &self,
+        group: &str,
+        service: &str,
+    ) -> impl Stream<Item = ClientResult<Event>> + use<> {
+        let (tx, rx) = mpsc::channel(64);
+        let req = pb::WatchServiceRequest {
+            service_group: group.into(),
+            service_name: service.into(),
+            send_initial: Some(true),
+        };
+        tokio::spawn(watch_loop(self.stub.clone(), req, tx));
+        ReceiverStream::new(rx)
+    }
+}
+
+/// Statuses after which reopening the same watch cannot help.
+fn is_final(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::Unimplemented
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+    )
+}
+
+async fn watch_loop(
+    mut stub: DiscoveryClient<Channel>,
+    req: pb::WatchServiceRequest,
+    tx: mpsc::Sender<ClientResult<Event>>,
+) {
+    let mut failures = 0u32;
+    let mut opened_before = false;
+    loop {
+        let opened = tokio::select! {
+            _ = tx.closed() => return,
+            r = stub.watch_service(req.clone()) => r,
+        };
+        match opened {
+            Ok(response) => {
+                if opened_before && tx.send(Ok(Event::Resync)).await.is_err() {
+                    return;
+                }
+                opened_before = true;
+                let mut stream = response.into_inner();
+                loop {
+                    let message = tokio::select! {
+                        _ = tx.closed() => return,
+                        m = stream.message() => m,
+                    };
+                    match message {
+                        Ok(Some(e)) => {
+                            failures = 0;
+                            if let Some(event) = Event::from_proto(e)
+                                && tx.send(Ok(event)).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(status) if is_final(status.code()) => {
+                            let _ = tx.send(Err(status.into())).await;
+                            return;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            Err(status) if is_final(status.code()) => {
+                let _ = tx.send(Err(status.into())).await;
+                return;
+            }
+            Err(_) => {}
+        }
+        failures += 1;
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(backoff(failures, Duration::from_secs(2))) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            endpoint("127.0.0.1:50051").unwrap().uri().to_string(),
+            "http://127.0.0.1:50051/"
+        );
+        assert_eq!(
+            endpoint("http://h:1").unwrap().uri().to_string(),
+            "http://h:1/"
+        );
+        assert!(endpoint("not a url at all").is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let cap = Duration::from_secs(2);
+        assert_eq!(backoff(0, cap), Duration::from_millis(100));
+        assert_eq!(backoff(3, cap), Duration::from_millis(800));
+        assert_eq!(backoff(30, cap), cap);
+    }
+}
