@@ -4,9 +4,11 @@
 //! - [`model`]: the registry's domain types and validation rules.
 //! - [`store`]: the [`store::Registry`] trait and its backends.
 //! - [`server`]: the gRPC services on top of a registry.
+//! - [`client`]: a typed Rust client, with a watch that survives restarts.
 //! - [`cli`]: the `discovered` command line.
 
 pub mod cli;
+pub mod client;
 pub mod model;
 pub mod server;
 pub mod store;
