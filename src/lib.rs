@@ -6,9 +6,13 @@
 //! - [`server`]: the gRPC services on top of a registry.
 //! - [`client`]: a typed Rust client, with a watch that survives restarts.
 //! - [`cli`]: the `discovered` command line.
+//! - [`hostfacts`]: the facts of the machine a node runs on, for its
+//!   registration.
 
+pub mod agent;
 pub mod cli;
 pub mod client;
+pub mod hostfacts;
 pub mod model;
 pub mod server;
 pub mod store;

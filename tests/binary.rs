@@ -2,88 +2,11 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, free_port};
+use common::{Proc, RedisServer, free_port};
 use discovered::proto::v1::discovery_client::DiscoveryClient;
 use discovered::proto::v1::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_discovered");
-
-/// A `discovered` child process, killed if the test ends early.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env_remove("RUST_LOG");
-        // Keep the developer's environment from configuring the server.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("DISCOVERED_") {
-                cmd.env_remove(k);
-            }
-        }
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        Self {
-            child: cmd.spawn().expect("spawn discovered"),
-        }
-    }
-
-    /// Waits for the process to exit (at most 15 s) and returns its status
-    /// and stderr.
-    fn wait(mut self) -> (ExitStatus, String) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "discovered did not exit within 15 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut stderr = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut stderr);
-        }
-        (status, stderr)
-    }
-
-    /// Like [`Proc::wait`], but lets the test's own runtime (its gRPC
-    /// clients) keep running meanwhile, as a real client would.
-    async fn wait_async(self) -> (ExitStatus, String) {
-        tokio::task::spawn_blocking(move || self.wait())
-            .await
-            .expect("wait task")
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill -{sig} failed");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn wait_listening(port: u16) -> DiscoveryClient<tonic::transport::Channel> {
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -1,5 +1,6 @@
 //! The `discovered` command line.
 
+mod agent;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,10 @@ pub struct Cli {
 enum Command {
     /// Run the gRPC server.
     Serve(serve::ServeArgs),
+    /// Keep this machine's node registered: register with its host facts,
+    /// heartbeat every ttl/3, re-register after outages, remove on
+    /// SIGINT/SIGTERM.
+    Agent(agent::AgentArgs),
 }
 
 /// Parses the command line and runs it; returns the process exit code.
@@ -25,5 +30,6 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Agent(args) => agent::run(args),
     }
 }

@@ -81,7 +81,7 @@ pub struct ServeArgs {
 
 /// How logs are written to stderr.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
+pub(super) enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line.
@@ -122,7 +122,7 @@ impl ServeArgs {
     }
 }
 
-fn init_logging(format: LogFormat) {
+pub(super) fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -205,7 +205,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

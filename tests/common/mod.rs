@@ -3,9 +3,10 @@
 //! gRPC client.
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -126,6 +127,82 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The `discovered` binary of this build.
+pub const BIN: &str = env!("CARGO_BIN_EXE_discovered");
+
+/// A `discovered` child process, killed if the test ends early.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG");
+        // Keep the developer's environment from configuring the server.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("DISCOVERED_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        Self {
+            child: cmd.spawn().expect("spawn discovered"),
+        }
+    }
+
+    /// Waits for the process to exit (at most 15 s) and returns its status
+    /// and stderr.
+    pub fn wait(mut self) -> (ExitStatus, String) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "discovered did not exit within 15 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        (status, stderr)
+    }
+
+    /// Like [`Proc::wait`], but lets the test's own runtime (its gRPC
+    /// clients) keep running meanwhile, as a real client would.
+    pub async fn wait_async(self) -> (ExitStatus, String) {
+        tokio::task::spawn_blocking(move || self.wait())
+            .await
+            .expect("wait task")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

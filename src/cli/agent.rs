@@ -1,0 +1,87 @@
+//! `discovered agent`: keeps this machine's node registered.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::agent::{self, AgentConfig};
+
+/// Flags of `discovered agent`. Each also reads an environment variable.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The discovered server: host:port or an http:// URL.
+    #[arg(long, env = "DISCOVERED_SERVER", default_value = "127.0.0.1:50051")]
+    server: String,
+
+    /// The service group; empty means the server's default group.
+    #[arg(long, env = "DISCOVERED_GROUP", default_value = "")]
+    group: String,
+
+    /// The service this node belongs to.
+    #[arg(long, env = "DISCOVERED_SERVICE")]
+    service: String,
+
+    /// The node's name [default: this machine's hostname].
+    #[arg(long, env = "DISCOVERED_NODE")]
+    node: Option<String>,
+
+    /// The port the node serves on.
+    #[arg(long, env = "DISCOVERED_PORT", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=65535))]
+    port: u32,
+
+    /// The node's TTL in seconds (at least 1); the agent heartbeats every
+    /// third of it.
+    #[arg(long, env = "DISCOVERED_TTL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    ttl: u64,
+
+    /// A label, as key=value; repeat for more.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    meta: Vec<(String, String)>,
+
+    /// Do not discover this machine's facts (addresses, OS, CPUs, memory,
+    /// boot time); register only what the flags say.
+    #[arg(long, env = "DISCOVERED_NO_AUTO")]
+    no_auto: bool,
+}
+
+fn parse_meta(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// Runs the agent until SIGINT or SIGTERM; returns the exit code.
+pub fn run(args: AgentArgs) -> ExitCode {
+    super::serve::init_logging(super::serve::LogFormat::Text);
+    let node = args
+        .node
+        .clone()
+        .unwrap_or_else(|| crate::hostfacts::gather().hostname);
+    let config = AgentConfig {
+        server: args.server,
+        group: args.group,
+        service: args.service,
+        node,
+        port: args.port,
+        ttl: Duration::from_secs(args.ttl),
+        metadata: args.meta.into_iter().collect::<HashMap<_, _>>(),
+        auto: !args.no_auto,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(agent::run(config, super::serve::shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

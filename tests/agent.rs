@@ -1,0 +1,214 @@
+//! `discovered agent` and `discovered serve` as real processes: the agent
+//! keeps its node registered through restarts and removes it on SIGTERM.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Proc, RedisServer, eventually, free_port};
+use discovered::client::{Client, Event};
+use discovered::hostfacts;
+use discovered::proto::v1::Node;
+use futures::StreamExt;
+
+const TTL: u64 = 2;
+const WAIT: Duration = Duration::from_secs(20);
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn ms(t: &Option<prost_types::Timestamp>) -> i64 {
+    let t = t.as_ref().expect("timestamp");
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
+struct Setup {
+    redis: RedisServer,
+    port: u16,
+    server: Option<Proc>,
+    client: Client,
+}
+
+fn serve(redis: &RedisServer, port: u16) -> Proc {
+    Proc::spawn(
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis-url",
+            &redis.url(),
+        ],
+        &[],
+    )
+}
+
+async fn setup() -> Setup {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let server = serve(&redis, port);
+    let client = eventually("the server to listen", WAIT, || async move {
+        Client::connect(&format!("127.0.0.1:{port}")).await.ok()
+    })
+    .await;
+    Setup {
+        redis,
+        port,
+        server: Some(server),
+        client,
+    }
+}
+
+fn agent(port: u16, node: &str) -> Proc {
+    Proc::spawn(
+        &[
+            "agent",
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--service",
+            "payments",
+            "--node",
+            node,
+            "--port",
+            "9000",
+            "--ttl",
+            &TTL.to_string(),
+            "--meta",
+            "role=api",
+        ],
+        &[],
+    )
+}
+
+async fn node(client: &Client, name: &str) -> Option<Node> {
+    client
+        .get_nodes("", "payments")
+        .await
+        .ok()?
+        .into_iter()
+        .find(|n| n.node_name == name)
+}
+
+async fn wait_for_node(client: &Client, name: &str, what: &str) -> Node {
+    eventually(what, WAIT, || async move { node(client, name).await }).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_registers_host_facts_stays_alive_and_leaves_on_sigterm() {
+    let s = setup().await;
+    let agent = agent(s.port, "n1");
+    let n = wait_for_node(&s.client, "n1", "the agent's node").await;
+    let facts = hostfacts::gather();
+    assert_eq!(n.port, 9000);
+    assert_eq!(n.ip, facts.ip);
+    assert_eq!(
+        (n.cpu_count, n.memory_mb),
+        (facts.cpu_count, facts.memory_mb)
+    );
+    assert_eq!(
+        (n.os.as_str(), n.arch.as_str()),
+        (facts.os.as_str(), facts.arch.as_str())
+    );
+    assert_eq!(n.platform_name, facts.platform_name);
+    assert_eq!(n.metadata.get("role").map(String::as_str), Some("api"));
+    assert_eq!(
+        n.metadata.get("kernel_version"),
+        Some(&facts.kernel_version)
+    );
+    assert_eq!(n.instance_id.len(), 32);
+
+    // Alive past several TTLs, as the same registration.
+    let later = ms(&n.registered_at) + 3 * TTL as i64 * 1000;
+    eventually("three TTLs to pass", WAIT, || async move {
+        (now_ms() > later).then_some(())
+    })
+    .await;
+    let still = node(&s.client, "n1")
+        .await
+        .expect("the node expired under a running agent");
+    assert_eq!(
+        (still.registered_at, still.instance_id.clone()),
+        (n.registered_at, n.instance_id.clone())
+    );
+
+    agent.signal("TERM");
+    let (status, stderr) = agent.wait_async().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        node(&s.client, "n1").await.is_none(),
+        "SIGTERM must remove the node"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_leaves_its_node_to_expire() {
+    let s = setup().await;
+    let mut agent = agent(s.port, "n1");
+    let n = wait_for_node(&s.client, "n1", "the agent's node").await;
+    let mut events = Box::pin(s.client.watch("", "payments"));
+    // The watch holds the state before the agent dies.
+    loop {
+        let e = tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("no event");
+        if let Some(Ok(Event::Synced)) = e {
+            break;
+        }
+    }
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+    let expired = tokio::time::timeout(WAIT, async {
+        while let Some(e) = events.next().await {
+            if let Ok(Event::NodeExpired(node)) = e {
+                return node;
+            }
+        }
+        panic!("watch ended");
+    })
+    .await
+    .expect("no NODE_EXPIRED after the agent was killed");
+    assert_eq!(expired.node_name, "n1");
+    assert_eq!(expired.ip, n.ip);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_keeps_the_successors_node() {
+    let s = setup().await;
+    let first = agent(s.port, "n1");
+    let n1 = wait_for_node(&s.client, "n1", "agent 1's node").await;
+    let _second = agent(s.port, "n1");
+    let n2 = eventually("agent 2 to take the node over", WAIT, || {
+        let client = s.client.clone();
+        let old = n1.instance_id.clone();
+        async move { node(&client, "n1").await.filter(|n| n.instance_id != old) }
+    })
+    .await;
+    first.signal("TERM");
+    let (status, stderr) = first.wait_async().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let kept = node(&s.client, "n1")
+        .await
+        .expect("agent 1 removed agent 2's node");
+    assert_eq!(kept.instance_id, n2.instance_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_comes_back_after_the_server_and_after_redis_restart() {
+    let mut s = setup().await;
+    let _agent = agent(s.port, "n1");
+    wait_for_node(&s.client, "n1", "the agent's node").await;
+
+    // The server dies long enough for the node to expire, then returns.
+    drop(s.server.take());
+    tokio::time::sleep(Duration::from_secs(TTL + 1)).await;
+    s.server = Some(serve(&s.redis, s.port));
+    wait_for_node(&s.client, "n1", "the node after a server restart").await;
+
+    // Redis restarts empty: the agent's heartbeat gets NOT_FOUND and it
+    // registers again.
+    s.redis.restart();
+    wait_for_node(&s.client, "n1", "the node after Redis restarted empty").await;
+}
