@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::{Proc, RedisServer, eventually, free_port};
+use common::{Proc, RedisServer, eventually, free_port, ms, now_ms};
 use discovered::client::{Client, Event};
 use discovered::hostfacts;
 use discovered::proto::v1::Node;
@@ -13,18 +13,6 @@ use futures::StreamExt;
 
 const TTL: u64 = 2;
 const WAIT: Duration = Duration::from_secs(20);
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn ms(t: &Option<prost_types::Timestamp>) -> i64 {
-    let t = t.as_ref().expect("timestamp");
-    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
-}
 
 struct Setup {
     redis: RedisServer,

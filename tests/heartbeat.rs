@@ -2,29 +2,16 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::{Backend, TestServer, bare_node, eventually};
+use common::{Backend, TestServer, bare_node, eventually, ms, now_ms};
 use discovered::proto::v1::discovery_client::DiscoveryClient;
 use discovered::proto::v1::*;
 use discovered::server::Defaults;
-use prost_types::Timestamp;
 use tonic::Code;
 use tonic::transport::Channel;
 
 type Client = DiscoveryClient<Channel>;
-
-fn ms(t: &Option<Timestamp>) -> i64 {
-    let t = t.as_ref().expect("timestamp set");
-    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 fn beat(name: &str, ttl: Option<i64>, instance: &str) -> HeartbeatRequest {
     HeartbeatRequest {

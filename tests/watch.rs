@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
 use discovered::proto::v1::discovery_client::DiscoveryClient;
@@ -31,21 +31,6 @@ const CLOCK_SLACK_MS: i64 = 1000;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// Wall-clock milliseconds since the epoch, as the server counts them.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
-}
-
-/// A timestamp that must be set, in milliseconds since the epoch.
-#[track_caller]
-fn ms(t: &Option<Timestamp>) -> i64 {
-    let t = t.as_ref().expect("timestamp should be set");
-    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
-}
 
 fn kind(e: &WatchEvent) -> EventType {
     EventType::try_from(e.r#type).unwrap_or(EventType::Unspecified)

@@ -275,6 +275,21 @@ impl TestServer {
     }
 }
 
+/// Wall-clock milliseconds since the epoch, as the server counts them.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+/// A timestamp that must be set, in milliseconds since the epoch.
+#[track_caller]
+pub fn ms(t: &Option<prost_types::Timestamp>) -> i64 {
+    let t = t.as_ref().expect("timestamp should be set");
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
 /// A minimal node registration with an explicit address.
 pub fn bare_node(
     group: &str,
