@@ -200,3 +200,26 @@ async fn the_node_comes_back_after_the_server_and_after_redis_restart() {
     s.redis.restart();
     wait_for_node(&s.client, "n1", "the node after Redis restarted empty").await;
 }
+
+#[test]
+fn a_bad_or_missing_agent_flag_is_one_line_and_exit_code_two() {
+    for (args, names) in [
+        (vec!["agent", "--service", "x", "--ttl", "0"], "--ttl"),
+        (vec!["agent", "--service", "x", "--ttl", "soon"], "--ttl"),
+        (vec!["agent", "--ttl", "30"], "--service"),
+        (
+            vec!["agent", "--service", "x", "--meta", "novalue"],
+            "--meta",
+        ),
+        (vec!["agent", "--service", "x", "--port", "70000"], "--port"),
+    ] {
+        let (status, stderr) = Proc::spawn(&args, &[]).wait();
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: want one line, got {stderr:?}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(names),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -26,10 +26,43 @@ enum Command {
 }
 
 /// Parses the command line and runs it; returns the process exit code.
+/// A bad or missing flag is one line on stderr and exit code 2.
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            return std::process::ExitCode::from(2);
+        }
+    };
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Agent(args) => agent::run(args),
+    }
+}
+
+/// The first paragraph of a clap error as one line, pointing at --help:
+/// scripts and operators read one line.
+fn one_line(message: &str) -> String {
+    let first: Vec<&str> = message
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    format!("{} (see --help)", first.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let msg = "error: the following required arguments were not provided:\n  --service <SERVICE>\n\nUsage: discovered agent --service <SERVICE>\n";
+        assert_eq!(
+            one_line(msg),
+            "error: the following required arguments were not provided: --service <SERVICE> (see --help)"
+        );
     }
 }
