@@ -108,7 +108,21 @@ pub async fn run(
 ) -> Result<(), ClientError> {
     let client = Client::lazy(&config.server)?;
     let instance_id = new_instance_id();
-    let request = registration(&config, &instance_id);
+    // Gathering facts reads files and asks the resolver: off the runtime.
+    let request = {
+        let (config, id) = (config.clone(), instance_id.clone());
+        tokio::task::spawn_blocking(move || registration(&config, &id)).await
+    }
+    .unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "gathering host facts failed; registering without them");
+        registration(
+            &AgentConfig {
+                auto: false,
+                ..config.clone()
+            },
+            &instance_id,
+        )
+    });
     let interval = config.ttl / 3;
     let mut state = State::Starting;
     let mut registered = false;
