@@ -1,6 +1,8 @@
 //! The `discovered` command line.
 
 mod agent;
+mod commands;
+mod output;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,10 @@ enum Command {
     /// heartbeat every ttl/3, re-register after outages, remove on
     /// SIGINT/SIGTERM.
     Agent(agent::AgentArgs),
+    // The client commands (register-service, nodes, watch, ...), listed
+    // at this level; their exit codes are documented in `commands`.
+    #[command(flatten)]
+    Client(commands::ClientCommand),
 }
 
 /// Parses the command line and runs it; returns the process exit code.
@@ -39,6 +45,7 @@ pub fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Agent(args) => agent::run(args),
+        Command::Client(cmd) => commands::run(cmd),
     }
 }
 
