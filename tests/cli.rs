@@ -10,7 +10,7 @@ use common::{Backend, TestServer, free_port};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const BIN: &str = env!("CARGO_BIN_EXE_discovered");
+use common::BIN;
 
 struct Out {
     code: Option<i32>,
@@ -554,4 +554,56 @@ async fn watch_in_table_form_and_for_a_group() {
     assert!(line.contains("default/ledger"), "{line}");
 
     child.kill().await.expect("kill watch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_node_auto_sends_this_machines_facts() {
+    let t = TestServer::start(Backend::Redis).await;
+    let s = t.server.url();
+    let facts = discovered::hostfacts::gather();
+    let node = ok_json(
+        &s,
+        &[
+            "register-node",
+            "payments",
+            "auto-1",
+            "--auto",
+            "--port",
+            "80",
+        ],
+    )
+    .await;
+    assert_eq!(node["cpu_count"], facts.cpu_count, "{node}");
+    assert_eq!(node["memory_mb"], facts.memory_mb, "{node}");
+    assert_eq!(node["os"], facts.os.as_str(), "{node}");
+    assert_eq!(node["arch"], facts.arch.as_str(), "{node}");
+    assert_eq!(node["fqdn"], facts.fqdn.as_str(), "{node}");
+    assert_eq!(
+        node["metadata"]["kernel_version"],
+        facts.kernel_version.as_str(),
+        "{node}"
+    );
+    let ips: Vec<&str> = node["ip"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(ips, facts.ip, "{node}");
+
+    // Explicit flags win over discovered facts.
+    let node = ok_json(
+        &s,
+        &[
+            "register-node",
+            "payments",
+            "auto-2",
+            "--auto",
+            "--ip",
+            "10.9.9.9",
+        ],
+    )
+    .await;
+    assert_eq!(node["ip"], serde_json::json!(["10.9.9.9"]), "{node}");
+    assert_eq!(node["cpu_count"], facts.cpu_count, "{node}");
 }

@@ -147,6 +147,11 @@ pub struct RegisterNodeArgs {
     /// A label, as key=value; repeat for more.
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
     meta: Vec<(String, String)>,
+    /// Fill what the flags leave out with this machine's facts: addresses,
+    /// fqdn, OS, platform, architecture, CPUs, memory, boot time and
+    /// metadata kernel_version. Explicit flags win.
+    #[arg(long)]
+    auto: bool,
     #[command(flatten)]
     group: Group,
     #[command(flatten)]
@@ -378,19 +383,21 @@ async fn dispatch(cmd: ClientCommand) -> Result<(), ClientError> {
         }
         ClientCommand::RegisterNode(a) => {
             let client = Client::connect(&a.conn.server).await?;
-            let node = client
-                .register_node(pb::RegisterNodeRequest {
-                    service_group: a.group.group,
-                    service_name: a.service,
-                    node_name: a.node,
-                    ip: a.ip,
-                    port: a.port,
-                    metadata: metadata(a.meta),
-                    ttl_seconds: a.ttl,
-                    instance_id: a.instance_id,
-                    ..Default::default()
-                })
-                .await?;
+            let mut req = pb::RegisterNodeRequest {
+                service_group: a.group.group,
+                service_name: a.service,
+                node_name: a.node,
+                ip: a.ip,
+                port: a.port,
+                metadata: metadata(a.meta),
+                ttl_seconds: a.ttl,
+                instance_id: a.instance_id,
+                ..Default::default()
+            };
+            if a.auto {
+                crate::agent::with_host_facts(&mut req);
+            }
+            let node = client.register_node(req).await?;
             print(a.conn.output, output::node_json(&node), || {
                 output::nodes_table(std::slice::from_ref(&node))
             });
