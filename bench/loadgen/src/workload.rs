@@ -88,6 +88,9 @@ pub fn register_request(service: &str, index: u64, ttl_seconds: i64) -> Register
         node_name: name,
         ttl_seconds: Some(ttl_seconds),
         auto: Some(false),
+        // One id per node, as an agent sends: a re-registration is then
+        // identical and publishes no change.
+        instance_id: format!("bench-instance-{index}"),
     }
 }
 
