@@ -276,3 +276,33 @@ async fn a_slow_watcher_gets_a_resync_and_never_stalls_the_others() {
     }
     assert_eq!(initial, CHANGES, "the resync must carry the whole state");
 }
+
+#[tokio::test]
+async fn a_silently_dead_subscription_is_found_and_replaced() {
+    let mut t = TestServer::start(Backend::Redis).await;
+    let mut stream = watch(&mut t.client, "payments").await;
+    expect(&mut stream, EventType::Synced).await;
+    // Frozen: no connection closes, so only the subscriber's own PING can
+    // tell that its connection no longer answers.
+    t.redis().signal("STOP");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    t.redis().signal("CONT");
+    let e = expect(&mut stream, EventType::Resync).await;
+    assert_eq!(e.revision, 0);
+    expect(&mut stream, EventType::Synced).await;
+    // And changes flow again over the new subscription.
+    let node = eventually("a registration after the thaw", WAIT, || {
+        let mut c = t.client.clone();
+        async move {
+            c.register_node(bare_node("", "payments", "n", None))
+                .await
+                .ok()
+        }
+    })
+    .await
+    .into_inner();
+    assert_eq!(
+        expect(&mut stream, EventType::NodeAdded).await.node,
+        Some(node)
+    );
+}

@@ -108,6 +108,18 @@ impl RedisServer {
         }
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) to the Redis process: STOP
+    /// freezes it without closing a single connection, as a partition would.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis is running").id();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} {pid} failed");
+    }
+
     /// Starts Redis again on the same port, empty (no persistence).
     pub fn restart(&mut self) {
         self.kill();

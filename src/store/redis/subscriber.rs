@@ -30,6 +30,10 @@ pub const REQUIRED_FLAGS: &str = "Kxe";
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often an idle subscription is checked with PING, and how long the
+/// answer may take before the connection counts as dead.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on connecting, configuring and subscribing.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -105,7 +109,9 @@ pub async fn run(feed: Feed) {
                     feed.hub.send(StoreEvent::Resync);
                 }
                 feed.subscribed.send_replace(true);
-                let mut messages = pubsub.into_on_message();
+                let (mut sink, mut messages) = pubsub.split();
+                let mut liveness = tokio::time::interval(LIVENESS_INTERVAL);
+                liveness.reset();
                 loop {
                     tokio::select! {
                         _ = feed.stop.cancelled() => return,
@@ -113,6 +119,14 @@ pub async fn run(feed: Feed) {
                             Some(msg) => handle(&feed, &msg),
                             None => break,
                         },
+                        // A connection that died without a FIN or RST (a
+                        // lost host, a partition) shows only when asked.
+                        _ = liveness.tick() => {
+                            let ping = tokio::time::timeout(LIVENESS_TIMEOUT, sink.ping::<redis::Value>());
+                            if !matches!(ping.await, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
                     }
                 }
                 tracing::warn!(addr = %feed.pool.addr(), "Redis subscription lost; reconnecting");
