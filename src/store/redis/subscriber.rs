@@ -104,8 +104,8 @@ pub async fn run(feed: Feed) {
                 // Subscribed: from here on nothing is missed, so watchers
                 // may take a fresh snapshot. The first subscription comes
                 // before the server serves (see `check`), with no watcher
-                // to tell.
-                if *feed.subscribed.borrow() || failing {
+                // to tell; every later one follows a failure.
+                if failing {
                     feed.hub.send(StoreEvent::Resync);
                 }
                 feed.subscribed.send_replace(true);
