@@ -3,11 +3,6 @@ a private redis-server, both started on free 127.0.0.1 ports."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 import uuid
 
@@ -16,91 +11,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import discovery_client as dc
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_BIN = os.path.normpath(os.path.join(HERE, "..", "..", "target", "debug", "discovered"))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(proc: subprocess.Popen, port: int, name: str, log: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{name} exited with code {proc.returncode} before listening:\n{read(log)}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"{name} did not listen on 127.0.0.1:{port} within {timeout}s:\n{read(log)}")
-
-
-def read(path: str) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()[-4000:]
-    except OSError:
-        return ""
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stops one process we started, by its PID."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+from live_server import live_server
 
 
 @pytest.fixture(scope="module")
 def server():
-    """Yields the host:port of a running discovered server."""
-    binary = os.environ.get("DISCOVERED_BIN", DEFAULT_BIN)
-    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
-        pytest.fail(
-            f"discovered binary not found at {binary}: run `cargo build` in the repository "
-            "root or set DISCOVERED_BIN to the server binary"
-        )
-    redis_bin = shutil.which("redis-server")
-    if redis_bin is None:
-        pytest.fail("redis-server not found on PATH; install Redis to run these tests")
-
-    tmp = tempfile.mkdtemp(prefix="discovered-pytest-")
-    procs = []
-    try:
-        redis_port = free_port()
-        redis_log = os.path.join(tmp, "redis.log")
-        with open(redis_log, "w") as log:
-            redis = subprocess.Popen(
-                [redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", tmp],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        procs.append(redis)
-        wait_listening(redis, redis_port, "redis-server", redis_log)
-
-        port = free_port()
-        server_log = os.path.join(tmp, "discovered.log")
-        with open(server_log, "w") as log:
-            srv = subprocess.Popen(
-                [binary, "serve", "--listen", f"127.0.0.1:{port}",
-                 "--redis-url", f"redis://127.0.0.1:{redis_port}/"],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        procs.append(srv)
-        wait_listening(srv, port, "discovered", server_log)
-        yield f"127.0.0.1:{port}"
-    finally:
-        for p in reversed(procs):
-            stop(p)
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Yields the host:port of a running discovered server on its own Redis."""
+    with live_server() as address:
+        yield address
 
 
 @pytest.fixture
