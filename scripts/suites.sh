@@ -54,11 +54,15 @@ build_server() {
 # installed (never system-wide).
 make_venv() {
   local dir="$1"
-  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    apt_install python3-venv
-  fi
-  if [ ! -x "$dir/.venv/bin/python" ]; then
-    python3 -m venv "$dir/.venv" || return 1
+  ensure_command python3 python3
+  if [ ! -x "$dir/.venv/bin/pip" ]; then
+    rm -rf "$dir/.venv"
+    # Debian's python3 makes no venv (no ensurepip) until python3-venv is in.
+    if ! python3 -m venv "$dir/.venv" >/dev/null 2>&1; then
+      rm -rf "$dir/.venv"
+      apt_install python3-venv
+      python3 -m venv "$dir/.venv" || return 1
+    fi
   fi
   "$dir/.venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     -r "$dir/requirements.txt" || return 1

@@ -3,7 +3,8 @@
 
 The protobuf/gRPC modules are generated from
 ../../proto/discovered/v1/discovery.proto into ./generated (git-ignored),
-either by run-tests.sh or, if missing, on first import via grpcio-tools.
+on first import, with grpcio-tools (scripts/test-examples python regenerates
+them before its tests).
 
 Walk-through against a running server:
 
