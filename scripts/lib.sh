@@ -44,7 +44,11 @@ RESULTS_FILE="${RESULTS_FILE:-$(mktemp "${TMPDIR:-/tmp}/discovered-results.XXXXX
 # record SUITE PASSED FAILED [NOTE]: a suite that could not run, or ran no
 # test, is recorded with a NOTE and counts as failed.
 record() {
-  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-}" >>"$RESULTS_FILE"
+  local note="${4:-}"
+  if [ "$2" -eq 0 ] && [ "$3" -eq 0 ] && [ -z "$note" ]; then
+    note="ran no test"
+  fi
+  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$note" >>"$RESULTS_FILE"
 }
 
 # Prints every suite's counts and a total line; returns 1 if any suite
