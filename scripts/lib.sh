@@ -39,7 +39,8 @@ ensure_command() {
 }
 
 # Each suite's outcome, one line per suite: name, passed, failed, note.
-RESULTS_FILE="${RESULTS_FILE:-$(mktemp "${TMPDIR:-/tmp}/discovered-results.XXXXXX")}"
+RESULTS_FILE="$(mktemp "${TMPDIR:-/tmp}/discovered-results.XXXXXX")"
+trap 'rm -f "$RESULTS_FILE"' EXIT
 
 # record SUITE PASSED FAILED [NOTE]: a suite that could not run, or ran no
 # test, is recorded with a NOTE and counts as failed.
@@ -67,7 +68,6 @@ print_summary() {
       printf '    %-10s %s passed, %s failed\n' "$name" "$passed" "$failed"
     fi
   done <"$RESULTS_FILE"
-  rm -f "$RESULTS_FILE"
   if [ "$bad" -eq 0 ]; then
     printf 'all suites passed: %s passed, %s failed\n' "$total_passed" "$total_failed"
   else
