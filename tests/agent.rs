@@ -184,6 +184,96 @@ async fn a_rolling_restart_keeps_the_successors_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_node_was_taken_over_stops_renewing_it() {
+    let s = setup().await;
+    let first = agent(s.port, "n1");
+    let n1 = wait_for_node(&s.client, "n1", "agent 1's node").await;
+    let mut second = agent(s.port, "n1");
+    eventually("agent 2 to take the node over", WAIT, || {
+        let client = s.client.clone();
+        let old = n1.instance_id.clone();
+        async move { node(&client, "n1").await.filter(|n| n.instance_id != old) }
+    })
+    .await;
+    // Agent 1 heartbeats every TTL/3: within one TTL it has been refused.
+    tokio::time::sleep(Duration::from_secs(TTL)).await;
+    let mut events = Box::pin(s.client.watch("", "payments"));
+    let _ = until(&mut events, |e| matches!(e, Event::Synced)).await;
+
+    // With agent 2 gone without a word, nobody renews the node: it expires,
+    // and agent 1 neither heartbeats it back nor registers it again.
+    let _ = second.child.kill();
+    let _ = second.child.wait();
+    let expired = until(&mut events, |e| matches!(e, Event::NodeExpired(_))).await;
+    let Event::NodeExpired(expired) = expired else {
+        unreachable!()
+    };
+    assert_eq!(expired.node_name, "n1");
+    let quiet = tokio::time::timeout(Duration::from_secs(2 * TTL), events.next()).await;
+    assert!(
+        quiet.is_err(),
+        "agent 1 took the node back after it was taken over: {quiet:?}"
+    );
+    assert!(node(&s.client, "n1").await.is_none());
+
+    first.signal("TERM");
+    let (status, stderr) = first.wait_async().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stderr.matches("another instance owns the node now").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("node removed"),
+        "agent 1 removed a node it no longer owns: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_logged_once_however_many_retries_it_takes() {
+    let mut s = setup().await;
+    let agent = agent(s.port, "n1");
+    wait_for_node(&s.client, "n1", "the agent's node").await;
+
+    // Down for longer than the TTL: the agent retries several times (its
+    // backoff is capped at TTL/3) and the node is gone when it comes back.
+    drop(s.server.take());
+    tokio::time::sleep(Duration::from_secs(TTL + 1)).await;
+    s.server = Some(serve(&s.redis, s.port));
+    wait_for_node(&s.client, "n1", "the node after the server came back").await;
+
+    agent.signal("TERM");
+    let (status, stderr) = agent.wait_async().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stderr.matches("cannot reach the registry").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("node registered").count(), 2, "{stderr}");
+}
+
+/// Reads events until one matches, failing after [`WAIT`].
+async fn until(
+    events: &mut (impl futures::Stream<Item = discovered::client::ClientResult<Event>> + Unpin),
+    want: impl Fn(&Event) -> bool,
+) -> Event {
+    tokio::time::timeout(WAIT, async {
+        while let Some(e) = events.next().await {
+            match e {
+                Ok(e) if want(&e) => return e,
+                Ok(_) => {}
+                Err(e) => panic!("watch failed: {e}"),
+            }
+        }
+        panic!("watch ended");
+    })
+    .await
+    .expect("the awaited event did not come")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_comes_back_after_the_server_and_after_redis_restart() {
     let mut s = setup().await;
     let _agent = agent(s.port, "n1");
