@@ -342,13 +342,16 @@ where
 }
 
 /// Generates `mod memory` and `mod redis`, each running the listed async
-/// test bodies (`async fn name(backend: Backend)`) against its backend.
+/// test bodies (`async fn name(backend: Backend)`) against its backend, on
+/// a multi-threaded runtime as in production: the server's tasks (the Redis
+/// subscriber, each stream) run in parallel with the test's clients, so an
+/// ordering that only holds when they take turns fails here.
 #[macro_export]
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::Backend::Memory).await;
                 }
@@ -356,7 +359,7 @@ macro_rules! conformance {
         }
         mod redis {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::Backend::Redis).await;
                 }
