@@ -245,6 +245,17 @@ def test_readme_prints_the_walkthrough_script():
     )
 
 
+def test_readme_has_no_grpcurl_command_outside_the_walkthrough():
+    with open(README) as f:
+        text = f.read()
+    outside = text.replace(readme_walkthrough(), "")
+    stray = [line for line in outside.splitlines() if re.match(r"^\$?\s*grpcurl\s+-", line)]
+    assert stray == [], (
+        "README.md shows grpcurl commands that no test runs; put them in "
+        f"examples/grpcurl/walkthrough.sh instead: {stray}"
+    )
+
+
 def test_walkthrough_runs_as_printed(venv_bin, server):
     env = dict(os.environ, PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""))
     out = subprocess.run(["sh", WALKTHROUGH, server], capture_output=True, text=True, env=env, timeout=60)
