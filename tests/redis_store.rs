@@ -347,3 +347,119 @@ async fn redis_down_gives_unavailable_and_not_serving_then_recovers() {
         .into_inner();
     assert!(removed.removed);
 }
+
+/// A registry of its own on `t`'s Redis: another server process, as far as
+/// Redis can tell (its own connections).
+fn second_registry(t: &mut TestServer) -> discovered::store::RedisRegistry {
+    let config =
+        discovered::store::RedisConfig::from_url(&t.redis().url(), "discovered").expect("config");
+    discovered::store::RedisRegistry::new(config).expect("redis registry")
+}
+
+/// RegisterNode racing RemoveService of the same service, from two
+/// processes: whichever runs first, a service that has a node is listed.
+/// (Each write is one MULTI/EXEC; Redis rarely splits a small pipeline
+/// anyway, so this guards the invariant more than it provokes the race.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_racing_its_services_removal_is_never_left_unlisted() {
+    use discovered::model::{NodeSpec, PageRequest, ServiceKey};
+    use discovered::store::{NodeRegistration, Registry};
+
+    let mut t = TestServer::start(Backend::Redis).await;
+    let a = second_registry(&mut t);
+    let b = second_registry(&mut t);
+    a.check().await.expect("redis answers");
+    b.check().await.expect("redis answers");
+    let mut unlisted = Vec::new();
+    for i in 0..400 {
+        let key = ServiceKey::new("race", format!("s{i:03}"));
+        let reg = NodeRegistration {
+            key: key.clone(),
+            name: "n".into(),
+            spec: NodeSpec {
+                ip: vec!["10.0.0.1".into()],
+                ..Default::default()
+            },
+            ttl: None,
+            keep_instance: true,
+        };
+        // The service exists first, so the removal has work to do.
+        a.register_node(reg.clone()).await.expect("register");
+        let (registered, removed) = tokio::join!(a.register_node(reg), b.remove_service(&key));
+        registered.expect("register");
+        removed.expect("remove");
+        let has_nodes = !a.get_nodes(&key).await.expect("get_nodes").is_empty();
+        let listed = a
+            .list_services(
+                "race",
+                PageRequest {
+                    size: 1000,
+                    after: None,
+                },
+            )
+            .await
+            .expect("list")
+            .names
+            .contains(&key.service);
+        if has_nodes && !listed {
+            unlisted.push(key.service);
+        }
+    }
+    assert!(
+        unlisted.is_empty(),
+        "services with nodes but unlisted: {unlisted:?}"
+    );
+}
+
+/// Redis forgetting the scripts (a restart, a failover to a replica that
+/// never loaded them, SCRIPT FLUSH) costs one retry, also for the writes
+/// sent as MULTI/EXEC, and leaves nothing half done.
+#[tokio::test]
+async fn writes_survive_redis_forgetting_the_scripts() {
+    let mut t = TestServer::start(Backend::Redis).await;
+    let flush = |t: &mut TestServer| {
+        let redis = t.redis().url();
+        async move {
+            let client = redis::Client::open(redis).expect("client");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            let () = redis::cmd("SCRIPT")
+                .arg("FLUSH")
+                .query_async(&mut conn)
+                .await
+                .expect("SCRIPT FLUSH");
+        }
+    };
+    flush(&mut t).await;
+    t.client
+        .register_service(service("g", "s"))
+        .await
+        .expect("RegisterService");
+    flush(&mut t).await;
+    t.client
+        .register_node(bare_node("g", "s", "n1", Some(300)))
+        .await
+        .expect("RegisterNode");
+    let listed = t
+        .client
+        .list_services(ListServicesRequest {
+            service_group: "g".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListServices")
+        .into_inner();
+    assert_eq!(listed.service_names, ["s"]);
+    flush(&mut t).await;
+    t.client
+        .remove_service(RemoveServiceRequest {
+            service_group: "g".into(),
+            service_name: "s".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("RemoveService");
+    assert_eq!(all_keys(&mut t).await, ["discovered:v1:revision"]);
+}

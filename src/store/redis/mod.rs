@@ -4,13 +4,13 @@
 //!
 //! | call | Redis work | round trips |
 //! | --- | --- | --- |
-//! | RegisterService | `listing_add` + `register_service` scripts | 1 |
-//! | RegisterNode | `listing_add`, ZADD/ZREM deadline, `register_node` script | 1 |
+//! | RegisterService | `listing_add` + `register_service` scripts (MULTI) | 1 |
+//! | RegisterNode | `listing_add`, ZADD/ZREM deadline, `register_node` script (MULTI) | 1 |
 //! | GetService | GET record + ZSCORE listing | 1 |
 //! | GetNodes | HGETALL | 1 |
 //! | ListServices / ListServiceGroups | ZRANGEBYLEX | 1 |
 //! | RemoveNode | `remove_node` script + ZREM deadline | 1 |
-//! | RemoveService | `remove_service` + `listing_remove` scripts, then ZREM deadlines | 1-2 |
+//! | RemoveService | `remove_service` + `listing_remove` scripts (MULTI), then ZREM deadlines | 1-2 |
 //! | RemoveServiceGroup | ZRANGE, then the RemoveService work per service | 2-3 |
 //! | WatchService start | `snapshot` script (plus a ZRANGE for a whole group) | 1-2 |
 //!
@@ -18,10 +18,9 @@
 //! revision and publishes the change (see `lua/prelude.lua`); one
 //! subscription per process (`subscriber.rs`) feeds every watch stream.
 //!
-//! Listings are written before a service's own keys and removed after them,
-//! so a crash between the two steps leaves a listed, empty service (seen and
-//! removable), never an unlisted record; any later registration of the
-//! service re-lists it.
+//! Writes that touch a service's listing and its records go as one
+//! MULTI/EXEC (see `listing_and_records`), so no reader and no racing
+//! writer sees one half without the other.
 
 mod changes;
 mod keys;
@@ -464,6 +463,17 @@ async fn sweeper(inner: std::sync::Weak<Inner>) {
     }
 }
 
+/// A MULTI/EXEC pipeline, for writes that touch a service's listing (in the
+/// `{listing}` slot) and its records (in the service's own slot) together.
+/// Redis then runs them with no other client's command in between, so a
+/// registration racing a removal of the same service cannot leave a node
+/// that is stored but unlisted. Still one round trip.
+fn listing_and_records() -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    pipe
+}
+
 #[async_trait]
 impl Registry for RedisRegistry {
     async fn register_service(
@@ -472,7 +482,7 @@ impl Registry for RedisRegistry {
         spec: ServiceSpec,
     ) -> StoreResult<ServiceRecord> {
         let now = now_millis();
-        let mut pipe = redis::pipe();
+        let mut pipe = listing_and_records();
         self.listing_add(&mut pipe, &key);
         pipe.invoke_script(
             scripts::REGISTER_SERVICE
@@ -492,7 +502,7 @@ impl Registry for RedisRegistry {
         let now = now_millis();
         let expires_at = reg.ttl.map(|ttl| now + ttl.as_millis() as Millis);
         let member = deadline_member(&reg.key, &reg.name);
-        let mut pipe = redis::pipe();
+        let mut pipe = listing_and_records();
         self.listing_add(&mut pipe, &reg.key);
         // The deadline goes in before the record, so a sweep never sees a
         // record whose deadline it does not know.
@@ -620,7 +630,7 @@ impl Registry for RedisRegistry {
     }
 
     async fn remove_service(&self, key: &ServiceKey) -> StoreResult<Option<u32>> {
-        let mut pipe = redis::pipe();
+        let mut pipe = listing_and_records();
         self.remove_service_cmds(&mut pipe, key);
         let (removed, unlisted): (Vec<redis::Value>, i64) = self.pool().query(&pipe).await?;
         let mut members = Vec::new();
@@ -648,7 +658,7 @@ impl Registry for RedisRegistry {
             .iter()
             .map(|s| ServiceKey::new(group, s.clone()))
             .collect();
-        let mut pipe = redis::pipe();
+        let mut pipe = listing_and_records();
         for key in &keys {
             self.remove_service_cmds(&mut pipe, key);
         }
