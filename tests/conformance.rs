@@ -33,63 +33,6 @@ async fn wait_until_after(t: i64) {
     .await
 }
 
-fn meta(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-/// A service registration with every field set.
-fn full_service(group: &str, name: &str) -> RegisterServiceRequest {
-    RegisterServiceRequest {
-        service_group: group.into(),
-        service_name: name.into(),
-        endpoint: format!("https://{name}.example.com:8443/api"),
-        endpoint_type: "http".into(),
-        auth_type: "basic".into(),
-        auth_credentials: "user:s3cret".into(),
-        backend: "postgres-15".into(),
-        description: format!("The {name} service"),
-        metadata: meta(&[("team", "core"), ("tier", "1"), ("empty", "")]),
-    }
-}
-
-/// A minimal service registration.
-fn bare_service(group: &str, name: &str) -> RegisterServiceRequest {
-    RegisterServiceRequest {
-        service_group: group.into(),
-        service_name: name.into(),
-        endpoint: "http://x".into(),
-        ..Default::default()
-    }
-}
-
-/// A node registration with every field set (addresses explicit, no TTL).
-fn full_node(group: &str, service: &str, name: &str, i: u32) -> RegisterNodeRequest {
-    RegisterNodeRequest {
-        service_group: group.into(),
-        service_name: service.into(),
-        node_name: name.into(),
-        ip: vec![format!("10.0.0.{i}"), format!("fd00::{i}")],
-        port: 8000 + i,
-        fqdn: format!("{name}.example.com"),
-        os: "Debian GNU/Linux 12".into(),
-        platform_name: "Linux".into(),
-        arch: "x86_64".into(),
-        cpu_count: 4 * i,
-        memory_mb: (1u64 << 40) + u64::from(i),
-        last_boot: Some(Timestamp {
-            seconds: 1_700_000_000 + i64::from(i),
-            nanos: 123_456_789,
-        }),
-        metadata: meta(&[("rack", &format!("r{i}")), ("zone", "eu-1")]),
-        ttl_seconds: None,
-        auto: None,
-        instance_id: format!("{name}-instance"),
-    }
-}
-
 /// What the API should return for `req`, registered in `group`, without
 /// the server's timestamps.
 fn service_from(req: &RegisterServiceRequest, group: &str, reveal: bool) -> Service {

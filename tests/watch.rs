@@ -6,14 +6,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
 use discovered::proto::v1::discovery_client::DiscoveryClient;
 use discovered::proto::v1::*;
 use discovered::server::Defaults;
-use prost_types::Timestamp;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
@@ -36,60 +35,11 @@ fn kind(e: &WatchEvent) -> EventType {
     EventType::try_from(e.r#type).unwrap_or(EventType::Unspecified)
 }
 
-fn meta(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-/// A node registration with every field set: several addresses (one IPv6)
-/// and several metadata entries, so that a re-registration that changes
-/// nothing is only recognised as such if the server compares records, not
-/// the order a map happened to be sent in.
+/// [`full_node`] with a TTL.
 fn node(group: &str, service: &str, name: &str, i: u32, ttl: Option<i64>) -> RegisterNodeRequest {
     RegisterNodeRequest {
-        service_group: group.into(),
-        service_name: service.into(),
-        node_name: name.into(),
-        ip: vec![format!("10.1.0.{i}"), format!("fd00::{i}")],
-        port: 9000 + i,
-        fqdn: format!("{name}.example.com"),
-        os: "Debian GNU/Linux 12".into(),
-        platform_name: "Linux".into(),
-        arch: "x86_64".into(),
-        cpu_count: 2 * i,
-        memory_mb: 4096 + u64::from(i),
-        last_boot: Some(Timestamp {
-            seconds: 1_700_000_000 + i64::from(i),
-            nanos: 500_000_000,
-        }),
-        metadata: meta(&[
-            ("rack", &format!("r{i}")),
-            ("zone", "eu-1"),
-            ("alpha", "1"),
-            ("beta", "2"),
-            ("gamma", "3"),
-            ("delta", "4"),
-        ]),
-        instance_id: format!("{name}-instance"),
         ttl_seconds: ttl,
-        auto: None,
-    }
-}
-
-/// A service registration with every field set, credentials included.
-fn service(group: &str, name: &str) -> RegisterServiceRequest {
-    RegisterServiceRequest {
-        service_group: group.into(),
-        service_name: name.into(),
-        endpoint: format!("https://{name}.example.com:8443/api"),
-        endpoint_type: "http".into(),
-        auth_type: "basic".into(),
-        auth_credentials: "user:s3cret".into(),
-        backend: "postgres-15".into(),
-        description: format!("The {name} service"),
-        metadata: meta(&[("team", "core"), ("tier", "1"), ("owner", "ops")]),
+        ..full_node(group, service, name, i)
     }
 }
 
@@ -382,7 +332,7 @@ fn mentions(message: &str, field: &str) -> bool {
 async fn initial_then_changes(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
-    let registered = register_service(c, service("shop", "payments")).await;
+    let registered = register_service(c, full_service("shop", "payments")).await;
     register_node(c, node("shop", "payments", "n1", 1, None)).await;
     register_node(c, node("shop", "payments", "n2", 2, None)).await;
     let existing = get_nodes(c, "shop", "payments").await;
@@ -445,7 +395,7 @@ async fn initial_then_changes(backend: Backend) {
 
     // The service's record changes (credentials still set): SERVICE_UPDATED
     // with the new record, credentials left out.
-    let mut req = service("shop", "payments");
+    let mut req = full_service("shop", "payments");
     req.description = "Payments, now with refunds".into();
     req.auth_credentials = "user:n3w-s3cret".into();
     let service_updated = register_service(c, req).await;
@@ -546,10 +496,10 @@ async fn identical_reregistration_is_silent(backend: Backend) {
 
     // The service had no record (only nodes): its first registration is
     // SERVICE_REGISTERED; the same registration again sends nothing.
-    let registered = register_service(c, service("shop", "payments")).await;
+    let registered = register_service(c, full_service("shop", "payments")).await;
     let e = w.expect(EventType::ServiceRegistered).await;
     assert_eq!(service_of(&e), &registered);
-    let again = register_service(c, service("shop", "payments")).await;
+    let again = register_service(c, full_service("shop", "payments")).await;
     assert_eq!(again.registered_at, registered.registered_at);
 
     let mut req = node("shop", "payments", "a", 1, None);
@@ -575,12 +525,12 @@ async fn identical_reregistration_is_silent(backend: Backend) {
 async fn group_watch_sees_every_service(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
-    register_service(c, service("shop", "payments")).await;
+    register_service(c, full_service("shop", "payments")).await;
     register_node(c, node("shop", "payments", "p1", 1, None)).await;
     register_node(c, node("shop", "payments", "p2", 2, None)).await;
     register_node(c, node("shop", "orders", "o1", 3, None)).await;
     // A registered service without nodes has no INITIAL event.
-    register_service(c, service("shop", "catalog")).await;
+    register_service(c, full_service("shop", "catalog")).await;
     register_node(c, node("other", "payments", "x1", 4, None)).await;
     register_node(c, node("shop-eu", "payments", "y1", 5, None)).await;
     register_node(c, node("sho", "orders", "z1", 6, None)).await;
@@ -607,8 +557,8 @@ async fn group_watch_sees_every_service(backend: Backend) {
     );
 
     // A service registered in a group whose name starts like ours.
-    register_service(c, service("shop-eu", "inventory")).await;
-    let inventory = register_service(c, service("shop", "inventory")).await;
+    register_service(c, full_service("shop-eu", "inventory")).await;
+    let inventory = register_service(c, full_service("shop", "inventory")).await;
     let e = w.expect(EventType::ServiceRegistered).await;
     assert_eq!(service_of(&e), &inventory);
 
@@ -664,7 +614,7 @@ async fn group_watch_sees_every_service(backend: Backend) {
 async fn send_initial_false(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
-    register_service(c, service("shop", "payments")).await;
+    register_service(c, full_service("shop", "payments")).await;
     register_node(c, node("shop", "payments", "n1", 1, None)).await;
     register_node(c, node("shop", "payments", "n2", 2, None)).await;
 
@@ -699,13 +649,13 @@ async fn send_initial_false(backend: Backend) {
 async fn remove_group_events(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
-    let payments = register_service(c, service("shop", "payments")).await;
+    let payments = register_service(c, full_service("shop", "payments")).await;
     register_node(c, node("shop", "payments", "p1", 1, None)).await;
     register_node(c, node("shop", "payments", "p2", 2, None)).await;
     // Known only by its node: no record of its own.
     register_node(c, node("shop", "orders", "o1", 3, None)).await;
     // Registered, without nodes.
-    let catalog = register_service(c, service("shop", "catalog")).await;
+    let catalog = register_service(c, full_service("shop", "catalog")).await;
     // A group whose name starts like ours: untouched.
     register_node(c, node("shop-eu", "payments", "y1", 4, None)).await;
     let mut nodes = get_nodes(c, "shop", "payments").await;

@@ -15,6 +15,11 @@ use discovered::server::{Defaults, RunningServer};
 use discovered::store::{MemoryRegistry, RedisConfig, RedisRegistry, Registry};
 use tonic::transport::Channel;
 
+pub mod requests;
+// Not every test file builds requests.
+#[allow(unused_imports)]
+pub use requests::*;
+
 /// Finds `redis-server`, or fails the test saying how to get it.
 pub fn redis_server_binary() -> PathBuf {
     let candidates = std::env::var_os("PATH")
@@ -300,24 +305,6 @@ pub fn now_ms() -> i64 {
 pub fn ms(t: &Option<prost_types::Timestamp>) -> i64 {
     let t = t.as_ref().expect("timestamp should be set");
     t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
-}
-
-/// A minimal node registration with an explicit address.
-pub fn bare_node(
-    group: &str,
-    service: &str,
-    name: &str,
-    ttl: Option<i64>,
-) -> discovered::proto::v1::RegisterNodeRequest {
-    discovered::proto::v1::RegisterNodeRequest {
-        service_group: group.into(),
-        service_name: service.into(),
-        node_name: name.into(),
-        ip: vec!["10.0.0.1".into()],
-        port: 8080,
-        ttl_seconds: ttl,
-        ..Default::default()
-    }
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics with
