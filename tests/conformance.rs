@@ -223,6 +223,17 @@ async fn snapshot(c: &mut Client, group: &str, service: &str) -> Snapshot {
     }
 }
 
+/// Registers `shop/payments` (every field set) with node `n1`: the state
+/// that the refusal tests check is left untouched.
+async fn seed_shop_payments(c: &mut Client) {
+    c.register_service(full_service("shop", "payments"))
+        .await
+        .expect("RegisterService");
+    c.register_node(full_node("shop", "payments", "n1", 1))
+        .await
+        .expect("RegisterNode");
+}
+
 // ---------------------------------------------------------------------------
 // 1-3. Services
 // ---------------------------------------------------------------------------
@@ -1527,12 +1538,7 @@ fn too_long_name() -> String {
 async fn invalid_service_names_are_refused(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
-    c.register_service(full_service("shop", "payments"))
-        .await
-        .expect("RegisterService");
-    c.register_node(full_node("shop", "payments", "n1", 1))
-        .await
-        .expect("RegisterNode");
+    seed_shop_payments(c).await;
     // The longest name is fine.
     let longest = "y".repeat(128);
     c.register_service(bare_service("edge", &longest))
@@ -1592,12 +1598,7 @@ async fn invalid_service_names_are_refused(backend: Backend) {
 async fn invalid_node_names_are_refused(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
-    c.register_service(full_service("shop", "payments"))
-        .await
-        .expect("RegisterService");
-    c.register_node(full_node("shop", "payments", "n1", 1))
-        .await
-        .expect("RegisterNode");
+    seed_shop_payments(c).await;
     let before = snapshot(c, "shop", "payments").await;
 
     let long = too_long_name();
@@ -1620,12 +1621,7 @@ async fn invalid_node_names_are_refused(backend: Backend) {
 async fn invalid_service_groups_are_refused(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
-    c.register_service(full_service("shop", "payments"))
-        .await
-        .expect("RegisterService");
-    c.register_node(full_node("shop", "payments", "n1", 1))
-        .await
-        .expect("RegisterNode");
+    seed_shop_payments(c).await;
     let before = snapshot(c, "shop", "payments").await;
 
     let long = too_long_name();
@@ -1696,12 +1692,7 @@ async fn invalid_service_fields_are_refused(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
     let original = full_service("shop", "payments");
-    c.register_service(original.clone())
-        .await
-        .expect("RegisterService");
-    c.register_node(full_node("shop", "payments", "n1", 1))
-        .await
-        .expect("RegisterNode");
+    seed_shop_payments(c).await;
     let before = snapshot(c, "shop", "payments").await;
 
     let big = "x".repeat(4097);
@@ -1780,13 +1771,8 @@ async fn invalid_service_fields_are_refused(backend: Backend) {
 async fn invalid_node_fields_are_refused(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
-    c.register_service(full_service("shop", "payments"))
-        .await
-        .expect("RegisterService");
     let original = full_node("shop", "payments", "n1", 1);
-    c.register_node(original.clone())
-        .await
-        .expect("RegisterNode");
+    seed_shop_payments(c).await;
     let before = snapshot(c, "shop", "payments").await;
 
     let big = "x".repeat(4097);
@@ -1884,12 +1870,7 @@ async fn invalid_node_fields_are_refused(backend: Backend) {
 async fn oversized_request_is_resource_exhausted(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
-    c.register_service(full_service("shop", "payments"))
-        .await
-        .expect("RegisterService");
-    c.register_node(full_node("shop", "payments", "n1", 1))
-        .await
-        .expect("RegisterNode");
+    seed_shop_payments(c).await;
     let before = snapshot(c, "shop", "payments").await;
 
     // Under the size limit but over the field bound: the field is named.
