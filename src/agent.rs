@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tonic::Code;
 
+use crate::backoff::Backoff;
 use crate::client::{Client, ClientError};
 use crate::hostfacts;
 use crate::model::NodeSpec;
@@ -37,11 +38,6 @@ pub struct AgentConfig {
     pub metadata: HashMap<String, String>,
     /// Fill in the machine's facts (addresses, OS, CPUs, memory, ...).
     pub auto: bool,
-}
-
-/// A fresh instance id for one life of the agent: 128 random bits in hex.
-pub fn new_instance_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }
 
 /// The registration the agent sends: explicit values first, the machine's
@@ -78,7 +74,7 @@ pub fn with_host_facts(req: &mut pb::RegisterNodeRequest) {
         arch: std::mem::take(&mut req.arch),
         cpu_count: req.cpu_count,
         memory_mb: req.memory_mb,
-        last_boot: req.last_boot.map(|t| crate::model::Instant {
+        last_boot: req.last_boot.map(|t| crate::model::WallTime {
             seconds: t.seconds,
             nanos: t.nanos,
         }),
@@ -109,13 +105,11 @@ enum State {
 }
 
 /// The wait after `failures` consecutive failures: 200 ms doubling, capped
-/// at `cap`, with up to 50% jitter so a fleet does not retry in step.
+/// at `cap`, jittered so a fleet does not retry in step.
 fn backoff(failures: u32, cap: Duration) -> Duration {
-    let base = Duration::from_millis(200)
-        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
-        .min(cap);
-    let jitter = rand::random_range(0.5..=1.0);
-    base.mul_f64(jitter)
+    Backoff::new(Duration::from_millis(200), cap)
+        .jittered()
+        .delay(failures.saturating_sub(1))
 }
 
 /// Runs until `shutdown` completes, then removes the node (this instance's
@@ -125,7 +119,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ClientError> {
     let client = Client::lazy(&config.server)?;
-    let instance_id = new_instance_id();
+    let instance_id = crate::model::new_instance_id();
     // Gathering facts reads files and asks the resolver: off the runtime.
     let request = {
         let (config, id) = (config.clone(), instance_id.clone());

@@ -49,6 +49,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::backoff::Backoff;
 use crate::proto::v1::discovery_client::DiscoveryClient;
 use crate::proto::v1::{self as pb, EventType};
 
@@ -154,12 +155,8 @@ fn endpoint(addr: &str) -> ClientResult<Endpoint> {
         .map_err(|e| ClientError::Address(addr.into(), e.to_string()))
 }
 
-/// The backoff after `failures` failed reconnects: 100 ms doubling, capped.
-fn backoff(failures: u32, cap: Duration) -> Duration {
-    Duration::from_millis(100)
-        .saturating_mul(2u32.saturating_pow(failures.min(16)))
-        .min(cap)
-}
+/// The wait after `failures` failed reconnects: 100 ms doubling to 2 s.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
 impl Client {
     /// Connects now; fails if the server cannot be reached.
@@ -406,7 +403,7 @@ async fn watch_loop(
         failures += 1;
         tokio::select! {
             _ = tx.closed() => return,
-            _ = tokio::time::sleep(backoff(failures, Duration::from_secs(2))) => {}
+            _ = tokio::time::sleep(RECONNECT.delay(failures)) => {}
         }
     }
 }
@@ -426,13 +423,5 @@ mod tests {
             "http://h:1/"
         );
         assert!(endpoint("not a url at all").is_err());
-    }
-
-    #[test]
-    fn backoff_doubles_to_the_cap() {
-        let cap = Duration::from_secs(2);
-        assert_eq!(backoff(0, cap), Duration::from_millis(100));
-        assert_eq!(backoff(3, cap), Duration::from_millis(800));
-        assert_eq!(backoff(30, cap), cap);
     }
 }

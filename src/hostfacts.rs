@@ -30,7 +30,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sysinfo::{MemoryRefreshKind, Networks, System};
 
-use crate::model::{Instant, MAX_ADDRESSES, MAX_METADATA_ENTRIES, NodeSpec};
+use crate::model::{MAX_ADDRESSES, MAX_METADATA_ENTRIES, NodeSpec, WallTime};
 
 /// The metadata key under which [`HostFacts::fill`] records the kernel
 /// version.
@@ -72,7 +72,7 @@ pub struct HostFacts {
     /// Linux `MemTotal` of `/proc/meminfo`.
     pub memory_mb: u64,
     /// When the machine booted, to the second (`nanos` is 0).
-    pub last_boot: Option<Instant>,
+    pub last_boot: Option<WallTime>,
     /// The kernel release as `uname -r` reports it, e.g. `6.1.0-18-amd64`.
     pub kernel_version: String,
     /// The host name as `hostname` prints it (`gethostname`).
@@ -366,7 +366,7 @@ fn memory_mb() -> u64 {
 }
 
 /// When the machine booted.
-fn last_boot() -> Option<Instant> {
+fn last_boot() -> Option<WallTime> {
     let boot = System::boot_time().ok().filter(|&s| s > 0)?;
     // Without `btime` in /proc/stat, sysinfo returns the time since boot
     // (CLOCK_BOOTTIME) instead of the boot time: recognise that value and
@@ -378,7 +378,7 @@ fn last_boot() -> Option<Instant> {
         }
         _ => boot,
     };
-    Some(Instant {
+    Some(WallTime {
         seconds: i64::try_from(boot).ok()?,
         nanos: 0,
     })
@@ -399,7 +399,7 @@ mod tests {
             arch: "x86_64".into(),
             cpu_count: 8,
             memory_mb: 16_000,
-            last_boot: Some(Instant {
+            last_boot: Some(WallTime {
                 seconds: 1_700_000_000,
                 nanos: 0,
             }),
@@ -454,7 +454,7 @@ mod tests {
             arch: "aarch64".into(),
             cpu_count: 2,
             memory_mb: 512,
-            last_boot: Some(Instant {
+            last_boot: Some(WallTime {
                 seconds: 5,
                 nanos: 6,
             }),

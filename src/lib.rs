@@ -10,6 +10,7 @@
 //!   registration.
 
 pub mod agent;
+pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod hostfacts;

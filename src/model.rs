@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +18,17 @@ pub fn now_millis() -> Millis {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as Millis)
         .unwrap_or(0)
+}
+
+/// When a node registered or renewed at `now` with `ttl` expires: `None`
+/// for a node that never does.
+pub fn expiry(now: Millis, ttl: Option<Duration>) -> Option<Millis> {
+    ttl.map(|ttl| now.saturating_add(ttl.as_millis().try_into().unwrap_or(Millis::MAX)))
+}
+
+/// A fresh instance id, for one life of a node: 128 random bits in hex.
+pub fn new_instance_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// Longest group, service or node name.
@@ -196,9 +207,10 @@ impl ServiceKey {
     }
 }
 
-/// A point in time with the precision protobuf gives it.
+/// A point in wall-clock time with the precision protobuf gives it (a
+/// machine's boot time, for instance).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Instant {
+pub struct WallTime {
     /// Seconds since the Unix epoch.
     pub seconds: i64,
     /// Nanoseconds within the second.
@@ -290,7 +302,7 @@ pub struct NodeSpec {
     /// Total physical memory in MiB.
     pub memory_mb: u64,
     /// When the node's machine last booted.
-    pub last_boot: Option<Instant>,
+    pub last_boot: Option<WallTime>,
     /// Free-form labels.
     pub metadata: BTreeMap<String, String>,
 }

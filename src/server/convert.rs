@@ -7,7 +7,7 @@ use prost_types::Timestamp;
 use tonic::Status;
 
 use crate::model::{
-    Instant, InvalidField, Millis, NodeRecord, NodeSpec, ServiceRecord, ServiceSpec, validate_name,
+    InvalidField, Millis, NodeRecord, NodeSpec, ServiceRecord, ServiceSpec, WallTime, validate_name,
 };
 use crate::proto::v1 as pb;
 use crate::store::StoreError;
@@ -53,14 +53,14 @@ pub fn timestamp(ms: Millis) -> Timestamp {
     }
 }
 
-fn instant_in(field: &str, t: Option<Timestamp>) -> Result<Option<Instant>, InvalidField> {
+fn instant_in(field: &str, t: Option<Timestamp>) -> Result<Option<WallTime>, InvalidField> {
     match t {
         None => Ok(None),
         // The range protobuf's Timestamp allows: years 0001 to 9999.
         Some(t) if !(-62_135_596_800..=253_402_300_799).contains(&t.seconds) => Err(
             InvalidField::new(field, "must be between years 0001 and 9999"),
         ),
-        Some(t) if (0..1_000_000_000).contains(&t.nanos) => Ok(Some(Instant {
+        Some(t) if (0..1_000_000_000).contains(&t.nanos) => Ok(Some(WallTime {
             seconds: t.seconds,
             nanos: t.nanos,
         })),

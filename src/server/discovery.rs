@@ -92,11 +92,6 @@ fn ttl(requested: Option<i64>, default: Option<Duration>) -> Result<Option<Durat
     }
 }
 
-/// A fresh instance id: 128 random bits in hex.
-fn new_instance_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
-
 /// An optional name field: empty means not given.
 fn optional_name<'a>(field: &str, value: &'a str) -> Result<Option<&'a str>, Status> {
     if value.is_empty() {
@@ -174,7 +169,7 @@ impl Discovery for DiscoveryService {
         }
         let keep_instance = spec.instance_id.is_empty();
         if keep_instance {
-            spec.instance_id = new_instance_id();
+            spec.instance_id = crate::model::new_instance_id();
         }
         let record = self
             .registry

@@ -229,7 +229,7 @@ impl Registry for MemoryRegistry {
             spec,
             registered_at,
             updated_at: now,
-            expires_at: reg.ttl.map(|ttl| now + ttl.as_millis() as Millis),
+            expires_at: crate::model::expiry(now, reg.ttl),
         };
         if let Some(t) = record.expires_at {
             state
@@ -361,7 +361,7 @@ impl Registry for MemoryRegistry {
             return Ok(Renewal::OtherInstance(old.spec.instance_id));
         }
         state.forget_deadline(&old);
-        let expires_at = ttl.map(|ttl| now + ttl.as_millis() as Millis);
+        let expires_at = crate::model::expiry(now, ttl);
         if let Some(t) = expires_at {
             state.deadlines.insert((t, key.clone(), node.to_string()));
         }

@@ -500,7 +500,7 @@ impl Registry for RedisRegistry {
 
     async fn register_node(&self, reg: NodeRegistration) -> StoreResult<NodeRecord> {
         let now = now_millis();
-        let expires_at = reg.ttl.map(|ttl| now + ttl.as_millis() as Millis);
+        let expires_at = crate::model::expiry(now, reg.ttl);
         let member = deadline_member(&reg.key, &reg.name);
         let mut pipe = listing_and_records();
         self.listing_add(&mut pipe, &reg.key);
@@ -600,7 +600,7 @@ impl Registry for RedisRegistry {
         instance: Option<&str>,
     ) -> StoreResult<Renewal> {
         let now = now_millis();
-        let expires_at = ttl.map(|ttl| now + ttl.as_millis() as Millis);
+        let expires_at = crate::model::expiry(now, ttl);
         let mut pipe = redis::pipe();
         pipe.invoke_script(
             scripts::HEARTBEAT
