@@ -923,10 +923,10 @@ async fn client_disconnect(backend: Backend) {
         assert_eq!(initial_nodes(&initial), by_name([&n1]));
         watches.push(w);
     }
-    assert_eq!(t.registry.watcher_count(), 20);
+    assert_eq!(t.hub.receivers(), 20);
     drop(watches);
     eventually("the dropped watches to be cleaned up", WAIT, || {
-        let n = t.registry.watcher_count();
+        let n = t.hub.receivers();
         async move { (n == 0).then_some(()) }
     })
     .await;

@@ -11,7 +11,7 @@ use common::{Backend, RedisServer, TestServer, bare_node, eventually};
 use discovered::proto::v1::discovery_client::DiscoveryClient;
 use discovered::proto::v1::*;
 use discovered::server::Defaults;
-use discovered::store::{RedisConfig, RedisRegistry, Registry};
+use discovered::store::{Hub, RedisConfig, RedisRegistry, Registry};
 use tonic::Streaming;
 use tonic::transport::Channel;
 
@@ -47,11 +47,12 @@ async fn expect(stream: &mut Streaming<WatchEvent>, want: EventType) -> WatchEve
     e
 }
 
-async fn registry_on(redis: &RedisServer) -> Arc<dyn Registry> {
+async fn registry_on(redis: &RedisServer) -> (Arc<dyn Registry>, Hub) {
     let config = RedisConfig::from_url(&redis.url(), "discovered").expect("config");
     let registry = RedisRegistry::new(config).expect("registry");
     registry.check().await.expect("redis answers");
-    Arc::new(registry)
+    let hub = registry.hub();
+    (Arc::new(registry), hub)
 }
 
 #[tokio::test]
@@ -180,7 +181,7 @@ async fn a_thousand_watchers_share_one_redis_subscription() {
         expect(&mut s, EventType::Synced).await;
         streams.push(s);
     }
-    assert_eq!(t.registry.watcher_count(), 1000);
+    assert_eq!(t.hub.receivers(), 1000);
 
     let node = clients[0]
         .clone()
@@ -198,7 +199,7 @@ async fn a_thousand_watchers_share_one_redis_subscription() {
     // Gone watchers are cleaned up at once: no receiver left behind.
     drop(streams);
     eventually("every watcher to be cleaned up", WAIT, || {
-        let n = t.registry.watcher_count();
+        let n = t.hub.receivers();
         async move { (n == 0).then_some(()) }
     })
     .await;

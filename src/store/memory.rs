@@ -154,6 +154,12 @@ impl MemoryRegistry {
         registry
     }
 
+    /// The fan-out this registry feeds; [`Hub::receivers`] counts the open
+    /// watch streams.
+    pub fn hub(&self) -> Hub {
+        self.state.lock().map(|s| s.hub.clone()).unwrap_or_default()
+    }
+
     fn lock(&self) -> StoreResult<MutexGuard<'_, State>> {
         self.state
             .lock()
@@ -396,10 +402,6 @@ impl Registry for MemoryRegistry {
             // fan-out nobody sends on at least never lies.
             Err(_) => Hub::new().subscribe(),
         }
-    }
-
-    fn watcher_count(&self) -> usize {
-        self.state.lock().map(|s| s.hub.receivers()).unwrap_or(0)
     }
 
     async fn snapshot(&self, group: &str, service: Option<&str>) -> StoreResult<Snapshot> {

@@ -136,9 +136,6 @@ pub trait Registry: Send + Sync + 'static {
     /// [`StoreEvent::Resync`] when changes may have been missed.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent>;
 
-    /// How many watch streams are subscribed right now.
-    fn watcher_count(&self) -> usize;
-
     /// The live nodes of one service (`Some(name)`) or of every service in
     /// the group (`None`), at one revision.
     async fn snapshot(&self, group: &str, service: Option<&str>) -> StoreResult<Snapshot>;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use discovered::proto::v1::discovery_client::DiscoveryClient;
 use discovered::server::{Defaults, RunningServer};
-use discovered::store::{MemoryRegistry, RedisConfig, RedisRegistry, Registry};
+use discovered::store::{Hub, MemoryRegistry, RedisConfig, RedisRegistry, Registry};
 use tonic::transport::Channel;
 
 pub mod requests;
@@ -238,6 +238,8 @@ pub struct TestServer {
     pub channel: Channel,
     pub redis: Option<RedisServer>,
     pub registry: Arc<dyn Registry>,
+    /// The registry's fan-out: counts the open watch streams.
+    pub hub: Hub,
 }
 
 impl TestServer {
@@ -248,22 +250,27 @@ impl TestServer {
 
     /// A server with `defaults` on `backend`.
     pub async fn start_with(backend: Backend, defaults: Defaults) -> Self {
-        let (registry, redis): (Arc<dyn Registry>, _) = match backend {
-            Backend::Memory => (Arc::new(MemoryRegistry::new()), None),
+        let (store, redis): ((Arc<dyn Registry>, Hub), _) = match backend {
+            Backend::Memory => {
+                let registry = MemoryRegistry::new();
+                let hub = registry.hub();
+                ((Arc::new(registry), hub), None)
+            }
             Backend::Redis => {
                 let redis = RedisServer::start();
                 let config = RedisConfig::from_url(&redis.url(), "discovered").expect("config");
                 let registry = RedisRegistry::new(config).expect("redis registry");
                 registry.check().await.expect("test redis answers");
-                (Arc::new(registry), Some(redis))
+                let hub = registry.hub();
+                ((Arc::new(registry), hub), Some(redis))
             }
         };
-        Self::on(registry, redis, defaults).await
+        Self::on(store, redis, defaults).await
     }
 
     /// A server over an existing registry.
     pub async fn on(
-        registry: Arc<dyn Registry>,
+        (registry, hub): (Arc<dyn Registry>, Hub),
         redis: Option<RedisServer>,
         defaults: Defaults,
     ) -> Self {
@@ -283,6 +290,7 @@ impl TestServer {
             channel,
             redis,
             registry,
+            hub,
         }
     }
 

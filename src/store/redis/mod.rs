@@ -206,6 +206,12 @@ fn live_nodes(
 }
 
 impl RedisRegistry {
+    /// The fan-out this registry feeds; [`Hub::receivers`] counts the open
+    /// watch streams.
+    pub fn hub(&self) -> Hub {
+        self.inner.hub.clone()
+    }
+
     /// A registry on the Redis that `config` names. Connects lazily: call
     /// [`RedisRegistry::check`] before serving, to find out whether Redis
     /// answers and to start the change subscription that watchers need.
@@ -682,10 +688,6 @@ impl Registry for RedisRegistry {
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.inner.hub.subscribe()
-    }
-
-    fn watcher_count(&self) -> usize {
-        self.inner.hub.receivers()
     }
 
     async fn snapshot(&self, group: &str, service: Option<&str>) -> StoreResult<Snapshot> {
