@@ -16,7 +16,6 @@ use tonic::Code;
 use crate::backoff::Backoff;
 use crate::client::{Client, ClientError};
 use crate::hostfacts;
-use crate::model::NodeSpec;
 use crate::proto::v1 as pb;
 
 /// What the agent keeps registered.
@@ -66,34 +65,7 @@ pub fn registration(config: &AgentConfig, instance_id: &str) -> pb::RegisterNode
 /// facts (see [`hostfacts`]); explicit values win. Blocks briefly (files,
 /// the resolver).
 pub fn with_host_facts(req: &mut pb::RegisterNodeRequest) {
-    let mut spec = NodeSpec {
-        ip: std::mem::take(&mut req.ip),
-        fqdn: std::mem::take(&mut req.fqdn),
-        os: std::mem::take(&mut req.os),
-        platform_name: std::mem::take(&mut req.platform_name),
-        arch: std::mem::take(&mut req.arch),
-        cpu_count: req.cpu_count,
-        memory_mb: req.memory_mb,
-        last_boot: req.last_boot.map(|t| crate::model::WallTime {
-            seconds: t.seconds,
-            nanos: t.nanos,
-        }),
-        metadata: std::mem::take(&mut req.metadata).into_iter().collect(),
-        ..NodeSpec::default()
-    };
-    hostfacts::gather().fill(&mut spec);
-    req.ip = spec.ip;
-    req.fqdn = spec.fqdn;
-    req.os = spec.os;
-    req.platform_name = spec.platform_name;
-    req.arch = spec.arch;
-    req.cpu_count = spec.cpu_count;
-    req.memory_mb = spec.memory_mb;
-    req.last_boot = spec.last_boot.map(|t| prost_types::Timestamp {
-        seconds: t.seconds,
-        nanos: t.nanos,
-    });
-    req.metadata = spec.metadata.into_iter().collect();
+    hostfacts::gather().fill(req);
 }
 
 /// What the agent last saw, so each change is logged once.

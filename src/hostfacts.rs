@@ -1,7 +1,7 @@
 //! The facts of the machine this process runs on, for a node's registration.
 //!
 //! A node-side agent calls [`gather`] once and [`HostFacts::fill`] on each
-//! [`NodeSpec`] it registers: the facts fill only what the registration
+//! registration request it sends: the facts fill only what the registration
 //! leaves out, so values the caller sets always win.
 //!
 //! Each fact is read on its own and gathering never panics: a fact that
@@ -12,15 +12,15 @@
 //!
 //! ```no_run
 //! use discovered::hostfacts;
-//! use discovered::model::NodeSpec;
+//! use discovered::proto::v1::RegisterNodeRequest;
 //!
 //! let facts = hostfacts::gather();
-//! let mut spec = NodeSpec {
+//! let mut req = RegisterNodeRequest {
 //!     port: 8080,
-//!     ..NodeSpec::default()
+//!     ..Default::default()
 //! };
-//! facts.fill(&mut spec);
-//! assert_eq!(spec.cpu_count, facts.cpu_count);
+//! facts.fill(&mut req);
+//! assert_eq!(req.cpu_count, facts.cpu_count);
 //! ```
 
 use std::collections::BTreeSet;
@@ -30,7 +30,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sysinfo::{MemoryRefreshKind, Networks, System};
 
-use crate::model::{MAX_ADDRESSES, MAX_METADATA_ENTRIES, NodeSpec, WallTime};
+use crate::model::{MAX_ADDRESSES, MAX_METADATA_ENTRIES, WallTime};
+use crate::proto::v1::RegisterNodeRequest;
 
 /// The metadata key under which [`HostFacts::fill`] records the kernel
 /// version.
@@ -120,20 +121,20 @@ pub fn gather() -> HostFacts {
 }
 
 impl HostFacts {
-    /// Fills the fields of `spec` that it leaves out with these facts;
-    /// values already set always win.
+    /// Fills the fields of the registration `req` that it leaves out with
+    /// these facts; values already set always win.
     ///
-    /// - `ip` is set only when `spec.ip` is empty.
+    /// - `ip` is set only when `req.ip` is empty.
     /// - `fqdn`, `os`, `platform_name` and `arch` only when empty.
     /// - `cpu_count` and `memory_mb` only when zero.
     /// - `last_boot` only when `None`.
     /// - The metadata key [`KERNEL_VERSION_KEY`] is added only when it is
     ///   absent, the kernel version is known, and the map has room for it
     ///   (fewer than [`MAX_METADATA_ENTRIES`] entries, so that the filled
-    ///   spec still validates); other metadata is kept as it is.
+    ///   request still validates); other metadata is kept as it is.
     ///
     /// `port`, and a fact this machine could not read, are left as they are.
-    pub fn fill(&self, spec: &mut NodeSpec) {
+    pub fn fill(&self, spec: &mut RegisterNodeRequest) {
         if spec.ip.is_empty() {
             spec.ip = self.ip.clone();
         }
@@ -148,7 +149,7 @@ impl HostFacts {
             spec.memory_mb = self.memory_mb;
         }
         if spec.last_boot.is_none() {
-            spec.last_boot = self.last_boot;
+            spec.last_boot = self.last_boot.map(Into::into);
         }
         if !self.kernel_version.is_empty()
             && !spec.metadata.contains_key(KERNEL_VERSION_KEY)
@@ -386,7 +387,9 @@ fn last_boot() -> Option<WallTime> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::HashMap;
+
+    use crate::model::NodeSpec;
 
     use super::*;
 
@@ -409,19 +412,16 @@ mod tests {
     }
 
     #[test]
-    // `..NodeSpec::default()` keeps the test valid when NodeSpec gains a
-    // field that is no host fact.
-    #[allow(clippy::needless_update)]
     fn fill_sets_every_empty_field() {
         let facts = facts();
-        let mut spec = NodeSpec {
+        let mut spec = RegisterNodeRequest {
             port: 9000,
-            ..NodeSpec::default()
+            ..Default::default()
         };
         facts.fill(&mut spec);
         assert_eq!(
             spec,
-            NodeSpec {
+            RegisterNodeRequest {
                 ip: facts.ip.clone(),
                 port: 9000,
                 fqdn: facts.fqdn.clone(),
@@ -430,22 +430,19 @@ mod tests {
                 arch: facts.arch.clone(),
                 cpu_count: 8,
                 memory_mb: 16_000,
-                last_boot: facts.last_boot,
-                metadata: BTreeMap::from([(
+                last_boot: facts.last_boot.map(Into::into),
+                metadata: HashMap::from([(
                     KERNEL_VERSION_KEY.to_owned(),
                     "6.1.0-18-amd64".to_owned()
                 )]),
-                ..NodeSpec::default()
+                ..Default::default()
             }
         );
     }
 
     #[test]
-    // `..NodeSpec::default()` keeps the test valid when NodeSpec gains a
-    // field that is no host fact.
-    #[allow(clippy::needless_update)]
     fn fill_keeps_every_explicit_value() {
-        let explicit = NodeSpec {
+        let explicit = RegisterNodeRequest {
             ip: vec!["198.51.100.1".into()],
             port: 1,
             fqdn: "given.example".into(),
@@ -454,15 +451,15 @@ mod tests {
             arch: "aarch64".into(),
             cpu_count: 2,
             memory_mb: 512,
-            last_boot: Some(WallTime {
+            last_boot: Some(prost_types::Timestamp {
                 seconds: 5,
                 nanos: 6,
             }),
-            metadata: BTreeMap::from([
+            metadata: HashMap::from([
                 (KERNEL_VERSION_KEY.to_owned(), "given-kernel".to_owned()),
                 ("team".to_owned(), "payments".to_owned()),
             ]),
-            ..NodeSpec::default()
+            ..Default::default()
         };
         let mut spec = explicit.clone();
         facts().fill(&mut spec);
@@ -471,11 +468,11 @@ mod tests {
 
     #[test]
     fn fill_mixes_explicit_and_filled_fields_and_keeps_metadata() {
-        let mut spec = NodeSpec {
+        let mut spec = RegisterNodeRequest {
             fqdn: "given.example".into(),
             cpu_count: 3,
-            metadata: BTreeMap::from([("team".to_owned(), "payments".to_owned())]),
-            ..NodeSpec::default()
+            metadata: HashMap::from([("team".to_owned(), "payments".to_owned())]),
+            ..Default::default()
         };
         facts().fill(&mut spec);
         assert_eq!(spec.fqdn, "given.example");
@@ -485,7 +482,7 @@ mod tests {
         assert_eq!(spec.memory_mb, 16_000);
         assert_eq!(
             spec.metadata,
-            BTreeMap::from([
+            HashMap::from([
                 ("team".to_owned(), "payments".to_owned()),
                 (KERNEL_VERSION_KEY.to_owned(), "6.1.0-18-amd64".to_owned()),
             ])
@@ -494,24 +491,24 @@ mod tests {
 
     #[test]
     fn fill_leaves_unknown_facts_out() {
-        let mut spec = NodeSpec::default();
+        let mut spec = RegisterNodeRequest::default();
         HostFacts::default().fill(&mut spec);
-        assert_eq!(spec, NodeSpec::default());
+        assert_eq!(spec, RegisterNodeRequest::default());
         assert!(!spec.metadata.contains_key(KERNEL_VERSION_KEY));
     }
 
     #[test]
     fn fill_adds_no_kernel_version_to_full_metadata() {
-        let full: BTreeMap<String, String> = (0..MAX_METADATA_ENTRIES)
+        let full: HashMap<String, String> = (0..MAX_METADATA_ENTRIES)
             .map(|i| (format!("k{i}"), "v".to_owned()))
             .collect();
-        let mut spec = NodeSpec {
+        let mut spec = RegisterNodeRequest {
             metadata: full.clone(),
-            ..NodeSpec::default()
+            ..Default::default()
         };
         facts().fill(&mut spec);
         assert_eq!(spec.metadata, full);
-        assert!(spec.validate().is_ok());
+        assert!(NodeSpec::try_from(spec).is_ok());
     }
 
     #[test]
@@ -578,8 +575,9 @@ mod tests {
         assert!(facts.cpu_count > 0);
         assert!(facts.memory_mb > 0);
         assert!(facts.ip.len() <= MAX_ADDRESSES);
-        let mut spec = NodeSpec::default();
+        let mut spec = RegisterNodeRequest::default();
         facts.fill(&mut spec);
-        assert!(spec.validate().is_ok(), "{spec:?}");
+        let spec = NodeSpec::try_from(spec.clone()).map_err(|e| format!("{e}: {spec:?}"));
+        assert!(spec.is_ok(), "{spec:?}");
     }
 }

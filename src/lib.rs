@@ -15,18 +15,6 @@ pub mod cli;
 pub mod client;
 pub mod hostfacts;
 pub mod model;
+pub mod proto;
 pub mod server;
 pub mod store;
-
-/// Code generated from `proto/discovered/v1/discovery.proto`.
-pub mod proto {
-    /// The `discovered.v1` package.
-    pub mod v1 {
-        #![allow(missing_docs, clippy::all)]
-        tonic::include_proto!("discovered.v1");
-    }
-
-    /// The encoded file descriptor set of our protos, for reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("discovered_descriptor");
-}

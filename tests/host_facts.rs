@@ -10,6 +10,7 @@ use std::process::Command;
 
 use discovered::hostfacts::{self, HostFacts, KERNEL_VERSION_KEY};
 use discovered::model::{MAX_ADDRESSES, NodeSpec};
+use discovered::proto::v1::RegisterNodeRequest;
 
 /// Runs a command and returns its trimmed standard output, failing the test
 /// when it cannot be run or exits with an error.
@@ -244,20 +245,20 @@ fn last_boot_is_btime_of_proc_stat() {
 #[test]
 fn filling_an_empty_spec_gives_a_valid_node_with_every_fact() {
     let facts = facts();
-    let mut spec = NodeSpec::default();
+    let mut spec = RegisterNodeRequest::default();
     facts.fill(&mut spec);
     assert_eq!(spec.ip, facts.ip);
     assert_eq!(spec.fqdn, facts.fqdn);
     assert_eq!(spec.os, facts.os);
     assert_eq!(spec.cpu_count, facts.cpu_count);
     assert_eq!(spec.memory_mb, facts.memory_mb);
-    assert_eq!(spec.last_boot, facts.last_boot);
+    assert_eq!(spec.last_boot, facts.last_boot.map(Into::into));
     assert_eq!(
         spec.metadata.get(KERNEL_VERSION_KEY),
         Some(&facts.kernel_version)
     );
     let ips_before = spec.ip.clone();
-    spec.validate()
-        .unwrap_or_else(|e| panic!("filled spec does not validate: {e}"));
+    let spec =
+        NodeSpec::try_from(spec).unwrap_or_else(|e| panic!("filled spec does not validate: {e}"));
     assert_eq!(spec.ip, ips_before, "gathered addresses are not canonical");
 }

@@ -10,11 +10,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::convert::{
-    group_or_default, name, node_out, node_spec, service_out, service_spec, timestamp,
-};
+use super::status::{group_not_found, node_not_found, other_instance, service_not_found};
 use super::watch::{self, Filter, WatchStream};
-use crate::model::{PageRequest, ServiceKey, validate_name, validate_page_size, validate_ttl};
+use crate::model::{
+    InvalidField, NodeSpec, PageRequest, ServiceKey, ServiceSpec, validate_name,
+    validate_page_size, validate_ttl,
+};
+use crate::proto::timestamp;
 use crate::proto::v1 as pb;
 use crate::proto::v1::discovery_server::Discovery;
 use crate::store::{NodeRegistration, Registry, Removal, Renewal};
@@ -92,6 +94,20 @@ fn ttl(requested: Option<i64>, default: Option<Duration>) -> Result<Option<Durat
     }
 }
 
+/// A group name, or the server's default when left empty.
+fn group_or_default(value: &str, default: &str) -> Result<String, InvalidField> {
+    if value.is_empty() {
+        return Ok(default.to_string());
+    }
+    name("service_group", value)
+}
+
+/// A required name field.
+fn name(field: &str, value: &str) -> Result<String, InvalidField> {
+    validate_name(field, value)?;
+    Ok(value.to_string())
+}
+
 /// An optional name field: empty means not given.
 fn optional_name<'a>(field: &str, value: &'a str) -> Result<Option<&'a str>, Status> {
     if value.is_empty() {
@@ -99,19 +115,6 @@ fn optional_name<'a>(field: &str, value: &'a str) -> Result<Option<&'a str>, Sta
     }
     validate_name(field, value)?;
     Ok(Some(value))
-}
-
-fn node_not_found(key: &ServiceKey, node: &str) -> Status {
-    Status::not_found(format!(
-        "node {node:?} of service {:?} not found in group {:?}",
-        key.service, key.group
-    ))
-}
-
-fn other_instance(node: &str, owner: &str) -> Status {
-    Status::failed_precondition(format!(
-        "instance_id: node {node:?} is registered by instance {owner:?}, not this one"
-    ))
 }
 
 /// The caller's address as a node address (IPv4-mapped IPv6 unwrapped).
@@ -148,9 +151,9 @@ impl Discovery for DiscoveryService {
     ) -> Result<Response<pb::Service>, Status> {
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
-        let spec = service_spec(r)?;
+        let spec = ServiceSpec::try_from(r)?;
         let record = self.registry.register_service(key, spec).await?;
-        Ok(Response::new(service_out(record, false)))
+        Ok(Response::new(record.into()))
     }
 
     async fn register_node(
@@ -163,7 +166,7 @@ impl Discovery for DiscoveryService {
         let node = name("node_name", &r.node_name)?;
         let ttl = ttl(r.ttl_seconds, self.defaults.node_ttl)?;
         let auto = r.auto.unwrap_or(self.defaults.auto);
-        let mut spec = node_spec(r)?;
+        let mut spec = NodeSpec::try_from(r)?;
         if auto && spec.ip.is_empty() {
             spec.ip.extend(peer_ip(peer));
         }
@@ -181,7 +184,7 @@ impl Discovery for DiscoveryService {
                 keep_instance,
             })
             .await?;
-        Ok(Response::new(node_out(record)))
+        Ok(Response::new(record.into()))
     }
 
     async fn get_service(
@@ -191,11 +194,11 @@ impl Discovery for DiscoveryService {
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
         match self.registry.get_service(&key).await? {
-            Some(record) => Ok(Response::new(service_out(record, r.reveal_credentials))),
-            None => Err(Status::not_found(format!(
-                "service {:?} not found in group {:?}",
-                key.service, key.group
+            Some(record) => Ok(Response::new(pb::Service::from_record(
+                record,
+                r.reveal_credentials,
             ))),
+            None => Err(service_not_found(&key)),
         }
     }
 
@@ -207,7 +210,7 @@ impl Discovery for DiscoveryService {
         let key = self.key(&r.service_group, &r.service_name)?;
         let nodes = self.registry.get_nodes(&key).await?;
         Ok(Response::new(pb::GetNodesResponse {
-            nodes: nodes.into_iter().map(node_out).collect(),
+            nodes: nodes.into_iter().map(pb::Node::from).collect(),
         }))
     }
 
@@ -286,10 +289,7 @@ impl Discovery for DiscoveryService {
                 nodes_removed,
             })),
             None if r.allow_missing => Ok(Response::new(pb::RemoveServiceResponse::default())),
-            None => Err(Status::not_found(format!(
-                "service {:?} not found in group {:?}",
-                key.service, key.group
-            ))),
+            None => Err(service_not_found(&key)),
         }
     }
 
@@ -312,9 +312,7 @@ impl Discovery for DiscoveryService {
                 services_removed,
             })),
             None if r.allow_missing => Ok(Response::new(pb::RemoveServiceGroupResponse::default())),
-            None => Err(Status::not_found(format!(
-                "service group {group:?} not found"
-            ))),
+            None => Err(group_not_found(&group)),
         }
     }
 }

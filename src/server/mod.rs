@@ -1,10 +1,10 @@
 //! The gRPC server: the Discovery service, health, reflection, limits and
 //! graceful shutdown around one [`Registry`].
 
-mod convert;
 mod discovery;
 mod health;
 mod limits;
+mod status;
 mod watch;
 
 use std::future::Future;

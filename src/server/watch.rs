@@ -13,8 +13,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use super::convert::{node_out, service_out, timestamp};
 use crate::model::{NodeRecord, ServiceKey, now_millis};
+use crate::proto::timestamp;
 use crate::proto::v1::{self as pb, EventType};
 use crate::store::{Change, ChangeEvent, Registry, StoreError, StoreEvent};
 
@@ -192,7 +192,7 @@ fn initial_event(node: NodeRecord, revision: u64, now: i64, sequence: u64) -> pb
         r#type: EventType::Initial as i32,
         service_group: node.key.group.clone(),
         service_name: node.key.service.clone(),
-        node: Some(node_out(node)),
+        node: Some(node.into()),
         service: None,
         sequence,
         revision,
@@ -203,17 +203,13 @@ fn initial_event(node: NodeRecord, revision: u64, now: i64, sequence: u64) -> pb
 fn change_event(event: &ChangeEvent, sequence: u64) -> pb::WatchEvent {
     let key = event.change.key();
     let (kind, node, service) = match event.change.clone() {
-        Change::NodeAdded(n) => (EventType::NodeAdded, Some(node_out(n)), None),
-        Change::NodeUpdated(n) => (EventType::NodeUpdated, Some(node_out(n)), None),
-        Change::NodeRemoved(n) => (EventType::NodeRemoved, Some(node_out(n)), None),
-        Change::NodeExpired(n) => (EventType::NodeExpired, Some(node_out(n)), None),
-        Change::ServiceRegistered(s) => (
-            EventType::ServiceRegistered,
-            None,
-            Some(service_out(s, false)),
-        ),
-        Change::ServiceUpdated(s) => (EventType::ServiceUpdated, None, Some(service_out(s, false))),
-        Change::ServiceRemoved(s) => (EventType::ServiceRemoved, None, Some(service_out(s, false))),
+        Change::NodeAdded(n) => (EventType::NodeAdded, Some(n.into()), None),
+        Change::NodeUpdated(n) => (EventType::NodeUpdated, Some(n.into()), None),
+        Change::NodeRemoved(n) => (EventType::NodeRemoved, Some(n.into()), None),
+        Change::NodeExpired(n) => (EventType::NodeExpired, Some(n.into()), None),
+        Change::ServiceRegistered(s) => (EventType::ServiceRegistered, None, Some(s.into())),
+        Change::ServiceUpdated(s) => (EventType::ServiceUpdated, None, Some(s.into())),
+        Change::ServiceRemoved(s) => (EventType::ServiceRemoved, None, Some(s.into())),
     };
     pb::WatchEvent {
         r#type: kind as i32,
