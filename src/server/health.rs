@@ -33,18 +33,7 @@ pub async fn monitor(registry: Arc<dyn Registry>, reporter: HealthReporter) {
         if last == Some(up) {
             continue;
         }
-        let status = if up {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        reporter.set_service_status("", status).await;
-        reporter
-            .set_service_status(
-                <DiscoveryServer<DiscoveryService> as tonic::server::NamedService>::NAME,
-                status,
-            )
-            .await;
+        report(&reporter, up).await;
         match result {
             Ok(()) if last.is_some() => {
                 tracing::info!(store = %registry.describe(), "registry store is back: SERVING")
@@ -53,5 +42,22 @@ pub async fn monitor(registry: Arc<dyn Registry>, reporter: HealthReporter) {
             Err(e) => tracing::warn!(error = %e, "registry store unreachable: NOT_SERVING"),
         }
         last = Some(up);
+    }
+}
+
+/// Sets the status of the overall server (`""`) and of the Discovery
+/// service.
+async fn report(reporter: &HealthReporter, up: bool) {
+    type Discovery = DiscoveryServer<DiscoveryService>;
+    if up {
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        reporter.set_serving::<Discovery>().await;
+    } else {
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        reporter.set_not_serving::<Discovery>().await;
     }
 }

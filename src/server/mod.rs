@@ -51,18 +51,6 @@ pub async fn serve(
     let (reporter, health) = tonic_health::server::health_reporter();
     let monitor = tokio::spawn(health::monitor(registry.clone(), reporter));
 
-    // Both reflection versions serve every descriptor, so a client of
-    // either (grpcurl 1.8 speaks only v1alpha) sees the same list.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(
-                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-            )
-            .include_reflection_service(false)
-    };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
@@ -109,6 +97,18 @@ pub async fn serve(
     };
     monitor.abort();
     result
+}
+
+/// Server reflection over every descriptor we serve. Both reflection
+/// versions serve all of them, so a client of either (grpcurl 1.8 speaks
+/// only v1alpha) sees the same list.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .include_reflection_service(false)
 }
 
 /// Accepted connections with TCP_NODELAY: without it, Nagle's algorithm
