@@ -55,7 +55,7 @@ impl State {
     /// Records a change: the next revision, sent to every watcher.
     fn emit(&mut self, change: Change, now: Millis) {
         self.revision += 1;
-        self.hub.change(change, self.revision, now);
+        self.hub.send_change(change, self.revision, now);
     }
 
     fn service_mut(&mut self, key: &ServiceKey) -> &mut Service {
