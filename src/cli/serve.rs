@@ -100,7 +100,9 @@ impl ServeArgs {
 
     fn redis_parts(&self) -> Result<Option<RedisConfig>, String> {
         if let Some(url) = &self.redis_url {
-            return RedisConfig::from_url(url, &self.key_prefix).map(Some);
+            return RedisConfig::from_url(url, &self.key_prefix)
+                .map(Some)
+                .map_err(|e| e.to_string());
         }
         let any_part = self.redis_host.is_some()
             || self.redis_port.is_some()
@@ -119,6 +121,7 @@ impl ServeArgs {
             &self.key_prefix,
         )
         .map(Some)
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -170,7 +173,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let registry: Arc<dyn Registry> = match args.redis_config()? {
         Some(config) => {
             let redis = RedisRegistry::new(config).map_err(|e| e.to_string())?;
-            redis.check().await?;
+            redis.check().await.map_err(|e| e.to_string())?;
             Arc::new(redis)
         }
         None => {

@@ -1,9 +1,10 @@
 //! The in-memory backend: the default when no Redis is configured.
 //!
 //! One process, nothing persisted. Expiry works as on Redis: expired nodes
-//! are hidden from reads at once and removed by a sweeper shortly after,
-//! which tells watchers. Every change is sent to watchers under the lock
-//! that makes it, so they see changes in revision order.
+//! are hidden from reads at once and removed by a sweeper that wakes at
+//! the next deadline, which tells watchers. Every change is sent to
+//! watchers under the lock that makes it, so they see changes in revision
+//! order.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 use super::{
     Change, Hub, NodeRegistration, Registry, Removal, Renewal, Snapshot, StoreError, StoreEvent,
@@ -22,8 +23,10 @@ use crate::model::{
     Millis, NodeRecord, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec, now_millis,
 };
 
-/// How often the sweeper removes expired nodes.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+/// The longest the sweeper sleeps without looking. It sleeps until the
+/// next deadline, but deadlines are wall-clock times and the wall clock
+/// can jump.
+const MAX_SWEEP_SLEEP: Duration = Duration::from_secs(1);
 
 /// A registry held in this process's memory.
 #[derive(Clone)]
@@ -42,6 +45,15 @@ struct State {
     /// Watchers. Changes are sent while the state is locked, so they go out
     /// in revision order.
     hub: Hub,
+    /// Wakes the sweeper when a deadline comes before those it knew of, and
+    /// when the registry goes.
+    wake: Arc<Notify>,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        self.wake.notify_one();
+    }
 }
 
 #[derive(Default)]
@@ -55,7 +67,7 @@ impl State {
     /// Records a change: the next revision, sent to every watcher.
     fn emit(&mut self, change: Change, now: Millis) {
         self.revision += 1;
-        self.hub.change(change, self.revision, now);
+        self.hub.send_change(change, self.revision, now);
     }
 
     fn service_mut(&mut self, key: &ServiceKey) -> &mut Service {
@@ -68,6 +80,24 @@ impl State {
 
     fn service(&self, key: &ServiceKey) -> Option<&Service> {
         self.groups.get(&key.group)?.get(&key.service)
+    }
+
+    /// Adds a node's deadline entry, waking the sweeper if it is the
+    /// soonest.
+    fn add_deadline(&mut self, t: Millis, key: ServiceKey, node: String) {
+        let soonest = self.deadlines.first().is_none_or(|first| t < first.0);
+        self.deadlines.insert((t, key, node));
+        if soonest {
+            self.wake.notify_one();
+        }
+    }
+
+    /// How long the sweeper may sleep after sweeping at `now`.
+    fn sweeper_sleep(&self, now: Millis) -> Duration {
+        self.deadlines.first().map_or(MAX_SWEEP_SLEEP, |(t, _, _)| {
+            let ms = u64::try_from(t.saturating_sub(now)).unwrap_or(0).max(1);
+            Duration::from_millis(ms).min(MAX_SWEEP_SLEEP)
+        })
     }
 
     /// Drops a node's deadline entry, if it has one.
@@ -146,11 +176,12 @@ impl MemoryRegistry {
     /// An empty registry. Spawns its expiry sweeper on the current Tokio
     /// runtime; the sweeper ends when the registry is dropped.
     pub fn new() -> Self {
+        let state = State::default();
+        let wake = state.wake.clone();
         let registry = Self {
-            state: Arc::new(Mutex::new(State::default())),
+            state: Arc::new(Mutex::new(state)),
         };
-        let weak = Arc::downgrade(&registry.state);
-        tokio::spawn(sweeper(weak));
+        tokio::spawn(sweeper(Arc::downgrade(&registry.state), wake));
         registry
     }
 
@@ -173,13 +204,20 @@ impl Default for MemoryRegistry {
     }
 }
 
-async fn sweeper(state: Weak<Mutex<State>>) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+/// Removes expired nodes as their deadlines pass, sleeping in between
+/// (as mini-redis's `purge_expired_tasks` does) rather than polling.
+async fn sweeper(state: Weak<Mutex<State>>, wake: Arc<Notify>) {
     loop {
-        tick.tick().await;
-        let Some(state) = state.upgrade() else { return };
-        if let Ok(mut s) = state.lock() {
-            s.sweep(now_millis());
+        let sleep = {
+            let Some(state) = state.upgrade() else { return };
+            let Ok(mut s) = state.lock() else { return };
+            let now = now_millis();
+            s.sweep(now);
+            s.sweeper_sleep(now)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = wake.notified() => {}
         }
     }
 }
@@ -238,9 +276,7 @@ impl Registry for MemoryRegistry {
             expires_at: crate::model::expiry(now, reg.ttl),
         };
         if let Some(t) = record.expires_at {
-            state
-                .deadlines
-                .insert((t, record.key.clone(), record.name.clone()));
+            state.add_deadline(t, record.key.clone(), record.name.clone());
         }
         state
             .service_mut(&record.key)
@@ -369,7 +405,7 @@ impl Registry for MemoryRegistry {
         state.forget_deadline(&old);
         let expires_at = crate::model::expiry(now, ttl);
         if let Some(t) = expires_at {
-            state.deadlines.insert((t, key.clone(), node.to_string()));
+            state.add_deadline(t, key.clone(), node.to_string());
         }
         if let Some(n) = state.service_mut(key).nodes.get_mut(node) {
             n.expires_at = expires_at;

@@ -106,7 +106,7 @@ impl Hub {
     }
 
     /// Hands a change to every current watcher.
-    pub fn change(&self, change: Change, revision: u64, time: Millis) {
+    pub fn send_change(&self, change: Change, revision: u64, time: Millis) {
         self.send(StoreEvent::Change(Arc::new(ChangeEvent {
             change,
             revision,

@@ -22,14 +22,15 @@ use tokio_util::sync::CancellationToken;
 use super::changes;
 use super::keys::Keys;
 use super::pool::RedisPool;
+use crate::backoff::Backoff;
 use crate::store::{Hub, StoreError, StoreEvent};
 
 /// The keyspace-notification flags the server needs: keyspace events (K)
 /// for expired (x) and evicted (e) keys.
 pub const REQUIRED_FLAGS: &str = "Kxe";
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Waits between attempts to subscribe again.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 /// How often an idle subscription is checked with PING, and how long the
 /// answer may take before the connection counts as dead.
 const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
@@ -37,8 +38,23 @@ const LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on connecting, configuring and subscribing.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the subscriber needs.
-pub struct Feed {
+/// Why an attempt to subscribe failed; the subscriber retries.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    /// The keyspace-notification flags could not be added.
+    #[error("{0}")]
+    Notifications(#[from] StoreError),
+    /// Connecting or subscribing failed.
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    /// Connecting, configuring and subscribing took too long.
+    #[error("timed out subscribing")]
+    Timeout,
+}
+
+/// The subscription task and what it needs, until [`Subscriber::run`]
+/// starts it.
+pub struct Subscriber {
     /// Opens the dedicated subscription connection.
     pub client: redis::Client,
     /// For CONFIG GET/SET.
@@ -85,113 +101,125 @@ pub async fn ensure_notifications(pool: &RedisPool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Runs until `feed.stop` is cancelled.
-pub async fn run(feed: Feed) {
-    let mut backoff = FIRST_BACKOFF;
-    let mut failing = false;
-    loop {
-        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, subscribe(&feed));
-        let result = tokio::select! {
-            _ = feed.stop.cancelled() => return,
-            r = attempt => r.unwrap_or_else(|_| Err("timed out subscribing".into())),
-        };
-        match result {
-            Ok(pubsub) => {
-                if failing {
-                    tracing::info!(addr = %feed.pool.addr(), "Redis subscription restored; watchers resync");
+/// How a subscription ended.
+enum Ended {
+    /// The registry is gone: stop.
+    Stopped,
+    /// The connection dropped or stopped answering: subscribe again.
+    Lost,
+}
+
+impl Subscriber {
+    /// Subscribes, feeds the hub and subscribes again whenever the
+    /// subscription drops, until `stop` is cancelled.
+    pub async fn run(self) {
+        // After the first failure every subscription is a recovery, which
+        // watchers must hear of, and further failures were already logged.
+        let mut failed_before = false;
+        let mut attempt = 0;
+        loop {
+            let subscribing = tokio::time::timeout(CONNECT_TIMEOUT, self.subscribe());
+            let result = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                r = subscribing => r.unwrap_or(Err(SubscribeError::Timeout)),
+            };
+            match result {
+                Ok(pubsub) => {
+                    attempt = 0;
+                    if failed_before {
+                        tracing::info!(addr = %self.pool.addr(), "Redis subscription restored; watchers resync");
+                        // Subscribed: from here on nothing is missed, so
+                        // watchers may take a fresh snapshot. The first
+                        // subscription comes before the server serves (see
+                        // `check`), with no watcher to tell.
+                        self.hub.send(StoreEvent::Resync);
+                    }
+                    self.subscribed.send_replace(true);
+                    if let Ended::Stopped = self.listen(pubsub).await {
+                        return;
+                    }
+                    tracing::warn!(addr = %self.pool.addr(), "Redis subscription lost; reconnecting");
+                    failed_before = true;
+                    self.subscribed.send_replace(false);
                 }
-                backoff = FIRST_BACKOFF;
-                // Subscribed: from here on nothing is missed, so watchers
-                // may take a fresh snapshot. The first subscription comes
-                // before the server serves (see `check`), with no watcher
-                // to tell; every later one follows a failure.
-                if failing {
-                    feed.hub.send(StoreEvent::Resync);
-                }
-                feed.subscribed.send_replace(true);
-                let (mut sink, mut messages) = pubsub.split();
-                let mut liveness = tokio::time::interval(LIVENESS_INTERVAL);
-                liveness.reset();
-                loop {
+                Err(e) => {
+                    if !failed_before {
+                        tracing::warn!(addr = %self.pool.addr(), error = %e, "cannot subscribe to Redis; retrying");
+                    }
+                    failed_before = true;
+                    let wait = BACKOFF.delay(attempt);
+                    attempt = attempt.saturating_add(1);
                     tokio::select! {
-                        _ = feed.stop.cancelled() => return,
-                        msg = messages.next() => match msg {
-                            Some(msg) => handle(&feed, &msg),
-                            None => break,
-                        },
-                        // A connection that died without a FIN or RST (a
-                        // lost host, a partition) shows only when asked.
-                        _ = liveness.tick() => {
-                            let ping = tokio::time::timeout(LIVENESS_TIMEOUT, sink.ping::<redis::Value>());
-                            if !matches!(ping.await, Ok(Ok(_))) {
-                                break;
-                            }
-                        }
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
                     }
                 }
-                tracing::warn!(addr = %feed.pool.addr(), "Redis subscription lost; reconnecting");
-                failing = true;
-                feed.subscribed.send_replace(false);
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(addr = %feed.pool.addr(), error = %e, "cannot subscribe to Redis; retrying");
-                }
-                failing = true;
-                tokio::select! {
-                    _ = feed.stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
-}
 
-async fn subscribe(feed: &Feed) -> Result<redis::aio::PubSub, String> {
-    if feed.config_set {
-        ensure_notifications(&feed.pool)
-            .await
-            .map_err(|e| e.to_string())?;
+    /// Adds the notification flags (unless told not to) and subscribes on a
+    /// new connection.
+    async fn subscribe(&self) -> Result<redis::aio::PubSub, SubscribeError> {
+        if self.config_set {
+            ensure_notifications(&self.pool).await?;
+        }
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(self.keys.changes_channel()).await?;
+        pubsub
+            .psubscribe(self.keys.keyspace_pattern(self.db))
+            .await?;
+        Ok(pubsub)
     }
-    let mut pubsub = feed
-        .client
-        .get_async_pubsub()
-        .await
-        .map_err(|e| e.to_string())?;
-    pubsub
-        .subscribe(feed.keys.changes_channel())
-        .await
-        .map_err(|e| e.to_string())?;
-    pubsub
-        .psubscribe(feed.keys.keyspace_pattern(feed.db))
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(pubsub)
-}
 
-fn handle(feed: &Feed, msg: &redis::Msg) {
-    let payload: String = match msg.get_payload() {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "unreadable message on the Redis subscription");
+    /// Feeds the hub from one subscription until it ends.
+    async fn listen(&self, pubsub: redis::aio::PubSub) -> Ended {
+        let (mut sink, mut messages) = pubsub.split();
+        let mut liveness = tokio::time::interval(LIVENESS_INTERVAL);
+        liveness.reset();
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return Ended::Stopped,
+                msg = messages.next() => match msg {
+                    Some(msg) => self.handle(&msg),
+                    None => return Ended::Lost,
+                },
+                // A connection that died without a FIN or RST (a lost host,
+                // a partition) shows only when asked.
+                _ = liveness.tick() => {
+                    let ping = tokio::time::timeout(LIVENESS_TIMEOUT, sink.ping::<redis::Value>());
+                    if !matches!(ping.await, Ok(Ok(_))) {
+                        return Ended::Lost;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands one message on to the watchers.
+    fn handle(&self, msg: &redis::Msg) {
+        let payload: String = match msg.get_payload() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable message on the Redis subscription");
+                return;
+            }
+        };
+        if msg.from_pattern() {
+            // A keyspace event: expired or evicted, never caused by us.
+            tracing::warn!(key = %msg.get_channel_name(), event = %payload, "a registry key changed outside discovered; watchers resync");
+            self.hub.send(StoreEvent::Resync);
             return;
         }
-    };
-    if msg.from_pattern() {
-        // A keyspace event: expired or evicted, never caused by us.
-        tracing::warn!(key = %msg.get_channel_name(), event = %payload, "a registry key changed outside discovered; watchers resync");
-        feed.hub.send(StoreEvent::Resync);
-        return;
-    }
-    match changes::parse(&payload) {
-        Ok(event) => feed
-            .hub
-            .send(StoreEvent::Change(std::sync::Arc::new(event))),
-        Err(e) => {
-            // Watchers cannot know what this changed: resync them.
-            tracing::warn!(error = %e, "unreadable change message; watchers resync");
-            feed.hub.send(StoreEvent::Resync);
+        match changes::parse(&payload) {
+            Ok(event) => self
+                .hub
+                .send(StoreEvent::Change(std::sync::Arc::new(event))),
+            Err(e) => {
+                // Watchers cannot know what this changed: resync them.
+                tracing::warn!(error = %e, "unreadable change message; watchers resync");
+                self.hub.send(StoreEvent::Resync);
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 -- Gives a live node a new deadline without writing its record or
--- publishing a change. KEYS[1] nodes hash; ARGV[1] node name; ARGV[2] now
--- (ms); ARGV[3] new expires_at (ms), or "" for none; ARGV[4] instance_id
--- that must match, or "".
+-- publishing a change (so it gets record.lua but not prelude.lua).
+-- KEYS[1] nodes hash. ARGV[1] node name; ARGV[2] now (ms); ARGV[3] new
+-- expires_at (ms), or "" for none; ARGV[4] instance_id that must match,
+-- or "".
 -- Returns { "renewed" }, { "missing" } (none, or past its deadline), or
 -- { "other", instance }.
 local old = redis.call('HGET', KEYS[1], ARGV[1])
@@ -11,11 +12,6 @@ end
 if ARGV[4] ~= '' and instance_of(old) ~= ARGV[4] then
   return { 'other', instance_of(old) }
 end
-local registered, updated = string.match(old, '^{"registered_at":(%d+),"updated_at":(%d+),')
-local expires = 'null'
-if ARGV[3] ~= '' then
-  expires = ARGV[3]
-end
-redis.call('HSET', KEYS[1], ARGV[1], '{"registered_at":' .. registered .. ',"updated_at":' .. updated
-  .. ',"expires_at":' .. expires .. ',"record":' .. record_of(old) .. '}')
+local registered, updated = times_of(old)
+redis.call('HSET', KEYS[1], ARGV[1], node_envelope(registered, updated, ARGV[3], record_of(old)))
 return { 'renewed' }

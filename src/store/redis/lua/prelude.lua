@@ -1,43 +1,41 @@
--- Shared by every script that changes the registry (prepended to each).
--- A change takes the next revision and is published on our change channel
--- in the same atomic step as the write, so every server's watchers see one
--- order. Names are letters, digits, '.', '_' and '-' only, and stored
--- values are JSON, so the message needs no escaping.
+-- Shared by every script that changes the registry (prepended to each,
+-- after record.lua). A change takes the next revision and is published on
+-- our change channel in the same atomic step as the write, so every
+-- server's watchers see one order. Names are letters, digits, '.', '_' and
+-- '-' only, and stored values are JSON, so the message needs no escaping.
+--
+-- Where and when the changes go comes first in every such script, at
+-- fixed positions (pushed by `change_call` in scripts/mod.rs), and is read
+-- here only: KEYS[1] revision counter; ARGV[1] now (ms); ARGV[2] change
+-- channel; ARGV[3] group; ARGV[4] service. A script's own KEYS start at
+-- KEYS[2], its own ARGV at ARGV[5].
+local CHANGE = {
+  revision = KEYS[1],
+  now = ARGV[1],
+  channel = ARGV[2],
+  group = ARGV[3],
+  service = ARGV[4],
+}
 
-local function next_revision(key)
-  local rev = redis.call('INCR', key)
+local function next_revision()
+  local rev = redis.call('INCR', CHANGE.revision)
   if rev == 1 then
     -- The counter is new: a fresh registry, or a Redis that restarted
     -- empty. Start it from the clock (microseconds), so revisions keep
     -- increasing for watchers that saw the old ones.
     local t = redis.call('TIME')
     rev = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    redis.call('SET', key, string.format('%.0f', rev))
+    redis.call('SET', CHANGE.revision, string.format('%.0f', rev))
   end
   return rev
 end
 
--- change(revision key, channel, type, group, service, node, stored, now)
-local function change(revkey, channel, kind, group, service, node, stored, now)
-  local rev = next_revision(revkey)
-  redis.call('PUBLISH', channel, '{"revision":' .. string.format('%.0f', rev)
-    .. ',"time":' .. now .. ',"type":"' .. kind .. '","group":"' .. group
-    .. '","service":"' .. service .. '","node":"' .. node .. '","stored":' .. stored .. '}')
-end
-
--- The record part of a stored envelope (everything after "record":).
-local function record_of(stored)
-  local at = string.find(stored, '"record":', 1, true)
-  return string.sub(stored, at + 9, -2)
-end
-
--- Whether a stored node envelope's deadline has passed at now.
-local function is_expired(stored, now)
-  local exp = string.match(stored, '^{"registered_at":%d+,"updated_at":%d+,"expires_at":(%d+)')
-  return exp ~= nil and tonumber(exp) <= now
-end
-
--- The instance_id of a stored node envelope (the record's first field).
-local function instance_of(stored)
-  return string.match(stored, '"record":{"instance_id":"([^"]*)"') or ''
+-- Publishes a change: kind is a `ChangeKind` of changes.rs, node the
+-- node's name ('' for the service itself), stored the envelope the change
+-- carries (the last one, for a removal).
+local function publish(kind, node, stored)
+  local rev = next_revision()
+  redis.call('PUBLISH', CHANGE.channel, '{"revision":' .. string.format('%.0f', rev)
+    .. ',"time":' .. CHANGE.now .. ',"type":"' .. kind .. '","group":"' .. CHANGE.group
+    .. '","service":"' .. CHANGE.service .. '","node":"' .. node .. '","stored":' .. stored .. '}')
 end

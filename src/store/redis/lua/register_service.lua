@@ -1,24 +1,23 @@
 -- Writes a service record whole, keeping registered_at of an existing one.
--- KEYS[1] service key; KEYS[2] revision counter.
--- ARGV[1] record JSON; ARGV[2] now (ms); ARGV[3] change channel;
--- ARGV[4] group; ARGV[5] service.
+-- KEYS[1], ARGV[1..4]: where and when changes go (see prelude.lua).
+-- KEYS[2] service key. ARGV[5] record JSON.
 -- Publishes service_registered, or service_updated if the record changed.
 -- Returns the stored envelope.
-local old = redis.call('GET', KEYS[1])
-local registered = ARGV[2]
+local record = ARGV[5]
+local old = redis.call('GET', KEYS[2])
+local registered = CHANGE.now
 local kind = 'service_registered'
 if old then
-  registered = string.match(old, '^{"registered_at":(%d+)') or registered
-  if record_of(old) == ARGV[1] then
+  registered = registered_of(old) or registered
+  if record_of(old) == record then
     kind = nil
   else
     kind = 'service_updated'
   end
 end
-local stored = '{"registered_at":' .. registered .. ',"updated_at":' .. ARGV[2]
-  .. ',"record":' .. ARGV[1] .. '}'
-redis.call('SET', KEYS[1], stored)
+local stored = service_envelope(registered, CHANGE.now, record)
+redis.call('SET', KEYS[2], stored)
 if kind then
-  change(KEYS[2], ARGV[3], kind, ARGV[4], ARGV[5], '', stored, ARGV[2])
+  publish(kind, '', stored)
 end
 return stored

@@ -1,22 +1,22 @@
 -- Removes a service's record and all its nodes.
--- KEYS[1] service key; KEYS[2] nodes hash; KEYS[3] revision counter.
--- ARGV[1] now (ms); ARGV[2] change channel; ARGV[3] group; ARGV[4] service.
+-- KEYS[1], ARGV[1..4]: where and when changes go (see prelude.lua).
+-- KEYS[2] service key; KEYS[3] nodes hash.
 -- Publishes node_removed (or node_expired) per node, then service_removed
 -- if the service had a record or nodes.
 -- Returns { 1 if the record existed else 0, name1, envelope1, name2, ... }.
-local now = tonumber(ARGV[1])
-local record = redis.call('GET', KEYS[1])
-local nodes = redis.call('HGETALL', KEYS[2])
-redis.call('DEL', KEYS[1], KEYS[2])
+local now = tonumber(CHANGE.now)
+local record = redis.call('GET', KEYS[2])
+local nodes = redis.call('HGETALL', KEYS[3])
+redis.call('DEL', KEYS[2], KEYS[3])
 for i = 1, #nodes, 2 do
   local kind = 'node_removed'
   if is_expired(nodes[i + 1], now) then
     kind = 'node_expired'
   end
-  change(KEYS[3], ARGV[2], kind, ARGV[3], ARGV[4], nodes[i], nodes[i + 1], ARGV[1])
+  publish(kind, nodes[i], nodes[i + 1])
 end
 if record or #nodes > 0 then
-  change(KEYS[3], ARGV[2], 'service_removed', ARGV[3], ARGV[4], '', record or 'null', ARGV[1])
+  publish('service_removed', '', record or 'null')
 end
 local had_record = 0
 if record then

@@ -1,0 +1,168 @@
+//! The scripts that write one node: register, remove, expire, renew.
+
+use std::sync::LazyLock;
+
+use redis::{FromRedisValue, ParsingError, Script, ScriptInvocation, Value};
+
+use super::{Keys, ScriptCall, bad_reply, change_call, or_empty};
+use crate::model::{Millis, ServiceKey};
+
+change_script!(REGISTER_NODE, "register_node.lua");
+change_script!(REMOVE_NODE, "remove_node.lua");
+change_script!(EXPIRE_NODE, "expire_node.lua");
+record_script!(HEARTBEAT, "heartbeat.lua");
+
+/// `lua/register_node.lua`: writes a node's record whole and publishes
+/// node_added or node_updated. Replies with the stored envelope.
+#[derive(Debug)]
+pub struct RegisterNode<'a> {
+    /// The node's service.
+    pub service: &'a ServiceKey,
+    /// The node's name.
+    pub node: &'a str,
+    /// The node's record, as `record::encode` writes it.
+    pub record: &'a str,
+    /// The server's time.
+    pub now: Millis,
+    /// The node's deadline, if it has a TTL.
+    pub expires_at: Option<Millis>,
+    /// Keep a live node's instance id rather than the record's.
+    pub keep_instance: bool,
+}
+
+impl ScriptCall for RegisterNode<'_> {
+    type Reply = String;
+
+    fn invocation(&self, keys: &Keys) -> ScriptInvocation<'static> {
+        let mut call = change_call(&REGISTER_NODE, keys, self.service, self.now);
+        call.key(keys.nodes(self.service))
+            .arg(self.node)
+            .arg(self.record)
+            .arg(or_empty(self.expires_at))
+            .arg(if self.keep_instance { "1" } else { "" });
+        call
+    }
+}
+
+/// `lua/remove_node.lua`: removes a node, unless a live one belongs to
+/// another instance, and publishes node_removed (or node_expired).
+#[derive(Debug)]
+pub struct RemoveNode<'a> {
+    /// The node's service.
+    pub service: &'a ServiceKey,
+    /// The node's name.
+    pub node: &'a str,
+    /// The instance the node must belong to, if any.
+    pub instance: Option<&'a str>,
+    /// The server's time.
+    pub now: Millis,
+}
+
+impl ScriptCall for RemoveNode<'_> {
+    type Reply = NodeRemoval;
+
+    fn invocation(&self, keys: &Keys) -> ScriptInvocation<'static> {
+        let mut call = change_call(&REMOVE_NODE, keys, self.service, self.now);
+        call.key(keys.nodes(self.service))
+            .arg(self.node)
+            .arg(or_empty(self.instance));
+        call
+    }
+}
+
+/// What [`RemoveNode`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeRemoval {
+    /// Removed; the envelope it had (which may have been past its deadline).
+    Removed(String),
+    /// There was no such node.
+    Missing,
+    /// A live node of another instance (its id) is there; nothing changed.
+    OtherInstance(String),
+}
+
+impl FromRedisValue for NodeRemoval {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let items: Vec<String> = redis::from_redis_value_ref(&v)?;
+        match items.as_slice() {
+            [status, stored] if status == "removed" => Ok(Self::Removed(stored.clone())),
+            [status] if status == "missing" => Ok(Self::Missing),
+            [status, id] if status == "other" => Ok(Self::OtherInstance(id.clone())),
+            _ => Err(bad_reply("remove_node", &v)),
+        }
+    }
+}
+
+/// `lua/expire_node.lua`: removes a node whose deadline has passed and
+/// publishes node_expired. Replies whether it did.
+#[derive(Debug)]
+pub struct ExpireNode<'a> {
+    /// The node's service.
+    pub service: &'a ServiceKey,
+    /// The node's name.
+    pub node: &'a str,
+    /// The server's time, which the deadline must not be after.
+    pub now: Millis,
+}
+
+impl ScriptCall for ExpireNode<'_> {
+    type Reply = bool;
+
+    fn invocation(&self, keys: &Keys) -> ScriptInvocation<'static> {
+        let mut call = change_call(&EXPIRE_NODE, keys, self.service, self.now);
+        call.key(keys.nodes(self.service)).arg(self.node);
+        call
+    }
+}
+
+/// `lua/heartbeat.lua`: gives a live node a new deadline, publishing
+/// nothing.
+#[derive(Debug)]
+pub struct Heartbeat<'a> {
+    /// The node's service.
+    pub service: &'a ServiceKey,
+    /// The node's name.
+    pub node: &'a str,
+    /// The server's time.
+    pub now: Millis,
+    /// The new deadline; `None`: the node no longer expires.
+    pub expires_at: Option<Millis>,
+    /// The instance the node must belong to, if any.
+    pub instance: Option<&'a str>,
+}
+
+impl ScriptCall for Heartbeat<'_> {
+    type Reply = NodeRenewal;
+
+    fn invocation(&self, keys: &Keys) -> ScriptInvocation<'static> {
+        let mut call = HEARTBEAT.key(keys.nodes(self.service));
+        call.arg(self.node)
+            .arg(self.now)
+            .arg(or_empty(self.expires_at))
+            .arg(or_empty(self.instance));
+        call
+    }
+}
+
+/// What [`Heartbeat`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeRenewal {
+    /// The node has its new deadline.
+    Renewed,
+    /// There is no live node of that name.
+    Missing,
+    /// The node belongs to another instance (its id); nothing changed.
+    OtherInstance(String),
+}
+
+impl FromRedisValue for NodeRenewal {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let items: Vec<String> = redis::from_redis_value_ref(&v)?;
+        match items.as_slice() {
+            [status] if status == "renewed" => Ok(Self::Renewed),
+            [status] if status == "missing" => Ok(Self::Missing),
+            [status, id] if status == "other" => Ok(Self::OtherInstance(id.clone())),
+            _ => Err(bad_reply("heartbeat", &v)),
+        }
+    }
+}
