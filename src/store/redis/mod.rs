@@ -39,8 +39,12 @@ mod changes;
 mod config;
 mod keys;
 mod pool;
+// Public only for tests/redis_scripts.rs, which runs the scripts on
+// records the Rust side encoded: not part of the crate's API.
+#[doc(hidden)]
 pub mod record;
 mod registry;
+#[doc(hidden)]
 pub mod scripts;
 mod subscriber;
 mod sweeper;
