@@ -30,6 +30,8 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use super::output::{self, Output, emit};
+use super::parse_meta;
+use super::runtime::{self, Threads};
 use crate::client::{Client, ClientError, Event};
 use crate::proto::v1 as pb;
 
@@ -277,13 +279,6 @@ pub struct WatchArgs {
     conn: Conn,
 }
 
-fn parse_meta(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
-    }
-}
-
 /// The proto name of a gRPC status code, e.g. `NOT_FOUND`.
 fn code_name(code: Code) -> &'static str {
     match code {
@@ -330,23 +325,12 @@ fn error_line(e: &ClientError) -> String {
 
 /// Runs a client command; returns the process exit code.
 pub fn run(cmd: ClientCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+    runtime::block_on(Threads::One, async {
+        match dispatch(cmd).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => runtime::fail(error_line(&e), ExitCode::from(exit_code(e.code()))),
         }
-    };
-    match runtime.block_on(dispatch(cmd)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {}", error_line(&e));
-            ExitCode::from(exit_code(e.code()))
-        }
-    }
+    })
 }
 
 fn print(output: Output, json: Value, table: impl FnOnce() -> String) {
@@ -586,7 +570,7 @@ async fn watch(a: WatchArgs) -> Result<(), ClientError> {
     let client = Client::connect(&a.conn.server).await?;
     let service = a.service.clone().unwrap_or_default();
     let mut events = client.watch(&a.group.group, &service);
-    let stop = super::serve::shutdown_signal();
+    let stop = super::signal::shutdown();
     tokio::pin!(stop);
     loop {
         let event = tokio::select! {
