@@ -499,18 +499,8 @@ async fn dispatch(cmd: ClientCommand) -> Result<(), ClientError> {
 
 /// The event's name as in the proto, without the `EVENT_TYPE_` prefix.
 fn event_name(e: &Event) -> &'static str {
-    match e {
-        Event::Initial(_) => "INITIAL",
-        Event::Synced => "SYNCED",
-        Event::NodeAdded(_) => "NODE_ADDED",
-        Event::NodeUpdated(_) => "NODE_UPDATED",
-        Event::NodeRemoved(_) => "NODE_REMOVED",
-        Event::NodeExpired(_) => "NODE_EXPIRED",
-        Event::ServiceRegistered(_) => "SERVICE_REGISTERED",
-        Event::ServiceUpdated(_) => "SERVICE_UPDATED",
-        Event::ServiceRemoved(_) => "SERVICE_REMOVED",
-        Event::Resync => "RESYNC",
-    }
+    let name = e.event_type().as_str_name();
+    name.strip_prefix("EVENT_TYPE_").unwrap_or(name)
 }
 
 /// One watch event as a JSON object: `type`, `group`, `service` (the
