@@ -130,8 +130,8 @@ impl Event {
         })
     }
 
-    /// The proto's type of this event: its name (`as_str_name`) is what
-    /// the CLI and logs print.
+    /// The proto's type of this event, the inverse of [`Event::from_proto`];
+    /// its `as_str_name` is the name the CLI prints.
     pub fn event_type(&self) -> EventType {
         match self {
             Event::Initial(_) => EventType::Initial,

@@ -3,7 +3,7 @@
 //! One module per subcommand (`serve`, `agent`, and the client commands in
 //! `commands`), plus what they share: `logging`, `signal` (SIGINT/SIGTERM),
 //! `runtime` (start-up and exit), `output` (tables and JSON) and
-//! [`parse_meta`] here.
+//! `parse_meta` here.
 
 mod agent;
 mod commands;

@@ -42,7 +42,7 @@ use super::runtime::{self, Threads};
 use crate::client::{Client, ClientError};
 
 /// Where to connect and how to print.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Args)]
 pub struct Conn {
     /// The discovered server: host:port or an http:// URL.
     #[arg(long, env = "DISCOVERED_SERVER", default_value = "127.0.0.1:50051")]
@@ -130,10 +130,18 @@ async fn dispatch(cmd: ClientCommand) -> Result<(), ClientError> {
     }
 }
 
+impl Conn {
+    /// Connects now: a server that cannot be reached fails the command
+    /// before anything is sent.
+    async fn connect(&self) -> Result<Client, ClientError> {
+        Client::connect(&self.server).await
+    }
+}
+
 /// Connects, runs `cmd` and prints its result.
 async fn once(cmd: impl Command) -> Result<(), ClientError> {
-    let Conn { server, output } = cmd.conn().clone();
-    let client = Client::connect(&server).await?;
+    let output = cmd.conn().output;
+    let client = cmd.conn().connect().await?;
     cmd.run(&client).await?.print(output);
     Ok(())
 }
@@ -141,8 +149,8 @@ async fn once(cmd: impl Command) -> Result<(), ClientError> {
 /// Connects and prints each event of the watch as it comes, until the
 /// stream ends or SIGINT/SIGTERM (a success: that is how a watch stops).
 async fn follow(args: watch::WatchArgs) -> Result<(), ClientError> {
-    let Conn { server, output } = args.conn.clone();
-    let client = Client::connect(&server).await?;
+    let output = args.conn.output;
+    let client = args.conn.connect().await?;
     let events = args.run(&client);
     let stop = super::signal::shutdown();
     tokio::pin!(events, stop);
