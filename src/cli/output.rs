@@ -309,72 +309,52 @@ pub fn group_removed(group: &str, r: &pb::RemoveServiceGroupResponse) -> Printed
     }
 }
 
-/// One watch event: a JSON object, or a line of text. `group` and
-/// `service` are the watch's, for the markers.
+/// One watch event. JSON: an object with `type`, `group`, `service` (the
+/// service name, null on markers of a group watch), and `node` (the node
+/// record) on INITIAL/NODE_* or `service_record` on SERVICE_* events;
+/// markers (SYNCED, RESYNC) carry the watch's `group` and `service`, as
+/// given. Table: one line of text.
 pub fn event(e: &Event, group: &str, service: Option<&str>) -> Printed {
-    Printed {
-        json: event_json(e, group, service),
-        table: event_text(e),
-    }
+    let name = event_name(e);
+    let mut json = json!({ "type": name });
+    let (table, g, s): (String, String, Option<String>) = match e {
+        Event::Initial(n)
+        | Event::NodeAdded(n)
+        | Event::NodeUpdated(n)
+        | Event::NodeRemoved(n)
+        | Event::NodeExpired(n) => {
+            json["node"] = node_json(n);
+            let ip = if n.ip.is_empty() {
+                "-".to_string()
+            } else {
+                n.ip.join(",")
+            };
+            let line = format!(
+                "{name:<18}  {}/{}  {}  {ip}  {}",
+                n.service_group, n.service_name, n.node_name, n.port
+            );
+            (line, n.service_group.clone(), Some(n.service_name.clone()))
+        }
+        Event::ServiceRegistered(r) | Event::ServiceUpdated(r) | Event::ServiceRemoved(r) => {
+            json["service_record"] = service_json(r);
+            let line = format!("{name:<18}  {}/{}", r.service_group, r.service_name);
+            (line, r.service_group.clone(), Some(r.service_name.clone()))
+        }
+        Event::Synced | Event::Resync => (
+            name.to_string(),
+            group.to_string(),
+            service.map(str::to_string),
+        ),
+    };
+    json["group"] = json!(g);
+    json["service"] = json!(s);
+    Printed { json, table }
 }
 
 /// The event's name as in the proto, without the `EVENT_TYPE_` prefix.
 fn event_name(e: &Event) -> &'static str {
     let name = e.event_type().as_str_name();
     name.strip_prefix("EVENT_TYPE_").unwrap_or(name)
-}
-
-/// One watch event as a JSON object: `type`, `group`, `service` (the
-/// service name, null on markers of a group watch), and `node` (the node
-/// record) on INITIAL/NODE_* or `service_record` on SERVICE_* events.
-/// Markers (SYNCED, RESYNC) carry the group as given with --group.
-fn event_json(e: &Event, group: &str, service: Option<&str>) -> Value {
-    let mut v = json!({ "type": event_name(e) });
-    let (g, s): (String, Option<String>) = match e {
-        Event::Initial(n)
-        | Event::NodeAdded(n)
-        | Event::NodeUpdated(n)
-        | Event::NodeRemoved(n)
-        | Event::NodeExpired(n) => {
-            v["node"] = node_json(n);
-            (n.service_group.clone(), Some(n.service_name.clone()))
-        }
-        Event::ServiceRegistered(r) | Event::ServiceUpdated(r) | Event::ServiceRemoved(r) => {
-            v["service_record"] = service_json(r);
-            (r.service_group.clone(), Some(r.service_name.clone()))
-        }
-        Event::Synced | Event::Resync => (group.to_string(), service.map(str::to_string)),
-    };
-    v["group"] = json!(g);
-    v["service"] = json!(s);
-    v
-}
-
-/// One watch event as a line of text.
-fn event_text(e: &Event) -> String {
-    let name = event_name(e);
-    match e {
-        Event::Initial(n)
-        | Event::NodeAdded(n)
-        | Event::NodeUpdated(n)
-        | Event::NodeRemoved(n)
-        | Event::NodeExpired(n) => format!(
-            "{name:<18}  {}/{}  {}  {}  {}",
-            n.service_group,
-            n.service_name,
-            n.node_name,
-            if n.ip.is_empty() {
-                "-".to_string()
-            } else {
-                n.ip.join(",")
-            },
-            n.port
-        ),
-        Event::ServiceRegistered(r) | Event::ServiceUpdated(r) | Event::ServiceRemoved(r) => {
-            format!("{name:<18}  {}/{}", r.service_group, r.service_name)
-        }
-        Event::Synced | Event::Resync => name.to_string(),
-    }
 }
 
 #[cfg(test)]
