@@ -54,6 +54,14 @@ pub struct Conn {
     output: Output,
 }
 
+impl Conn {
+    /// Connects now: a server that cannot be reached fails the command
+    /// before anything is sent.
+    async fn connect(&self) -> Result<Client, ClientError> {
+        Client::connect(&self.server).await
+    }
+}
+
 /// The service group to act in.
 #[derive(Debug, Args)]
 pub struct Group {
@@ -114,6 +122,7 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
     })
 }
 
+/// Runs `cmd` on its own connection: one line per command.
 async fn dispatch(cmd: ClientCommand) -> Result<(), ClientError> {
     match cmd {
         ClientCommand::RegisterService(a) => once(a).await,
@@ -127,14 +136,6 @@ async fn dispatch(cmd: ClientCommand) -> Result<(), ClientError> {
         ClientCommand::RemoveService(a) => once(a).await,
         ClientCommand::RemoveGroup(a) => once(a).await,
         ClientCommand::Watch(a) => follow(a).await,
-    }
-}
-
-impl Conn {
-    /// Connects now: a server that cannot be reached fails the command
-    /// before anything is sent.
-    async fn connect(&self) -> Result<Client, ClientError> {
-        Client::connect(&self.server).await
     }
 }
 
