@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::ops::ControlFlow;
+use std::pin::Pin;
 use std::time::Duration;
 
 use tonic::Code;
@@ -68,12 +70,62 @@ pub fn with_host_facts(req: &mut pb::RegisterNodeRequest) {
     hostfacts::gather().fill(req);
 }
 
-/// What the agent last saw, so each change is logged once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the agent stands; each variant says what it does next.
+#[derive(Debug)]
 enum State {
-    Starting,
-    Registered,
-    Failing(Code),
+    /// Not registered (at start, or the node was found gone): send the
+    /// registration.
+    Registering(Option<Outage>),
+    /// Registered: renew the node's TTL.
+    Renewing(Option<Outage>),
+    /// Between two calls: wait (the heartbeat interval, or a backoff after
+    /// a failure), then go on to the state inside; a shutdown cuts it short.
+    Waiting(Duration, Box<State>),
+    /// Another instance registered the node over ours (a rolling restart):
+    /// send nothing more, and at shutdown leave the node to its owner.
+    TakenOver,
+    /// Shut down: remove our own registration, then finish.
+    Stopping,
+}
+
+/// Failed calls in a row, so an outage is logged once rather than once per
+/// retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Outage {
+    /// The status of the last failure; a different one is logged again.
+    code: Code,
+    /// How many; the backoff grows with them.
+    failures: u32,
+}
+
+/// The call that [`State::Registering`] or [`State::Renewing`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// RegisterNode, with this run's instance id.
+    Register,
+    /// Heartbeat, for this run's instance id only.
+    Heartbeat,
+}
+
+impl Call {
+    /// The state that sends this call again.
+    fn again(self, outage: Option<Outage>) -> State {
+        match self {
+            Call::Register => State::Registering(outage),
+            Call::Heartbeat => State::Renewing(outage),
+        }
+    }
+}
+
+/// The next state, or the end of the run with its result.
+type Step = ControlFlow<Result<(), ClientError>, State>;
+
+/// What one run of the agent sends, fixed when it starts.
+struct Agent {
+    config: AgentConfig,
+    client: Client,
+    instance_id: String,
+    request: pb::RegisterNodeRequest,
 }
 
 /// The wait after `failures` consecutive failures: 200 ms doubling, capped
@@ -90,110 +142,164 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ClientError> {
-    let client = Client::lazy(&config.server)?;
-    let instance_id = crate::model::new_instance_id();
-    // Gathering facts reads files and asks the resolver: off the runtime.
-    let request = {
-        let (config, id) = (config.clone(), instance_id.clone());
-        tokio::task::spawn_blocking(move || registration(&config, &id)).await
-    }
-    .unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "gathering host facts failed; registering without them");
-        registration(
-            &AgentConfig {
-                auto: false,
-                ..config.clone()
-            },
-            &instance_id,
-        )
-    });
-    let interval = config.ttl / 3;
-    let mut state = State::Starting;
-    let mut registered = false;
-    let mut failures = 0u32;
-    tracing::info!(server = %config.server, service = %config.service, node = %config.node, instance_id = %instance_id, ttl = ?config.ttl, "agent starting");
+    let agent = Agent::new(config).await?;
     tokio::pin!(shutdown);
+    let mut state = State::Registering(None);
     loop {
-        let outcome = if registered {
-            client
+        state = match agent.step(state, shutdown.as_mut()).await {
+            ControlFlow::Continue(next) => next,
+            ControlFlow::Break(result) => return result,
+        };
+    }
+}
+
+impl Agent {
+    /// A fresh instance id and its registration, for a server reached
+    /// lazily: the agent starts whether or not the server is up.
+    async fn new(config: AgentConfig) -> Result<Self, ClientError> {
+        let client = Client::lazy(&config.server)?;
+        let instance_id = crate::model::new_instance_id();
+        // Gathering facts reads files and asks the resolver: off the runtime.
+        let request = {
+            let (config, id) = (config.clone(), instance_id.clone());
+            tokio::task::spawn_blocking(move || registration(&config, &id)).await
+        }
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "gathering host facts failed; registering without them");
+            registration(
+                &AgentConfig {
+                    auto: false,
+                    ..config.clone()
+                },
+                &instance_id,
+            )
+        });
+        tracing::info!(server = %config.server, service = %config.service, node = %config.node, instance_id = %instance_id, ttl = ?config.ttl, "agent starting");
+        Ok(Self {
+            config,
+            client,
+            instance_id,
+            request,
+        })
+    }
+
+    /// The heartbeat interval, which also caps the backoff.
+    fn interval(&self) -> Duration {
+        self.config.ttl / 3
+    }
+
+    /// Does what `state` says and moves on.
+    async fn step(&self, state: State, shutdown: Pin<&mut impl Future<Output = ()>>) -> Step {
+        match state {
+            // Registering: send the registration, then see how it went.
+            State::Registering(outage) => self.send(Call::Register, outage).await,
+            // Renewing: send a heartbeat, then see how it went.
+            State::Renewing(outage) => self.send(Call::Heartbeat, outage).await,
+            // Waiting: the interval or a backoff, unless a shutdown comes first.
+            State::Waiting(wait, then) => tokio::select! {
+                _ = shutdown => ControlFlow::Continue(State::Stopping),
+                _ = tokio::time::sleep(wait) => ControlFlow::Continue(*then),
+            },
+            // Taken over: idle until shutdown, then finish without removing.
+            State::TakenOver => {
+                shutdown.await;
+                ControlFlow::Break(Ok(()))
+            }
+            // Stopping: remove our own registration, then finish.
+            State::Stopping => {
+                self.remove().await;
+                ControlFlow::Break(Ok(()))
+            }
+        }
+    }
+
+    /// Sends `call`, then moves on as [`Agent::after`] says.
+    async fn send(&self, call: Call, outage: Option<Outage>) -> Step {
+        let config = &self.config;
+        let sent = match call {
+            Call::Register => self
+                .client
+                .register_node(self.request.clone())
+                .await
+                .map(drop),
+            Call::Heartbeat => self
+                .client
                 .heartbeat(
                     &config.group,
                     &config.service,
                     &config.node,
                     Some(config.ttl.as_secs() as i64),
-                    &instance_id,
+                    &self.instance_id,
                 )
                 .await
-                .map(|_| ())
-        } else {
-            client.register_node(request.clone()).await.map(|_| ())
+                .map(drop),
         };
-        let next_state = match &outcome {
-            Ok(()) => State::Registered,
-            Err(e) => State::Failing(e.code()),
-        };
-        match outcome {
+        self.after(call, outage, sent)
+    }
+
+    /// The state that follows `call`'s outcome, `sent`, after the run of
+    /// failures `outage`; each change is logged once.
+    fn after(&self, call: Call, outage: Option<Outage>, sent: Result<(), ClientError>) -> Step {
+        let node = &self.config.node;
+        let next = match sent {
+            // Registered or renewed: renew after the interval. Logged when
+            // it is news: a registration, or the end of an outage.
             Ok(()) => {
-                if !registered || state != State::Registered {
-                    tracing::info!(node = %config.node, "node registered; heartbeating every {:?}", interval);
+                if call == Call::Register || outage.is_some() {
+                    tracing::info!(node = %node, "node registered; heartbeating every {:?}", self.interval());
                 }
-                registered = true;
-                failures = 0;
+                State::Waiting(self.interval(), Box::new(State::Renewing(None)))
             }
+            // Gone while we could not renew it: register again now.
             Err(e) if e.code() == Code::NotFound => {
-                // Gone while we could not renew it: register again now.
-                tracing::warn!(node = %config.node, "node was gone (expired or removed); registering it again");
-                registered = false;
-                failures = 0;
-                state = State::Starting;
-                continue;
+                tracing::warn!(node = %node, "node was gone (expired or removed); registering it again");
+                State::Registering(None)
             }
+            // Another instance took the name over (a rolling restart): stop
+            // renewing; stealing it back would make them flap.
             Err(e) if e.code() == Code::FailedPrecondition => {
-                // Another instance took the name over (a rolling restart):
-                // stop renewing; stealing it back would make them flap.
-                tracing::warn!(node = %config.node, error = %e, "another instance owns the node now; no longer renewing it");
-                shutdown.as_mut().await;
-                return Ok(());
+                tracing::warn!(node = %node, error = %e, "another instance owns the node now; no longer renewing it");
+                State::TakenOver
             }
+            // Failed: send the same call again after a backoff. Logged when
+            // the outage starts or its status changes; a refused request
+            // ends the run, as retrying cannot help it.
             Err(e) => {
-                failures += 1;
-                if state != next_state {
-                    tracing::warn!(node = %config.node, error = %e, "cannot reach the registry; retrying with backoff (logged again when this changes)");
+                let code = e.code();
+                let failures = outage.map_or(0, |o| o.failures) + 1;
+                if outage.map(|o| o.code) != Some(code) {
+                    tracing::warn!(node = %node, error = %e, "cannot reach the registry; retrying with backoff (logged again when this changes)");
                 }
-                if e.code() == Code::InvalidArgument {
-                    return Err(e);
+                if code == Code::InvalidArgument {
+                    return ControlFlow::Break(Err(e));
                 }
+                let retry = call.again(Some(Outage { code, failures }));
+                State::Waiting(backoff(failures, self.interval()), Box::new(retry))
+            }
+        };
+        ControlFlow::Continue(next)
+    }
+
+    /// Removes our own registration only: a successor's stays.
+    async fn remove(&self) {
+        let config = &self.config;
+        let removal = self.client.remove_node(pb::RemoveNodeRequest {
+            service_group: config.group.clone(),
+            service_name: config.service.clone(),
+            node_name: config.node.clone(),
+            allow_missing: true,
+            instance_id: self.instance_id.clone(),
+        });
+        match tokio::time::timeout(Duration::from_secs(5), removal).await {
+            Ok(Ok(_)) => tracing::info!(node = %config.node, "node removed; agent stopped"),
+            Ok(Err(e)) => {
+                tracing::warn!(node = %config.node, error = %e, "could not remove the node; it will expire")
+            }
+            Err(_) => {
+                tracing::warn!(node = %config.node, "removing the node timed out; it will expire")
             }
         }
-        state = next_state;
-        let wait = if failures == 0 {
-            interval
-        } else {
-            backoff(failures, interval)
-        };
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tokio::time::sleep(wait) => {}
-        }
     }
-    // Remove our own registration only: a successor's stays.
-    let removal = client.remove_node(pb::RemoveNodeRequest {
-        service_group: config.group.clone(),
-        service_name: config.service.clone(),
-        node_name: config.node.clone(),
-        allow_missing: true,
-        instance_id,
-    });
-    match tokio::time::timeout(Duration::from_secs(5), removal).await {
-        Ok(Ok(_)) => tracing::info!(node = %config.node, "node removed; agent stopped"),
-        Ok(Err(e)) => {
-            tracing::warn!(node = %config.node, error = %e, "could not remove the node; it will expire")
-        }
-        Err(_) => {
-            tracing::warn!(node = %config.node, "removing the node timed out; it will expire")
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -209,6 +315,63 @@ mod tests {
             assert!(d >= Duration::from_millis(100), "{failures}: {d:?}");
         }
         assert!(backoff(30, cap) >= cap / 2);
+    }
+
+    /// An agent for a server nobody listens on: only `after` is called.
+    async fn agent() -> Agent {
+        Agent::new(AgentConfig {
+            server: "127.0.0.1:1".into(),
+            group: String::new(),
+            service: "svc".into(),
+            node: "n1".into(),
+            port: 0,
+            ttl: Duration::from_secs(30),
+            metadata: HashMap::new(),
+            auto: false,
+        })
+        .await
+        .expect("a lazy client")
+    }
+
+    fn failed(code: Code) -> Result<(), ClientError> {
+        Err(tonic::Status::new(code, "test").into())
+    }
+
+    #[tokio::test]
+    async fn transitions() {
+        let a = agent().await;
+        let renew = |step: Step| match step {
+            ControlFlow::Continue(State::Waiting(wait, next)) => (wait, *next),
+            other => panic!("{other:?}"),
+        };
+        let (wait, next) = renew(a.after(Call::Register, None, Ok(())));
+        assert_eq!(wait, Duration::from_secs(10));
+        assert!(matches!(next, State::Renewing(None)), "{next:?}");
+
+        let (wait, next) = renew(a.after(Call::Heartbeat, None, failed(Code::Unavailable)));
+        assert!(wait <= Duration::from_millis(200), "{wait:?}");
+        let State::Renewing(Some(outage)) = next else {
+            panic!("{next:?}")
+        };
+        assert_eq!((outage.code, outage.failures), (Code::Unavailable, 1));
+        let (_, next) = renew(a.after(Call::Register, Some(outage), failed(Code::Unknown)));
+        assert!(
+            matches!(next, State::Registering(Some(o)) if o.failures == 2 && o.code == Code::Unknown),
+            "{next:?}"
+        );
+
+        let gone = a.after(Call::Heartbeat, Some(outage), failed(Code::NotFound));
+        assert!(
+            matches!(gone, ControlFlow::Continue(State::Registering(None))),
+            "{gone:?}"
+        );
+        let taken = a.after(Call::Heartbeat, None, failed(Code::FailedPrecondition));
+        assert!(
+            matches!(taken, ControlFlow::Continue(State::TakenOver)),
+            "{taken:?}"
+        );
+        let refused = a.after(Call::Register, None, failed(Code::InvalidArgument));
+        assert!(matches!(refused, ControlFlow::Break(Err(_))), "{refused:?}");
     }
 
     #[test]

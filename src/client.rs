@@ -129,6 +129,23 @@ impl Event {
             EventType::Unspecified => return None,
         })
     }
+
+    /// The proto's type of this event, the inverse of [`Event::from_proto`];
+    /// its `as_str_name` is the name the CLI prints.
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Event::Initial(_) => EventType::Initial,
+            Event::Synced => EventType::Synced,
+            Event::NodeAdded(_) => EventType::NodeAdded,
+            Event::NodeUpdated(_) => EventType::NodeUpdated,
+            Event::NodeRemoved(_) => EventType::NodeRemoved,
+            Event::NodeExpired(_) => EventType::NodeExpired,
+            Event::ServiceRegistered(_) => EventType::ServiceRegistered,
+            Event::ServiceUpdated(_) => EventType::ServiceUpdated,
+            Event::ServiceRemoved(_) => EventType::ServiceRemoved,
+            Event::Resync => EventType::Resync,
+        }
+    }
 }
 
 /// A connection to a `discovered` server. Cheap to clone; clones share the
@@ -411,6 +428,32 @@ async fn watch_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_types_round_trip() {
+        let (node, service) = (pb::Node::default(), pb::Service::default());
+        let events = [
+            Event::Initial(node.clone()),
+            Event::Synced,
+            Event::NodeAdded(node.clone()),
+            Event::NodeUpdated(node.clone()),
+            Event::NodeRemoved(node.clone()),
+            Event::NodeExpired(node.clone()),
+            Event::ServiceRegistered(service.clone()),
+            Event::ServiceUpdated(service.clone()),
+            Event::ServiceRemoved(service.clone()),
+            Event::Resync,
+        ];
+        for event in events {
+            let wire = pb::WatchEvent {
+                r#type: event.event_type().into(),
+                node: Some(node.clone()),
+                service: Some(service.clone()),
+                ..Default::default()
+            };
+            assert_eq!(Event::from_proto(wire), Some(event));
+        }
+    }
 
     #[test]
     fn addresses() {

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::logging::{self, LogFormat};
+use super::parse_meta;
+use super::runtime::{self, Threads};
 use crate::agent::{self, AgentConfig};
 
 /// Flags of `discovered agent`. Each also reads an environment variable.
@@ -46,16 +49,9 @@ pub struct AgentArgs {
     no_auto: bool,
 }
 
-fn parse_meta(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
-    }
-}
-
 /// Runs the agent until SIGINT or SIGTERM; returns the exit code.
 pub fn run(args: AgentArgs) -> ExitCode {
-    super::serve::init_logging(super::serve::LogFormat::Text);
+    logging::init(LogFormat::Text);
     let node = args
         .node
         .clone()
@@ -70,18 +66,7 @@ pub fn run(args: AgentArgs) -> ExitCode {
         metadata: args.meta.into_iter().collect::<HashMap<_, _>>(),
         auto: !args.no_auto,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(agent::run(config, super::serve::shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    runtime::block_on(Threads::PerCore, async {
+        runtime::finish(agent::run(config, super::signal::shutdown()).await)
+    })
 }

@@ -1,9 +1,17 @@
 //! The `discovered` command line.
+//!
+//! One module per subcommand (`serve`, `agent`, and the client commands in
+//! `commands`), plus what they share: `logging`, `signal` (SIGINT/SIGTERM),
+//! `runtime` (start-up and exit), `output` (tables and JSON) and
+//! `parse_meta` here.
 
 mod agent;
 mod commands;
+mod logging;
 mod output;
+mod runtime;
 mod serve;
+mod signal;
 
 use clap::{Parser, Subcommand};
 
@@ -60,9 +68,25 @@ fn one_line(message: &str) -> String {
     format!("{} (see --help)", first.join(" "))
 }
 
+/// A `--meta KEY=VALUE` flag as a pair; the key must not be empty.
+fn parse_meta(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::one_line;
+    use super::{one_line, parse_meta};
+
+    #[test]
+    fn meta_is_key_equals_value() {
+        assert_eq!(parse_meta("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert_eq!(parse_meta("a="), Ok(("a".into(), String::new())));
+        assert!(parse_meta("=b").is_err());
+        assert!(parse_meta("ab").is_err());
+    }
 
     #[test]
     fn clap_errors_become_one_line() {

@@ -12,6 +12,7 @@ use clap::ValueEnum;
 use prost_types::Timestamp;
 use serde_json::{Map, Value, json};
 
+use crate::client::Event;
 use crate::proto::v1 as pb;
 
 /// How a command prints its result on stdout.
@@ -202,6 +203,158 @@ pub fn service_table(s: &pb::Service) -> String {
         vec!["updated_at".into(), time_or(&s.updated_at, "-")],
     ];
     table(&["FIELD", "VALUE"], &rows)
+}
+
+/// A command's result in both forms, for [`Printed::print`] to pick one.
+#[derive(Debug)]
+pub struct Printed {
+    json: Value,
+    table: String,
+}
+
+impl Printed {
+    /// Writes the form `output` asks for to stdout (see [`emit`]).
+    pub fn print(&self, output: Output) {
+        match output {
+            Output::Json => emit(&self.json.to_string()),
+            Output::Table => emit(&self.table),
+        }
+    }
+}
+
+/// A service record: JSON object, or FIELD/VALUE lines.
+pub fn service(s: &pb::Service) -> Printed {
+    Printed {
+        json: service_json(s),
+        table: service_table(s),
+    }
+}
+
+/// One node record: JSON object, or a table of one row.
+pub fn node(n: &pb::Node) -> Printed {
+    Printed {
+        json: node_json(n),
+        table: nodes_table(std::slice::from_ref(n)),
+    }
+}
+
+/// Node records: JSON array, or a table.
+pub fn nodes(nodes: &[pb::Node]) -> Printed {
+    Printed {
+        json: Value::Array(nodes.iter().map(node_json).collect()),
+        table: nodes_table(nodes),
+    }
+}
+
+/// Names: JSON array of strings, or one per line under `header`.
+pub fn names(header: &str, names: &[String]) -> Printed {
+    Printed {
+        json: json!(names),
+        table: names_table(header, names),
+    }
+}
+
+/// A heartbeat's result: the node's new deadline (`never` in a table,
+/// null in JSON, for a node without a TTL).
+pub fn renewed(service: &str, node: &str, expires: &Option<Timestamp>) -> Printed {
+    Printed {
+        json: json!({
+            "service_name": service,
+            "node_name": node,
+            "expires_at": time_json(expires),
+        }),
+        table: table(
+            &["NAME", "EXPIRES"],
+            &[vec![node.to_string(), time_or(expires, "never")]],
+        ),
+    }
+}
+
+/// A remove-node's result.
+pub fn node_removed(node: &str, removed: bool) -> Printed {
+    Printed {
+        json: json!({ "removed": removed }),
+        table: if removed {
+            format!("removed node {node}")
+        } else {
+            format!("node {node} did not exist")
+        },
+    }
+}
+
+/// A remove-service's result.
+pub fn service_removed(service: &str, r: &pb::RemoveServiceResponse) -> Printed {
+    Printed {
+        json: json!({ "removed": r.removed, "nodes_removed": r.nodes_removed }),
+        table: if r.removed {
+            format!("removed service {service} with {} node(s)", r.nodes_removed)
+        } else {
+            format!("service {service} did not exist")
+        },
+    }
+}
+
+/// A remove-group's result.
+pub fn group_removed(group: &str, r: &pb::RemoveServiceGroupResponse) -> Printed {
+    Printed {
+        json: json!({ "removed": r.removed, "services_removed": r.services_removed }),
+        table: if r.removed {
+            format!(
+                "removed group {group} with {} service(s)",
+                r.services_removed
+            )
+        } else {
+            format!("group {group} did not exist")
+        },
+    }
+}
+
+/// One watch event. JSON: an object with `type`, `group`, `service` (the
+/// service name, null on markers of a group watch), and `node` (the node
+/// record) on INITIAL/NODE_* or `service_record` on SERVICE_* events;
+/// markers (SYNCED, RESYNC) carry the watch's `group` and `service`, as
+/// given. Table: one line of text.
+pub fn event(e: &Event, group: &str, service: Option<&str>) -> Printed {
+    let name = event_name(e);
+    let mut json = json!({ "type": name });
+    let (table, g, s): (String, String, Option<String>) = match e {
+        Event::Initial(n)
+        | Event::NodeAdded(n)
+        | Event::NodeUpdated(n)
+        | Event::NodeRemoved(n)
+        | Event::NodeExpired(n) => {
+            json["node"] = node_json(n);
+            let ip = if n.ip.is_empty() {
+                "-".to_string()
+            } else {
+                n.ip.join(",")
+            };
+            let line = format!(
+                "{name:<18}  {}/{}  {}  {ip}  {}",
+                n.service_group, n.service_name, n.node_name, n.port
+            );
+            (line, n.service_group.clone(), Some(n.service_name.clone()))
+        }
+        Event::ServiceRegistered(r) | Event::ServiceUpdated(r) | Event::ServiceRemoved(r) => {
+            json["service_record"] = service_json(r);
+            let line = format!("{name:<18}  {}/{}", r.service_group, r.service_name);
+            (line, r.service_group.clone(), Some(r.service_name.clone()))
+        }
+        Event::Synced | Event::Resync => (
+            name.to_string(),
+            group.to_string(),
+            service.map(str::to_string),
+        ),
+    };
+    json["group"] = json!(g);
+    json["service"] = json!(s);
+    Printed { json, table }
+}
+
+/// The event's name as in the proto, without the `EVENT_TYPE_` prefix.
+fn event_name(e: &Event) -> &'static str {
+    let name = e.event_type().as_str_name();
+    name.strip_prefix("EVENT_TYPE_").unwrap_or(name)
 }
 
 #[cfg(test)]

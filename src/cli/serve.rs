@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
+
+use super::logging::{self, LogFormat};
+use super::runtime::{self, Threads};
 
 use crate::model::{validate_name, validate_ttl};
 use crate::server::{self, Defaults};
@@ -79,15 +82,6 @@ pub struct ServeArgs {
     log_format: LogFormat,
 }
 
-/// How logs are written to stderr.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(super) enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 impl ServeArgs {
     /// The Redis settings, or `None` for the in-memory store.
     fn redis_config(&self) -> Result<Option<RedisConfig>, String> {
@@ -125,37 +119,12 @@ impl ServeArgs {
     }
 }
 
-pub(super) fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 /// Runs the server until SIGINT or SIGTERM; returns the exit code.
 pub fn run(args: ServeArgs) -> ExitCode {
-    init_logging(args.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            // One plain line, whatever the log format: this is what an
-            // operator reads when the server will not start.
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    logging::init(args.log_format);
+    runtime::block_on(Threads::PerCore, async {
+        runtime::finish(serve(args).await)
+    })
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
@@ -198,37 +167,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         registry,
         defaults,
         listener,
-        shutdown_signal(),
+        super::signal::shutdown(),
         Duration::from_secs(args.drain_timeout),
     )
     .await
     .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub(super) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

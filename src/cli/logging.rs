@@ -1,0 +1,26 @@
+//! Logs on stderr, for the long-running subcommands (`serve`, `agent`).
+
+use clap::ValueEnum;
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Sends `tracing` to stderr in `format`, at the levels RUST_LOG asks for
+/// (info without it): stdout stays free for what a command prints.
+pub(super) fn init(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
