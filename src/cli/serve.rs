@@ -10,9 +10,39 @@ use clap::Args;
 use super::logging::{self, LogFormat};
 use super::runtime::{self, Threads};
 
-use crate::model::{validate_name, validate_ttl};
-use crate::server::{self, Defaults};
-use crate::store::{MemoryRegistry, RedisConfig, RedisRegistry, Registry};
+use crate::model::{InvalidField, validate_name, validate_ttl};
+use crate::server::{self, Defaults, ServeError};
+use crate::store::redis::{CheckError, ConfigError};
+use crate::store::{MemoryRegistry, RedisConfig, RedisRegistry, Registry, StoreError};
+
+/// Why `discovered serve` stopped with an error: printed as one line,
+/// exit code 1.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// A flag broke a rule.
+    #[error(transparent)]
+    Flag(#[from] InvalidField),
+    /// The Redis flags do not name a usable Redis.
+    #[error(transparent)]
+    RedisConfig(#[from] ConfigError),
+    /// The Redis store could not be set up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Redis does not answer as the server needs at start.
+    #[error(transparent)]
+    Check(#[from] CheckError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
 
 /// Flags of `discovered serve`. Each also reads an environment variable.
 #[derive(Debug, Args)]
@@ -84,7 +114,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The Redis settings, or `None` for the in-memory store.
-    fn redis_config(&self) -> Result<Option<RedisConfig>, String> {
+    fn redis_config(&self) -> Result<Option<RedisConfig>, ConfigError> {
         let config = self.redis_parts()?;
         Ok(config.map(|c| RedisConfig {
             config_set: !self.no_config_set,
@@ -92,11 +122,9 @@ impl ServeArgs {
         }))
     }
 
-    fn redis_parts(&self) -> Result<Option<RedisConfig>, String> {
+    fn redis_parts(&self) -> Result<Option<RedisConfig>, ConfigError> {
         if let Some(url) = &self.redis_url {
-            return RedisConfig::from_url(url, &self.key_prefix)
-                .map(Some)
-                .map_err(|e| e.to_string());
+            return RedisConfig::from_url(url, &self.key_prefix).map(Some);
         }
         let any_part = self.redis_host.is_some()
             || self.redis_port.is_some()
@@ -115,7 +143,6 @@ impl ServeArgs {
             &self.key_prefix,
         )
         .map(Some)
-        .map_err(|e| e.to_string())
     }
 }
 
@@ -127,22 +154,22 @@ pub fn run(args: ServeArgs) -> ExitCode {
     })
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
     // rediss:// needs a TLS crypto provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    validate_name("--service-group", &args.service_group).map_err(|e| e.to_string())?;
+    validate_name("--service-group", &args.service_group)?;
     let defaults = Defaults {
         service_group: args.service_group.clone(),
         node_ttl: match args.node_ttl {
-            Some(s) => validate_ttl("--node-ttl", s).map_err(|e| e.to_string())?,
+            Some(s) => validate_ttl("--node-ttl", s)?,
             None => None,
         },
         auto: !args.no_auto,
     };
     let registry: Arc<dyn Registry> = match args.redis_config()? {
         Some(config) => {
-            let redis = RedisRegistry::new(config).map_err(|e| e.to_string())?;
-            redis.check().await.map_err(|e| e.to_string())?;
+            let redis = RedisRegistry::new(config)?;
+            redis.check().await?;
             Arc::new(redis)
         }
         None => {
@@ -154,7 +181,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        .map_err(|source| Failure::Listen {
+            addr: args.listen,
+            source,
+        })?;
     tracing::info!(
         listen = %args.listen,
         store = %registry.describe(),
@@ -170,8 +200,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         super::signal::shutdown(),
         Duration::from_secs(args.drain_timeout),
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }
