@@ -1,12 +1,10 @@
 //! Redis-specific behaviour: what is left in Redis after removals, what a
 //! GetNodes costs, and what happens when Redis dies and comes back.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{Backend, TestServer, bare_node, eventually};
+use crate::common::{Backend, TestServer, bare_node, eventually};
 use discovered::proto::v1::*;
 use redis::AsyncCommands;
 use tonic::Code;

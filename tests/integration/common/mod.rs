@@ -341,7 +341,6 @@ where
 /// a multi-threaded runtime as in production: the server's tasks (the Redis
 /// subscriber, each stream) run in parallel with the test's clients, so an
 /// ordering that only holds when they take turns fails here.
-#[macro_export]
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -362,3 +361,4 @@ macro_rules! conformance {
         }
     };
 }
+pub(crate) use conformance;

@@ -1,16 +1,14 @@
 //! The client commands of the real `discovered` binary against an
 //! in-process server: output in table and JSON form, and exit codes.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Backend, TestServer, free_port};
+use crate::common::{Backend, TestServer, free_port};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use common::BIN;
+use crate::common::BIN;
 
 struct Out {
     code: Option<i32>,

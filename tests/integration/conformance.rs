@@ -2,12 +2,10 @@
 //! body runs twice, once on the memory store and once on a real Redis (see
 //! the `conformance!` list at the end).
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use discovered::proto::v1::discovery_client::DiscoveryClient;
 use discovered::proto::v1::*;
 use discovered::server::Defaults;

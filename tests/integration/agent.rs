@@ -1,11 +1,9 @@
 //! `discovered agent` and `discovered serve` as real processes: the agent
 //! keeps its node registered through restarts and removes it on SIGTERM.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Proc, RedisServer, eventually, free_port, ms, now_ms};
+use crate::common::{Proc, RedisServer, eventually, free_port, ms, now_ms};
 use discovered::client::{Client, Event};
 use discovered::hostfacts;
 use discovered::proto::v1::Node;

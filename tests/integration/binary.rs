@@ -1,10 +1,8 @@
 //! The real `discovered` binary as a subprocess, the way operators run it.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Proc, RedisServer, free_port};
+use crate::common::{Proc, RedisServer, free_port};
 use discovered::proto::v1::discovery_client::DiscoveryClient;
 use discovered::proto::v1::*;
 

@@ -1,10 +1,8 @@
 //! Heartbeat and instance ownership, on both backends.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, TestServer, bare_node, eventually, ms, now_ms};
+use crate::common::{Backend, TestServer, bare_node, conformance, eventually, ms, now_ms};
 use discovered::proto::v1::discovery_client::DiscoveryClient;
 use discovered::proto::v1::*;
 use discovered::server::Defaults;

@@ -4,12 +4,10 @@
 //! memory store and once on a real Redis (see the `conformance!` list at
 //! the end).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use discovered::proto::v1::discovery_client::DiscoveryClient;
 use discovered::proto::v1::*;
 use discovered::server::Defaults;

@@ -2,12 +2,10 @@
 //! restarting under open streams, a thousand watchers on one subscription,
 //! slow and vanished watchers.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, RedisServer, TestServer, bare_node, eventually};
+use crate::common::{Backend, RedisServer, TestServer, bare_node, eventually};
 use discovered::proto::v1::discovery_client::DiscoveryClient;
 use discovered::proto::v1::*;
 use discovered::server::Defaults;

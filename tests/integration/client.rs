@@ -1,11 +1,9 @@
 //! The typed Rust client, against a real server.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{RedisServer, bare_node, free_port};
+use crate::common::{RedisServer, bare_node, free_port};
 use discovered::client::{Client, Event};
 use discovered::proto::v1::*;
 use discovered::server::{Defaults, RunningServer};
