@@ -2,13 +2,11 @@
 //! in-process server: output in table and JSON form, and exit codes.
 
 use std::process::Stdio;
-use std::time::Duration;
 
-use crate::common::{Backend, TestServer, free_port};
+use crate::common::{BIN, Backend, TestServer, argv, free_port, scrub_env, within};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-use crate::common::BIN;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::ChildStdout;
 
 struct Out {
     code: Option<i32>,
@@ -16,29 +14,28 @@ struct Out {
     stderr: String,
 }
 
-fn command(server: &str, args: &[&str]) -> tokio::process::Command {
+/// `discovered ARGS --server SERVER`, ARGS written as one string (see
+/// [`argv`]).
+fn command(server: &str, args: &str) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(args)
+    scrub_env(cmd.as_std_mut())
+        .args(argv(args))
         .args(["--server", server])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("DISCOVERED_") {
-            cmd.env_remove(k);
-        }
-    }
+        .stderr(Stdio::piped());
+    cmd.kill_on_drop(true);
     cmd
 }
 
-/// Runs `discovered ARGS --server SERVER` to completion (at most 20 s).
-async fn run(server: &str, args: &[&str]) -> Out {
-    let out = tokio::time::timeout(Duration::from_secs(20), command(server, args).output())
-        .await
-        .unwrap_or_else(|_| panic!("discovered {args:?} did not finish within 20 s"))
-        .expect("run discovered");
+/// Runs `discovered ARGS --server SERVER` to completion.
+async fn run(server: &str, args: &str) -> Out {
+    let out = within(
+        &format!("discovered {args}"),
+        command(server, args).output(),
+    )
+    .await
+    .expect("run discovered");
     Out {
         code: out.status.code(),
         stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
@@ -47,7 +44,7 @@ async fn run(server: &str, args: &[&str]) -> Out {
 }
 
 /// Runs a command that must succeed; returns its stdout.
-async fn ok(server: &str, args: &[&str]) -> String {
+async fn ok(server: &str, args: &str) -> String {
     let out = run(server, args).await;
     assert_eq!(
         out.code,
@@ -59,15 +56,13 @@ async fn ok(server: &str, args: &[&str]) -> String {
 }
 
 /// Runs a command with `--output json`; returns its stdout as JSON.
-async fn ok_json(server: &str, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["--output", "json"]);
-    let stdout = ok(server, &all).await;
+async fn ok_json(server: &str, args: &str) -> Value {
+    let stdout = ok(server, &format!("{args} --output json")).await;
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
 /// Runs a command that must fail with `code`; returns its stderr.
-async fn fails(server: &str, args: &[&str], code: i32) -> String {
+async fn fails(server: &str, args: &str, code: i32) -> String {
     let out = run(server, args).await;
     assert_eq!(
         out.code,
@@ -85,6 +80,20 @@ async fn fails(server: &str, args: &[&str], code: i32) -> String {
     out.stderr
 }
 
+/// The next line a running `discovered watch` prints.
+async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
+    within("the next watch event", lines.next_line())
+        .await
+        .expect("read watch output")
+        .expect("watch ended early")
+}
+
+/// The next line of a `discovered watch --output json`, as JSON.
+async fn next_json(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
+    let line = next_line(lines).await;
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
 fn is_rfc3339(v: &Value) -> bool {
     v.as_str()
         .is_some_and(|s| s.len() == 24 && s.ends_with('Z') && s.as_bytes()[10] == b'T')
@@ -97,26 +106,7 @@ async fn services_in_table_and_json() {
 
     let table = ok(
         &s,
-        &[
-            "register-service",
-            "payments",
-            "--endpoint",
-            "https://pay.example:8443",
-            "--endpoint-type",
-            "http",
-            "--auth-type",
-            "basic",
-            "--auth-credentials",
-            "user:secret",
-            "--backend",
-            "postgres",
-            "--description",
-            "Takes money",
-            "--meta",
-            "team=billing",
-            "--meta",
-            "tier=1",
-        ],
+        "register-service payments --endpoint https://pay.example:8443 --endpoint-type http --auth-type basic --auth-credentials user:secret --backend postgres --description 'Takes money' --meta team=billing --meta tier=1",
     )
     .await;
     assert!(table.starts_with("FIELD"), "{table}");
@@ -126,14 +116,7 @@ async fn services_in_table_and_json() {
 
     let v = ok_json(
         &s,
-        &[
-            "register-service",
-            "orders",
-            "--group",
-            "shop",
-            "--endpoint",
-            "orders:9000",
-        ],
+        "register-service orders --group shop --endpoint orders:9000",
     )
     .await;
     assert_eq!(v["service_group"], "shop");
@@ -142,7 +125,7 @@ async fn services_in_table_and_json() {
     assert!(is_rfc3339(&v["registered_at"]), "{v}");
 
     // get-service hides credentials unless asked.
-    let v = ok_json(&s, &["get-service", "payments"]).await;
+    let v = ok_json(&s, "get-service payments").await;
     assert_eq!(v["service_group"], "default");
     assert_eq!(v["endpoint_type"], "http");
     assert_eq!(v["auth_type"], "basic");
@@ -152,84 +135,64 @@ async fn services_in_table_and_json() {
     assert_eq!(v["metadata"]["team"], "billing");
     assert_eq!(v["metadata"]["tier"], "1");
     assert!(is_rfc3339(&v["updated_at"]), "{v}");
-    let v = ok_json(&s, &["get-service", "payments", "--reveal-credentials"]).await;
+    let v = ok_json(&s, "get-service payments --reveal-credentials").await;
     assert_eq!(v["auth_credentials"], "user:secret");
-    let table = ok(&s, &["get-service", "payments", "--reveal-credentials"]).await;
+    let table = ok(&s, "get-service payments --reveal-credentials").await;
     assert!(table.contains("user:secret"), "{table}");
     assert!(table.contains("Takes money"), "{table}");
-    let table = ok(&s, &["get-service", "orders", "--group", "shop"]).await;
+    let table = ok(&s, "get-service orders --group shop").await;
     assert!(table.contains("orders:9000"), "{table}");
 
     // Services are listed from their first node on.
-    ok(
-        &s,
-        &["register-node", "payments", "pay-1", "--ip", "10.0.0.1"],
-    )
-    .await;
-    ok(
-        &s,
-        &["register-node", "ledger", "led-1", "--ip", "10.0.0.2"],
-    )
-    .await;
-    ok(
-        &s,
-        &[
-            "register-node",
-            "orders",
-            "ord-1",
-            "--group",
-            "shop",
-            "--ip",
-            "10.0.0.3",
-        ],
-    )
-    .await;
-    let table = ok(&s, &["services"]).await;
+    ok(&s, "register-node payments pay-1 --ip 10.0.0.1").await;
+    ok(&s, "register-node ledger led-1 --ip 10.0.0.2").await;
+    ok(&s, "register-node orders ord-1 --group shop --ip 10.0.0.3").await;
+    let table = ok(&s, "services").await;
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines, ["SERVICE", "ledger", "payments"], "{table}");
-    let v = ok_json(&s, &["services", "--group", "shop"]).await;
+    let v = ok_json(&s, "services --group shop").await;
     assert_eq!(v, serde_json::json!(["orders"]));
 
-    let table = ok(&s, &["groups"]).await;
+    let table = ok(&s, "groups").await;
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines, ["GROUP", "default", "shop"], "{table}");
-    let v = ok_json(&s, &["groups"]).await;
+    let v = ok_json(&s, "groups").await;
     assert_eq!(v, serde_json::json!(["default", "shop"]));
 
     // remove-service, with and without --allow-missing.
-    let table = ok(&s, &["remove-service", "ledger"]).await;
+    let table = ok(&s, "remove-service ledger").await;
     assert!(
         table.contains("removed service ledger with 1 node(s)"),
         "{table}"
     );
-    let v = ok_json(&s, &["remove-service", "payments"]).await;
+    let v = ok_json(&s, "remove-service payments").await;
     assert_eq!(v, serde_json::json!({"removed": true, "nodes_removed": 1}));
-    fails(&s, &["remove-service", "payments"], 3).await;
-    let v = ok_json(&s, &["remove-service", "payments", "--allow-missing"]).await;
+    fails(&s, "remove-service payments", 3).await;
+    let v = ok_json(&s, "remove-service payments --allow-missing").await;
     assert_eq!(v["removed"], false);
-    let table = ok(&s, &["remove-service", "payments", "--allow-missing"]).await;
+    let table = ok(&s, "remove-service payments --allow-missing").await;
     assert!(table.contains("did not exist"), "{table}");
 
     // remove-group: GROUP is positional and required.
-    fails(&s, &["remove-group"], 2).await;
-    let table = ok(&s, &["remove-group", "shop"]).await;
+    fails(&s, "remove-group", 2).await;
+    let table = ok(&s, "remove-group shop").await;
     assert!(
         table.contains("removed group shop with 1 service(s)"),
         "{table}"
     );
-    fails(&s, &["remove-group", "shop"], 3).await;
-    let v = ok_json(&s, &["remove-group", "shop", "--allow-missing"]).await;
+    fails(&s, "remove-group shop", 3).await;
+    let v = ok_json(&s, "remove-group shop --allow-missing").await;
     assert_eq!(
         v,
         serde_json::json!({"removed": false, "services_removed": 0})
     );
-    ok(&s, &["register-node", "orders", "ord-1", "--group", "shop"]).await;
-    let v = ok_json(&s, &["remove-group", "shop"]).await;
+    ok(&s, "register-node orders ord-1 --group shop").await;
+    let v = ok_json(&s, "remove-group shop").await;
     assert_eq!(
         v,
         serde_json::json!({"removed": true, "services_removed": 1})
     );
-    let table = ok(&s, &["services", "--group", "shop"]).await;
+    let table = ok(&s, "services --group shop").await;
     assert_eq!(table.trim_end(), "SERVICE");
 }
 
@@ -240,23 +203,7 @@ async fn nodes_in_table_and_json() {
 
     let table = ok(
         &s,
-        &[
-            "register-node",
-            "payments",
-            "pay-1",
-            "--ip",
-            "10.0.0.1",
-            "--ip",
-            "fd00::1",
-            "--port",
-            "8443",
-            "--ttl",
-            "60",
-            "--instance-id",
-            "inst-a",
-            "--meta",
-            "zone=a",
-        ],
+        "register-node payments pay-1 --ip 10.0.0.1 --ip fd00::1 --port 8443 --ttl 60 --instance-id inst-a --meta zone=a",
     )
     .await;
     let lines: Vec<&str> = table.lines().collect();
@@ -274,17 +221,7 @@ async fn nodes_in_table_and_json() {
 
     let v = ok_json(
         &s,
-        &[
-            "register-node",
-            "payments",
-            "pay-2",
-            "--ip",
-            "10.0.0.2",
-            "--port",
-            "9000",
-            "--ttl",
-            "0",
-        ],
+        "register-node payments pay-2 --ip 10.0.0.2 --port 9000 --ttl 0",
     )
     .await;
     assert_eq!(v["node_name"], "pay-2");
@@ -295,9 +232,9 @@ async fn nodes_in_table_and_json() {
     assert!(!generated.is_empty());
 
     // Without --ip the server records the caller's address.
-    ok(&s, &["register-node", "payments", "pay-3", "--port", "1"]).await;
+    ok(&s, "register-node payments pay-3 --port 1").await;
 
-    let v = ok_json(&s, &["nodes", "payments"]).await;
+    let v = ok_json(&s, "nodes payments").await;
     let nodes = v.as_array().expect("array");
     let names: Vec<&str> = nodes
         .iter()
@@ -313,7 +250,7 @@ async fn nodes_in_table_and_json() {
     assert!(is_rfc3339(&nodes[0]["registered_at"]), "{v}");
     assert_eq!(nodes[2]["ip"], serde_json::json!(["127.0.0.1"]));
 
-    let table = ok(&s, &["nodes", "payments"]).await;
+    let table = ok(&s, "nodes payments").await;
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 4, "{table}");
     assert!(lines[0].starts_with("NAME"), "{table}");
@@ -323,71 +260,33 @@ async fn nodes_in_table_and_json() {
     );
     assert!(lines[2].contains(&generated), "{table}");
     assert!(lines[3].contains("127.0.0.1"), "{table}");
-    let table = ok(&s, &["nodes", "nobody"]).await;
+    let table = ok(&s, "nodes nobody").await;
     assert_eq!(table.split_whitespace().next(), Some("NAME"));
     assert_eq!(table.lines().count(), 1, "{table}");
 
     // heartbeat
-    let v = ok_json(&s, &["heartbeat", "payments", "pay-2", "--ttl", "120"]).await;
+    let v = ok_json(&s, "heartbeat payments pay-2 --ttl 120").await;
     assert_eq!(v["node_name"], "pay-2");
     assert!(is_rfc3339(&v["expires_at"]), "{v}");
-    let table = ok(
-        &s,
-        &[
-            "heartbeat",
-            "payments",
-            "pay-1",
-            "--instance-id",
-            "inst-a",
-            "--ttl",
-            "0",
-        ],
-    )
-    .await;
+    let table = ok(&s, "heartbeat payments pay-1 --instance-id inst-a --ttl 0").await;
     assert!(
         table.contains("pay-1") && table.contains("never"),
         "{table}"
     );
-    fails(
-        &s,
-        &["heartbeat", "payments", "pay-1", "--instance-id", "inst-b"],
-        6,
-    )
-    .await;
-    fails(&s, &["heartbeat", "payments", "gone"], 3).await;
+    fails(&s, "heartbeat payments pay-1 --instance-id inst-b", 6).await;
+    fails(&s, "heartbeat payments gone", 3).await;
 
     // remove-node
-    let err = fails(
-        &s,
-        &[
-            "remove-node",
-            "payments",
-            "pay-1",
-            "--instance-id",
-            "inst-b",
-        ],
-        6,
-    )
-    .await;
+    let err = fails(&s, "remove-node payments pay-1 --instance-id inst-b", 6).await;
     assert!(err.starts_with("error: FAILED_PRECONDITION: "), "{err}");
-    let table = ok(
-        &s,
-        &[
-            "remove-node",
-            "payments",
-            "pay-1",
-            "--instance-id",
-            "inst-a",
-        ],
-    )
-    .await;
+    let table = ok(&s, "remove-node payments pay-1 --instance-id inst-a").await;
     assert!(table.contains("removed node pay-1"), "{table}");
-    let v = ok_json(&s, &["remove-node", "payments", "pay-2"]).await;
+    let v = ok_json(&s, "remove-node payments pay-2").await;
     assert_eq!(v, serde_json::json!({"removed": true}));
-    fails(&s, &["remove-node", "payments", "pay-2"], 3).await;
-    let v = ok_json(&s, &["remove-node", "payments", "pay-2", "--allow-missing"]).await;
+    fails(&s, "remove-node payments pay-2", 3).await;
+    let v = ok_json(&s, "remove-node payments pay-2 --allow-missing").await;
     assert_eq!(v, serde_json::json!({"removed": false}));
-    let names: Vec<String> = ok_json(&s, &["nodes", "payments"])
+    let names: Vec<String> = ok_json(&s, "nodes payments")
         .await
         .as_array()
         .unwrap()
@@ -402,63 +301,41 @@ async fn errors_are_one_line_with_distinct_exit_codes() {
     let t = TestServer::start(Backend::Redis).await;
     let s = t.server.url();
 
-    let err = fails(&s, &["get-service", "missing"], 3).await;
+    let err = fails(&s, "get-service missing", 3).await;
     assert!(err.starts_with("error: NOT_FOUND: "), "{err}");
-    let err = fails(&s, &["get-service", "missing", "--output", "json"], 3).await;
+    let err = fails(&s, "get-service missing --output json", 3).await;
     assert!(err.starts_with("error: NOT_FOUND: "), "{err}");
 
-    let err = fails(&s, &["get-service", "a:b"], 4).await;
+    let err = fails(&s, "get-service a:b", 4).await;
     assert!(err.starts_with("error: INVALID_ARGUMENT: "), "{err}");
-    fails(&s, &["register-node", "a:b", "n1", "--ip", "10.0.0.1"], 4).await;
-    fails(&s, &["register-node", "svc", "n1", "--ip", "not-an-ip"], 4).await;
-    fails(&s, &["nodes", "svc", "--group", "a:b"], 4).await;
+    fails(&s, "register-node a:b n1 --ip 10.0.0.1", 4).await;
+    fails(&s, "register-node svc n1 --ip not-an-ip", 4).await;
+    fails(&s, "nodes svc --group a:b", 4).await;
 
     // A server that is down: a free port nobody listens on.
     let down = format!("127.0.0.1:{}", free_port());
-    let err = fails(&down, &["services"], 5).await;
+    let err = fails(&down, "services", 5).await;
     assert!(err.starts_with("error: UNAVAILABLE: "), "{err}");
-    fails(&down, &["watch", "--output", "json"], 5).await;
+    fails(&down, "watch --output json", 5).await;
 
     // Usage errors stay 2.
-    fails(&s, &["register-node", "svc"], 2).await;
-    fails(&s, &["register-node", "svc", "n", "--port", "70000"], 2).await;
-    fails(&s, &["nodes", "svc", "--output", "yaml"], 2).await;
-}
-
-/// Reads the next line of the watch's stdout, failing after 15 s.
-async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> Value {
-    let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
-        .await
-        .expect("no watch event within 15 s")
-        .expect("read watch output")
-        .expect("watch ended early");
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    fails(&s, "register-node svc", 2).await;
+    fails(&s, "register-node svc n --port 70000", 2).await;
+    fails(&s, "nodes svc --output yaml", 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_prints_state_then_changes() {
     let t = TestServer::start(Backend::Redis).await;
     let s = t.server.url();
-    ok(
-        &s,
-        &[
-            "register-node",
-            "payments",
-            "pay-1",
-            "--ip",
-            "10.0.0.1",
-            "--port",
-            "8080",
-        ],
-    )
-    .await;
+    ok(&s, "register-node payments pay-1 --ip 10.0.0.1 --port 8080").await;
 
-    let mut child = command(&s, &["watch", "payments", "--output", "json"])
+    let mut child = command(&s, "watch payments --output json")
         .spawn()
         .expect("spawn watch");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
 
-    let initial = next_line(&mut lines).await;
+    let initial = next_json(&mut lines).await;
     assert_eq!(initial["type"], "INITIAL", "{initial}");
     assert_eq!(initial["group"], "default");
     assert_eq!(initial["service"], "payments");
@@ -466,24 +343,12 @@ async fn watch_prints_state_then_changes() {
     assert_eq!(initial["node"]["ip"], serde_json::json!(["10.0.0.1"]));
     assert_eq!(initial["node"]["port"], 8080);
     assert!(initial.get("sequence").is_none(), "{initial}");
-    let synced = next_line(&mut lines).await;
+    let synced = next_json(&mut lines).await;
     assert_eq!(synced["type"], "SYNCED", "{synced}");
     assert_eq!(synced["service"], "payments");
 
-    ok(
-        &s,
-        &[
-            "register-node",
-            "payments",
-            "pay-2",
-            "--ip",
-            "10.0.0.2",
-            "--port",
-            "9090",
-        ],
-    )
-    .await;
-    let added = next_line(&mut lines).await;
+    ok(&s, "register-node payments pay-2 --ip 10.0.0.2 --port 9090").await;
+    let added = next_json(&mut lines).await;
     assert_eq!(added["type"], "NODE_ADDED", "{added}");
     assert_eq!(added["group"], "default");
     assert_eq!(added["service"], "payments");
@@ -491,8 +356,8 @@ async fn watch_prints_state_then_changes() {
     assert_eq!(added["node"]["ip"], serde_json::json!(["10.0.0.2"]));
     assert_eq!(added["node"]["port"], 9090);
 
-    ok(&s, &["remove-node", "payments", "pay-1"]).await;
-    let removed = next_line(&mut lines).await;
+    ok(&s, "remove-node payments pay-1").await;
+    let removed = next_json(&mut lines).await;
     assert_eq!(removed["type"], "NODE_REMOVED", "{removed}");
     assert_eq!(removed["node"]["node_name"], "pay-1");
 
@@ -504,9 +369,8 @@ async fn watch_prints_state_then_changes() {
         .await
         .expect("run kill");
     assert!(sent.success());
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+    let status = within("watch to stop on SIGINT", child.wait())
         .await
-        .expect("watch did not stop on SIGINT")
         .expect("wait");
     assert_eq!(status.code(), Some(0));
 }
@@ -515,39 +379,20 @@ async fn watch_prints_state_then_changes() {
 async fn watch_in_table_form_and_for_a_group() {
     let t = TestServer::start(Backend::Redis).await;
     let s = t.server.url();
-    ok(
-        &s,
-        &[
-            "register-node",
-            "payments",
-            "pay-1",
-            "--ip",
-            "10.0.0.1",
-            "--port",
-            "8080",
-        ],
-    )
-    .await;
+    ok(&s, "register-node payments pay-1 --ip 10.0.0.1 --port 8080").await;
 
-    let mut child = command(&s, &["watch"]).spawn().expect("spawn watch");
+    let mut child = command(&s, "watch").spawn().expect("spawn watch");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(15), lines.next_line())
-            .await
-            .expect("no watch event within 15 s")
-            .expect("read")
-            .expect("watch ended early")
-    };
-    let line = next().await;
+    let line = next_line(&mut lines).await;
     assert!(line.starts_with("INITIAL"), "{line}");
     assert!(
         line.contains("default/payments") && line.contains("pay-1"),
         "{line}"
     );
     assert!(line.contains("10.0.0.1") && line.contains("8080"), "{line}");
-    assert_eq!(next().await, "SYNCED");
-    ok(&s, &["register-service", "ledger"]).await;
-    let line = next().await;
+    assert_eq!(next_line(&mut lines).await, "SYNCED");
+    ok(&s, "register-service ledger").await;
+    let line = next_line(&mut lines).await;
     assert!(line.starts_with("SERVICE_REGISTERED"), "{line}");
     assert!(line.contains("default/ledger"), "{line}");
 
@@ -559,18 +404,7 @@ async fn register_node_auto_sends_this_machines_facts() {
     let t = TestServer::start(Backend::Redis).await;
     let s = t.server.url();
     let facts = discovered::hostfacts::gather();
-    let node = ok_json(
-        &s,
-        &[
-            "register-node",
-            "payments",
-            "auto-1",
-            "--auto",
-            "--port",
-            "80",
-        ],
-    )
-    .await;
+    let node = ok_json(&s, "register-node payments auto-1 --auto --port 80").await;
     assert_eq!(node["cpu_count"], facts.cpu_count, "{node}");
     assert_eq!(node["memory_mb"], facts.memory_mb, "{node}");
     assert_eq!(node["os"], facts.os.as_str(), "{node}");
@@ -590,18 +424,7 @@ async fn register_node_auto_sends_this_machines_facts() {
     assert_eq!(ips, facts.ip, "{node}");
 
     // Explicit flags win over discovered facts.
-    let node = ok_json(
-        &s,
-        &[
-            "register-node",
-            "payments",
-            "auto-2",
-            "--auto",
-            "--ip",
-            "10.9.9.9",
-        ],
-    )
-    .await;
+    let node = ok_json(&s, "register-node payments auto-2 --auto --ip 10.9.9.9").await;
     assert_eq!(node["ip"], serde_json::json!(["10.9.9.9"]), "{node}");
     assert_eq!(node["cpu_count"], facts.cpu_count, "{node}");
 }

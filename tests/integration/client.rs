@@ -1,29 +1,24 @@
 //! The typed Rust client, against a real server.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
 
-use crate::common::{RedisServer, bare_node, free_port};
-use discovered::client::{Client, Event};
+use crate::common::{RedisServer, bare_node, eventually, free_port, redis_registry, within};
+use discovered::client::{Client, ClientResult, Event};
 use discovered::proto::v1::*;
 use discovered::server::{Defaults, RunningServer};
-use discovered::store::{RedisConfig, RedisRegistry, Registry};
-use futures::StreamExt;
-use std::sync::Arc;
+use discovered::store::Registry;
+use futures::{Stream, StreamExt};
 use tonic::Code;
 
 async fn registry(redis: &RedisServer) -> Arc<dyn Registry> {
-    let r = RedisRegistry::new(RedisConfig::from_url(&redis.url(), "discovered").unwrap()).unwrap();
-    r.check().await.unwrap();
-    Arc::new(r)
+    Arc::new(redis_registry(redis).await)
 }
 
-async fn next<S: futures::Stream<Item = discovered::client::ClientResult<Event>> + Unpin>(
-    s: &mut S,
-) -> Event {
-    tokio::time::timeout(Duration::from_secs(15), s.next())
+/// The next event of the typed client's watch, which must come.
+async fn next(s: &mut (impl Stream<Item = ClientResult<Event>> + Unpin)) -> Event {
+    within("the next watch event", s.next())
         .await
-        .expect("no event within 15 s")
         .expect("stream ended")
         .expect("watch error")
 }
@@ -79,19 +74,13 @@ async fn calls_and_a_watch_that_survives_a_server_restart() {
     assert_eq!(next(&mut events).await, Event::Synced);
 
     // The same client works again, and the watch goes on.
-    let added = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            if let Ok(n) = client
-                .register_node(bare_node("", "payments", "pay-2", None))
-                .await
-            {
-                return n;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let added = eventually("the client to recover", || async {
+        client
+            .register_node(bare_node("", "payments", "pay-2", None))
+            .await
+            .ok()
     })
-    .await
-    .expect("the client did not recover");
+    .await;
     assert_eq!(next(&mut events).await, Event::NodeAdded(added));
     assert!(
         client
@@ -117,9 +106,8 @@ async fn a_refused_watch_ends_with_its_error() {
         .unwrap();
     let client = Client::connect(&addr.to_string()).await.unwrap();
     let mut events = Box::pin(client.watch("", "bad:name"));
-    let first = tokio::time::timeout(Duration::from_secs(15), events.next())
+    let first = within("the refused watch's error", events.next())
         .await
-        .unwrap()
         .expect("one item");
     assert_eq!(first.unwrap_err().code(), Code::InvalidArgument);
     assert!(

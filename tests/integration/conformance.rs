@@ -6,30 +6,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::common::*;
-use discovered::proto::v1::discovery_client::DiscoveryClient;
 use discovered::proto::v1::*;
 use discovered::server::Defaults;
 use prost_types::Timestamp;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
-
-type Client = DiscoveryClient<Channel>;
-
-/// How long time-based behaviour (expiry) may take to show. Generous: the
-/// waits poll and end as soon as the behaviour shows.
-const WAIT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// Waits (polling the clock) until the wall clock is past `t` ms.
-async fn wait_until_after(t: i64) {
-    eventually(&format!("the clock to pass {t} ms"), WAIT, || async move {
-        (now_ms() > t).then_some(())
-    })
-    .await
-}
 
 /// What the API should return for `req`, registered in `group`, without
 /// the server's timestamps.
@@ -109,30 +93,15 @@ async fn get_service(
     .map(|r| r.into_inner())
 }
 
-async fn nodes(c: &mut Client, group: &str, service: &str) -> Vec<Node> {
-    c.get_nodes(GetNodesRequest {
-        service_group: group.into(),
-        service_name: service.into(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("GetNodes {group}/{service}: {e}"))
-    .into_inner()
-    .nodes
-}
-
-fn node_names(nodes: &[Node]) -> Vec<String> {
-    nodes.iter().map(|n| n.node_name.clone()).collect()
-}
-
 /// Polls GetNodes until the node names are exactly `want`.
 async fn wait_for_node_names(c: &Client, group: &str, service: &str, want: &[&str]) -> Vec<Node> {
     let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
     let what = format!("nodes of {group}/{service} to be {want:?}");
-    eventually(&what, WAIT, || {
+    eventually(&what, || {
         let mut c = c.clone();
         let (group, service, want) = (group.to_string(), service.to_string(), want.clone());
         async move {
-            let nodes = nodes(&mut c, &group, &service).await;
+            let nodes = get_nodes(&mut c, &group, &service).await;
             (node_names(&nodes) == want).then_some(nodes)
         }
     })
@@ -168,39 +137,6 @@ async fn groups(c: &mut Client) -> Vec<String> {
     page.service_groups
 }
 
-/// Whether `message` names `field` as a word of its own (so that "ip" is
-/// not found in "description").
-fn mentions(message: &str, field: &str) -> bool {
-    let ident = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-    message.match_indices(field).any(|(i, _)| {
-        !ident(message[..i].chars().next_back())
-            && !ident(message[i + field.len()..].chars().next())
-    })
-}
-
-/// The error status of a call that must fail with `code`.
-#[track_caller]
-fn expect_code<T>(r: Result<tonic::Response<T>, Status>, code: Code, what: &str) -> Status {
-    match r {
-        Ok(_) => panic!("{what}: expected {code:?}, got OK"),
-        Err(s) => {
-            assert_eq!(s.code(), code, "{what}: wrong code ({:?})", s.message());
-            s
-        }
-    }
-}
-
-/// A call that must fail with INVALID_ARGUMENT naming `field`.
-#[track_caller]
-fn expect_invalid<T>(r: Result<tonic::Response<T>, Status>, field: &str, what: &str) {
-    let s = expect_code(r, Code::InvalidArgument, what);
-    assert!(
-        mentions(s.message(), field),
-        "{what}: message should name {field:?}: {:?}",
-        s.message()
-    );
-}
-
 /// Everything a client can see of one service, its group, and the groups.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
@@ -215,7 +151,7 @@ async fn snapshot(c: &mut Client, group: &str, service: &str) -> Snapshot {
         service: get_service(c, group, service, true)
             .await
             .expect("snapshot GetService"),
-        nodes: nodes(c, group, service).await,
+        nodes: get_nodes(c, group, service).await,
         services: services(c, group).await,
         groups: groups(c).await,
     }
@@ -224,12 +160,8 @@ async fn snapshot(c: &mut Client, group: &str, service: &str) -> Snapshot {
 /// Registers `shop/payments` (every field set) with node `n1`: the state
 /// that the refusal tests check is left untouched.
 async fn seed_shop_payments(c: &mut Client) {
-    c.register_service(full_service("shop", "payments"))
-        .await
-        .expect("RegisterService");
-    c.register_node(full_node("shop", "payments", "n1", 1))
-        .await
-        .expect("RegisterNode");
+    register_service(c, full_service("shop", "payments")).await;
+    register_node(c, full_node("shop", "payments", "n1", 1)).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -242,11 +174,7 @@ async fn register_and_get_service_round_trip(backend: Backend) {
 
     let req = full_service("shop", "payments");
     let before = now_ms();
-    let reg = c
-        .register_service(req.clone())
-        .await
-        .expect("RegisterService")
-        .into_inner();
+    let reg = register_service(c, req.clone()).await;
     let after = now_ms();
     assert_eq!(
         service_without_times(&reg),
@@ -274,11 +202,7 @@ async fn register_and_get_service_round_trip(backend: Backend) {
 
     // An empty group is the default group, on the way in and out.
     let req = full_service("", "billing");
-    let reg = c
-        .register_service(req.clone())
-        .await
-        .expect("RegisterService in default group")
-        .into_inner();
+    let reg = register_service(c, req.clone()).await;
     assert_eq!(reg.service_group, "default");
     assert_eq!(
         service_without_times(&reg),
@@ -318,13 +242,9 @@ async fn reregister_service_replaces_whole_record(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
 
-    let first = c
-        .register_service(full_service("shop", "payments"))
-        .await
-        .expect("first RegisterService")
-        .into_inner();
+    let first = register_service(c, full_service("shop", "payments")).await;
     // Make sure the clock has moved on, so a new updated_at must differ.
-    wait_until_after(ms(&first.updated_at)).await;
+    wait_past(ms(&first.updated_at)).await;
 
     let replacement = RegisterServiceRequest {
         service_group: "shop".into(),
@@ -333,11 +253,7 @@ async fn reregister_service_replaces_whole_record(backend: Backend) {
         endpoint_type: "grpc".into(),
         ..Default::default()
     };
-    let second = c
-        .register_service(replacement.clone())
-        .await
-        .expect("second RegisterService")
-        .into_inner();
+    let second = register_service(c, replacement.clone()).await;
     assert_eq!(
         service_without_times(&second),
         service_from(&replacement, "shop", false)
@@ -375,11 +291,7 @@ async fn credentials_only_when_revealed(backend: Backend) {
     let c = &mut t.client;
 
     let req = full_service("shop", "payments");
-    let reg = c
-        .register_service(req.clone())
-        .await
-        .expect("RegisterService")
-        .into_inner();
+    let reg = register_service(c, req.clone()).await;
     assert_eq!(
         reg.auth_credentials, "",
         "RegisterService never returns credentials"
@@ -404,11 +316,7 @@ async fn credentials_only_when_revealed(backend: Backend) {
     // A re-registration does not return them either, and replaces them.
     let mut again = req.clone();
     again.auth_credentials = "user:n3w".into();
-    let reg = c
-        .register_service(again)
-        .await
-        .expect("re-register")
-        .into_inner();
+    let reg = register_service(c, again).await;
     assert_eq!(reg.auth_credentials, "");
     let shown = get_service(c, "shop", "payments", true)
         .await
@@ -437,11 +345,7 @@ async fn register_node_and_get_nodes_round_trip(backend: Backend) {
     let mut registered = HashMap::new();
     for req in &reqs {
         let before = now_ms();
-        let node = c
-            .register_node(req.clone())
-            .await
-            .unwrap_or_else(|e| panic!("RegisterNode {}: {e}", req.node_name))
-            .into_inner();
+        let node = register_node(c, req.clone()).await;
         let after = now_ms();
         assert_eq!(node_without_times(&node), node_from(req, "shop"));
         let at = ms(&node.registered_at);
@@ -454,7 +358,7 @@ async fn register_node_and_get_nodes_round_trip(backend: Backend) {
         registered.insert(node.node_name.clone(), node);
     }
 
-    let got = nodes(c, "shop", "payments").await;
+    let got = get_nodes(c, "shop", "payments").await;
     assert_eq!(node_names(&got), ["n1", "n2", "n3"]);
     for node in &got {
         let req = reqs.iter().find(|r| r.node_name == node.node_name).unwrap();
@@ -467,35 +371,26 @@ async fn register_node_and_get_nodes_round_trip(backend: Backend) {
 
     // Default group through an empty service_group.
     let req = full_node("", "billing", "b1", 7);
-    let node = c
-        .register_node(req.clone())
-        .await
-        .expect("RegisterNode default group")
-        .into_inner();
+    let node = register_node(c, req.clone()).await;
     assert_eq!(node.service_group, "default");
     assert_eq!(node_without_times(&node), node_from(&req, "default"));
-    assert_eq!(nodes(c, "", "billing").await, std::slice::from_ref(&node));
-    assert_eq!(nodes(c, "default", "billing").await, [node]);
+    assert_eq!(
+        get_nodes(c, "", "billing").await,
+        std::slice::from_ref(&node)
+    );
+    assert_eq!(get_nodes(c, "default", "billing").await, [node]);
     // Nodes are scoped to their service and group.
-    assert!(nodes(c, "default", "payments").await.is_empty());
-    assert!(nodes(c, "shop", "billing").await.is_empty());
+    assert!(get_nodes(c, "default", "payments").await.is_empty());
+    assert!(get_nodes(c, "shop", "billing").await.is_empty());
 }
 
 async fn reregister_node_replaces_whole_record(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
 
-    let first = c
-        .register_node(full_node("shop", "payments", "n1", 1))
-        .await
-        .expect("first RegisterNode")
-        .into_inner();
-    let other = c
-        .register_node(full_node("shop", "payments", "n2", 2))
-        .await
-        .expect("RegisterNode n2")
-        .into_inner();
-    wait_until_after(ms(&first.updated_at)).await;
+    let first = register_node(c, full_node("shop", "payments", "n1", 1)).await;
+    let other = register_node(c, full_node("shop", "payments", "n2", 2)).await;
+    wait_past(ms(&first.updated_at)).await;
 
     let replacement = RegisterNodeRequest {
         service_group: "shop".into(),
@@ -506,11 +401,7 @@ async fn reregister_node_replaces_whole_record(backend: Backend) {
         port: 9,
         ..Default::default()
     };
-    let second = c
-        .register_node(replacement.clone())
-        .await
-        .expect("second RegisterNode")
-        .into_inner();
+    let second = register_node(c, replacement.clone()).await;
     let mut want = node_from(&replacement, "shop");
     want.ip = vec!["::1".into(), "192.168.1.9".into()];
     // Named no instance: the node keeps its own.
@@ -533,7 +424,7 @@ async fn reregister_node_replaces_whole_record(backend: Backend) {
         second.updated_at
     );
 
-    let got = nodes(c, "shop", "payments").await;
+    let got = get_nodes(c, "shop", "payments").await;
     assert_eq!(got, [second, other], "n1 replaced whole, n2 untouched");
 }
 
@@ -542,11 +433,7 @@ async fn node_of_unregistered_service_lists_it(backend: Backend) {
     let c = &mut t.client;
 
     assert!(groups(c).await.is_empty(), "a fresh registry has no groups");
-    let node = c
-        .register_node(bare_node("edge", "cache", "c1", None))
-        .await
-        .expect("RegisterNode")
-        .into_inner();
+    let node = register_node(c, bare_node("edge", "cache", "c1", None)).await;
 
     assert_eq!(services(c, "edge").await, ["cache"]);
     assert_eq!(groups(c).await, ["edge"]);
@@ -563,14 +450,10 @@ async fn node_of_unregistered_service_lists_it(backend: Backend) {
         "just group and name, registered_at unset"
     );
     assert_eq!(svc.registered_at, None);
-    assert_eq!(nodes(c, "edge", "cache").await, [node]);
+    assert_eq!(get_nodes(c, "edge", "cache").await, [node]);
 
     // Registering the service itself later fills in the record.
-    let reg = c
-        .register_service(full_service("edge", "cache"))
-        .await
-        .expect("RegisterService")
-        .into_inner();
+    let reg = register_service(c, full_service("edge", "cache")).await;
     assert!(reg.registered_at.is_some());
     let svc = get_service(c, "edge", "cache", false)
         .await
@@ -578,7 +461,7 @@ async fn node_of_unregistered_service_lists_it(backend: Backend) {
     assert_eq!(svc.registered_at, reg.registered_at);
     assert_eq!(svc.endpoint, "https://cache.example.com:8443/api");
     assert_eq!(services(c, "edge").await, ["cache"], "listed once");
-    assert_eq!(nodes(c, "edge", "cache").await.len(), 1, "node kept");
+    assert_eq!(get_nodes(c, "edge", "cache").await.len(), 1, "node kept");
 }
 
 async fn unknown_service_lookups(backend: Backend) {
@@ -586,7 +469,7 @@ async fn unknown_service_lookups(backend: Backend) {
     let c = &mut t.client;
 
     // Nothing at all yet.
-    assert!(nodes(c, "", "ghost").await.is_empty());
+    assert!(get_nodes(c, "", "ghost").await.is_empty());
     expect_code(
         c.get_service(GetServiceRequest {
             service_name: "ghost".into(),
@@ -598,10 +481,8 @@ async fn unknown_service_lookups(backend: Backend) {
     );
 
     // A known group, an unknown service in it.
-    c.register_service(bare_service("shop", "payments"))
-        .await
-        .expect("RegisterService");
-    assert!(nodes(c, "shop", "ghost").await.is_empty());
+    register_service(c, bare_service("shop", "payments")).await;
+    assert!(get_nodes(c, "shop", "ghost").await.is_empty());
     let s = expect_code(
         c.get_service(GetServiceRequest {
             service_group: "shop".into(),
@@ -614,7 +495,7 @@ async fn unknown_service_lookups(backend: Backend) {
     );
     assert!(s.message().contains("ghost"), "{:?}", s.message());
     // An unknown group.
-    assert!(nodes(c, "nowhere", "payments").await.is_empty());
+    assert!(get_nodes(c, "nowhere", "payments").await.is_empty());
     expect_code(
         c.get_service(GetServiceRequest {
             service_group: "nowhere".into(),
@@ -636,18 +517,10 @@ async fn node_with_ttl_expires(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
 
-    let keep = c
-        .register_node(bare_node("shop", "payments", "keep", None))
-        .await
-        .expect("RegisterNode keep")
-        .into_inner();
+    let keep = register_node(c, bare_node("shop", "payments", "keep", None)).await;
     assert_eq!(keep.expires_at, None);
     let before = now_ms();
-    let short = c
-        .register_node(bare_node("shop", "payments", "short", Some(1)))
-        .await
-        .expect("RegisterNode short")
-        .into_inner();
+    let short = register_node(c, bare_node("shop", "payments", "short", Some(1))).await;
     let lifetime = ms(&short.expires_at) - ms(&short.updated_at);
     assert!(
         (lifetime - 1000).abs() <= 100,
@@ -660,12 +533,12 @@ async fn node_with_ttl_expires(backend: Backend) {
     // so a slow machine cannot fail it.
     let expires = ms(&short.expires_at);
     assert!(before <= ms(&short.updated_at));
-    let left = eventually("the TTL node to expire", WAIT, || {
+    let left = eventually("the TTL node to expire", || {
         let mut c = c.clone();
         let short = short.clone();
         async move {
             let start = now_ms();
-            let listed = nodes(&mut c, "shop", "payments").await;
+            let listed = get_nodes(&mut c, "shop", "payments").await;
             let end = now_ms();
             let names = node_names(&listed);
             if start >= expires {
@@ -694,24 +567,12 @@ async fn reregistering_before_expiry_extends_ttl(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
 
-    let first = c
-        .register_node(bare_node("shop", "payments", "a", Some(1)))
-        .await
-        .expect("RegisterNode a")
-        .into_inner();
+    let first = register_node(c, bare_node("shop", "payments", "a", Some(1))).await;
     // A sentinel that expires no earlier than a's first deadline.
-    let sentinel = c
-        .register_node(bare_node("shop", "payments", "b", Some(1)))
-        .await
-        .expect("RegisterNode b")
-        .into_inner();
+    let sentinel = register_node(c, bare_node("shop", "payments", "b", Some(1))).await;
     assert!(ms(&sentinel.expires_at) >= ms(&first.expires_at));
 
-    let renewed = c
-        .register_node(bare_node("shop", "payments", "a", Some(60)))
-        .await
-        .expect("renew a")
-        .into_inner();
+    let renewed = register_node(c, bare_node("shop", "payments", "a", Some(60))).await;
     let lifetime = ms(&renewed.expires_at) - ms(&renewed.updated_at);
     assert!(
         (lifetime - 60_000).abs() <= 100,
@@ -728,8 +589,8 @@ async fn reregistering_before_expiry_extends_ttl(backend: Backend) {
     // The sentinel expires; give the sweepers time past the old deadline;
     // the renewed node is still there with its new deadline.
     wait_for_node_names(c, "shop", "payments", &["a"]).await;
-    wait_until_after(ms(&sentinel.expires_at) + 1000).await;
-    let left = nodes(c, "shop", "payments").await;
+    wait_past(ms(&sentinel.expires_at) + 1000).await;
+    let left = get_nodes(c, "shop", "payments").await;
     assert_eq!(
         left,
         std::slice::from_ref(&renewed),
@@ -737,12 +598,8 @@ async fn reregistering_before_expiry_extends_ttl(backend: Backend) {
     );
 
     // Renewing with the same TTL moves the deadline forward.
-    wait_until_after(ms(&renewed.updated_at)).await;
-    let again = c
-        .register_node(bare_node("shop", "payments", "a", Some(60)))
-        .await
-        .expect("renew a again")
-        .into_inner();
+    wait_past(ms(&renewed.updated_at)).await;
+    let again = register_node(c, bare_node("shop", "payments", "a", Some(60))).await;
     assert!(ms(&again.expires_at) > ms(&renewed.expires_at));
     assert_eq!(
         again.registered_at, renewed.registered_at,
@@ -755,22 +612,14 @@ async fn zero_or_negative_ttl_never_expires(backend: Backend) {
     let c = &mut t.client;
 
     for (name, ttl) in [("zero", Some(0)), ("neg", Some(-5)), ("none", None)] {
-        let node = c
-            .register_node(bare_node("shop", "payments", name, ttl))
-            .await
-            .unwrap_or_else(|e| panic!("RegisterNode {name}: {e}"))
-            .into_inner();
+        let node = register_node(c, bare_node("shop", "payments", name, ttl)).await;
         assert_eq!(node.expires_at, None, "{name}: no expiry");
     }
     // A node that does expire, to know when time has passed.
-    let sentinel = c
-        .register_node(bare_node("shop", "payments", "short", Some(1)))
-        .await
-        .expect("RegisterNode short")
-        .into_inner();
+    let sentinel = register_node(c, bare_node("shop", "payments", "short", Some(1))).await;
     wait_for_node_names(c, "shop", "payments", &["neg", "none", "zero"]).await;
-    wait_until_after(ms(&sentinel.expires_at) + 1000).await;
-    let left = nodes(c, "shop", "payments").await;
+    wait_past(ms(&sentinel.expires_at) + 1000).await;
+    let left = get_nodes(c, "shop", "payments").await;
     assert_eq!(node_names(&left), ["neg", "none", "zero"]);
     assert!(left.iter().all(|n| n.expires_at.is_none()));
 }
@@ -786,32 +635,20 @@ async fn server_default_ttl_applies(backend: Backend) {
     .await;
     let c = &mut t.client;
 
-    let dflt = c
-        .register_node(bare_node("shop", "payments", "dflt", None))
-        .await
-        .expect("RegisterNode dflt")
-        .into_inner();
+    let dflt = register_node(c, bare_node("shop", "payments", "dflt", None)).await;
     let lifetime = ms(&dflt.expires_at) - ms(&dflt.updated_at);
     assert!(
         (lifetime - 1000).abs() <= 100,
         "server default TTL 1 s: expires_at should be updated_at + 1 s, is + {lifetime} ms"
     );
     for (name, ttl) in [("zero", 0), ("neg", -1)] {
-        let node = c
-            .register_node(bare_node("shop", "payments", name, Some(ttl)))
-            .await
-            .unwrap_or_else(|e| panic!("RegisterNode {name}: {e}"))
-            .into_inner();
+        let node = register_node(c, bare_node("shop", "payments", name, Some(ttl))).await;
         assert_eq!(
             node.expires_at, None,
             "{name}: an explicit ttl_seconds {ttl} overrides the default"
         );
     }
-    let long = c
-        .register_node(bare_node("shop", "payments", "long", Some(60)))
-        .await
-        .expect("RegisterNode long")
-        .into_inner();
+    let long = register_node(c, bare_node("shop", "payments", "long", Some(60))).await;
     let lifetime = ms(&long.expires_at) - ms(&long.updated_at);
     assert!(
         (lifetime - 60_000).abs() <= 100,
@@ -819,9 +656,9 @@ async fn server_default_ttl_applies(backend: Backend) {
     );
 
     wait_for_node_names(c, "shop", "payments", &["long", "neg", "zero"]).await;
-    wait_until_after(ms(&dflt.expires_at) + 1000).await;
+    wait_past(ms(&dflt.expires_at) + 1000).await;
     assert_eq!(
-        node_names(&nodes(c, "shop", "payments").await),
+        node_names(&get_nodes(c, "shop", "payments").await),
         ["long", "neg", "zero"]
     );
 }
@@ -830,17 +667,9 @@ async fn expired_node_registered_again_starts_afresh(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
 
-    let first = c
-        .register_node(bare_node("shop", "payments", "a", Some(1)))
-        .await
-        .expect("RegisterNode")
-        .into_inner();
+    let first = register_node(c, bare_node("shop", "payments", "a", Some(1))).await;
     wait_for_node_names(c, "shop", "payments", &[]).await;
-    let again = c
-        .register_node(bare_node("shop", "payments", "a", None))
-        .await
-        .expect("RegisterNode again")
-        .into_inner();
+    let again = register_node(c, bare_node("shop", "payments", "a", None)).await;
     assert!(
         ms(&again.registered_at) > ms(&first.registered_at),
         "a node registered after it expired is new: registered_at {:?} -> {:?}",
@@ -849,7 +678,7 @@ async fn expired_node_registered_again_starts_afresh(backend: Backend) {
     );
     assert_eq!(again.registered_at, again.updated_at);
     assert_eq!(again.expires_at, None);
-    assert_eq!(nodes(c, "shop", "payments").await, [again]);
+    assert_eq!(get_nodes(c, "shop", "payments").await, [again]);
 }
 
 // ---------------------------------------------------------------------------
@@ -875,14 +704,10 @@ type AutoCase<'a> = (&'a str, &'a [&'a str], Option<bool>, &'a [&'a str]);
 
 async fn check_auto(c: &mut Client, cases: &[AutoCase<'_>]) {
     for (name, ip, auto, want) in cases {
-        let node = c
-            .register_node(auto_node(name, ip, *auto))
-            .await
-            .unwrap_or_else(|e| panic!("RegisterNode {name}: {e}"))
-            .into_inner();
+        let node = register_node(c, auto_node(name, ip, *auto)).await;
         assert_eq!(node.ip, *want, "{name}: ip {ip:?} auto {auto:?}");
     }
-    let got = nodes(c, "shop", "payments").await;
+    let got = get_nodes(c, "shop", "payments").await;
     for (name, ip, auto, want) in cases {
         let node = got
             .iter()
@@ -1004,22 +829,14 @@ async fn list_services_paginates(backend: Backend) {
     for (i, name) in want.iter().enumerate().rev() {
         if i % 5 == 0 {
             // Some services exist only through a node.
-            c.register_node(bare_node("shop", name, "n1", None))
-                .await
-                .expect("RegisterNode");
+            register_node(c, bare_node("shop", name, "n1", None)).await;
         } else {
-            c.register_service(bare_service("shop", name))
-                .await
-                .expect("RegisterService");
+            register_service(c, bare_service("shop", name)).await;
         }
     }
     // Another group's services are not listed.
-    c.register_service(bare_service("other", "s-other"))
-        .await
-        .expect("RegisterService other");
-    c.register_service(bare_service("", "s-default"))
-        .await
-        .expect("RegisterService default");
+    register_service(c, bare_service("other", "s-other")).await;
+    register_service(c, bare_service("", "s-default")).await;
     want.sort();
 
     check_pages(&service_pages(c, "shop", 10).await, &[10, 10, 5], &want);
@@ -1065,17 +882,11 @@ async fn list_service_groups_paginates(backend: Backend) {
     let mut want: Vec<String> = (0..12).map(|i| format!("g{i}")).collect();
     for (i, group) in want.iter().enumerate() {
         if i % 3 == 0 {
-            c.register_node(bare_node(group, "svc", "n1", None))
-                .await
-                .expect("RegisterNode");
+            register_node(c, bare_node(group, "svc", "n1", None)).await;
         } else {
-            c.register_service(bare_service(group, "svc"))
-                .await
-                .expect("RegisterService");
+            register_service(c, bare_service(group, "svc")).await;
             // A second service does not list the group twice.
-            c.register_service(bare_service(group, "svc2"))
-                .await
-                .expect("RegisterService");
+            register_service(c, bare_service(group, "svc2")).await;
         }
     }
     want.sort();
@@ -1086,9 +897,7 @@ async fn list_service_groups_paginates(backend: Backend) {
     check_pages(&group_pages(c, 1).await, &[1; 12], &want);
 
     // The default group joins the listing once used.
-    c.register_service(bare_service("", "x"))
-        .await
-        .expect("RegisterService default");
+    register_service(c, bare_service("", "x")).await;
     want.push("default".into());
     want.sort();
     check_pages(&group_pages(c, 10).await, &[10, 3], &want);
@@ -1153,15 +962,11 @@ async fn remove_node(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
 
-    c.register_service(bare_service("shop", "payments"))
-        .await
-        .expect("RegisterService");
+    register_service(c, bare_service("shop", "payments")).await;
     for name in ["n1", "n2"] {
-        c.register_node(bare_node("shop", "payments", name, None))
-            .await
-            .expect("RegisterNode");
+        register_node(c, bare_node("shop", "payments", name, None)).await;
     }
-    let n2 = nodes(c, "shop", "payments").await.pop().unwrap();
+    let n2 = get_nodes(c, "shop", "payments").await.pop().unwrap();
 
     let r = c
         .remove_node(remove_node_req("shop", "payments", "n1", false))
@@ -1169,7 +974,7 @@ async fn remove_node(backend: Backend) {
         .expect("RemoveNode")
         .into_inner();
     assert!(r.removed);
-    assert_eq!(nodes(c, "shop", "payments").await, [n2]);
+    assert_eq!(get_nodes(c, "shop", "payments").await, [n2]);
 
     expect_code(
         c.remove_node(remove_node_req("shop", "payments", "n1", false))
@@ -1205,9 +1010,7 @@ async fn remove_node(backend: Backend) {
     assert!(!r.removed);
 
     // An expired node does not exist any more.
-    c.register_node(bare_node("shop", "payments", "short", Some(1)))
-        .await
-        .expect("RegisterNode short");
+    register_node(c, bare_node("shop", "payments", "short", Some(1))).await;
     wait_for_node_names(c, "shop", "payments", &["n2"]).await;
     expect_code(
         c.remove_node(remove_node_req("shop", "payments", "short", false))
@@ -1221,36 +1024,22 @@ async fn remove_node(backend: Backend) {
         .await
         .expect("GetService");
     assert_eq!(svc.endpoint, "http://x");
-    assert_eq!(node_names(&nodes(c, "shop", "payments").await), ["n2"]);
+    assert_eq!(node_names(&get_nodes(c, "shop", "payments").await), ["n2"]);
 }
 
 async fn remove_service(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
 
-    c.register_service(full_service("shop", "payments"))
-        .await
-        .expect("RegisterService");
+    register_service(c, full_service("shop", "payments")).await;
     for name in ["n1", "n2"] {
-        c.register_node(bare_node("shop", "payments", name, None))
-            .await
-            .expect("RegisterNode");
+        register_node(c, bare_node("shop", "payments", name, None)).await;
     }
-    c.register_node(bare_node("shop", "payments", "n3", Some(300)))
-        .await
-        .expect("RegisterNode n3");
+    register_node(c, bare_node("shop", "payments", "n3", Some(300))).await;
     // An expired node is not counted.
-    c.register_node(bare_node("shop", "payments", "short", Some(1)))
-        .await
-        .expect("RegisterNode short");
-    c.register_service(bare_service("shop", "orders"))
-        .await
-        .expect("RegisterService orders");
-    let orders_node = c
-        .register_node(bare_node("shop", "orders", "o1", None))
-        .await
-        .expect("RegisterNode o1")
-        .into_inner();
+    register_node(c, bare_node("shop", "payments", "short", Some(1))).await;
+    register_service(c, bare_service("shop", "orders")).await;
+    let orders_node = register_node(c, bare_node("shop", "orders", "o1", None)).await;
     wait_for_node_names(c, "shop", "payments", &["n1", "n2", "n3"]).await;
 
     let r = c
@@ -1272,9 +1061,9 @@ async fn remove_service(backend: Backend) {
         Code::NotFound,
         "GetService after RemoveService",
     );
-    assert!(nodes(c, "shop", "payments").await.is_empty());
+    assert!(get_nodes(c, "shop", "payments").await.is_empty());
     // The rest of the group is untouched.
-    assert_eq!(nodes(c, "shop", "orders").await, [orders_node]);
+    assert_eq!(get_nodes(c, "shop", "orders").await, [orders_node]);
     assert_eq!(
         get_service(c, "shop", "orders", false)
             .await
@@ -1298,9 +1087,7 @@ async fn remove_service(backend: Backend) {
     assert_eq!(r.nodes_removed, 0);
 
     // A service without nodes, and one known only through its node.
-    c.register_service(bare_service("shop", "lonely"))
-        .await
-        .expect("RegisterService lonely");
+    register_service(c, bare_service("shop", "lonely")).await;
     let r = c
         .remove_service(remove_service_req("shop", "lonely", false))
         .await
@@ -1308,9 +1095,7 @@ async fn remove_service(backend: Backend) {
         .into_inner();
     assert!(r.removed);
     assert_eq!(r.nodes_removed, 0);
-    c.register_node(bare_node("shop", "implicit", "i1", None))
-        .await
-        .expect("RegisterNode implicit");
+    register_node(c, bare_node("shop", "implicit", "i1", None)).await;
     let r = c
         .remove_service(remove_service_req("shop", "implicit", false))
         .await
@@ -1318,18 +1103,14 @@ async fn remove_service(backend: Backend) {
         .into_inner();
     assert!(r.removed);
     assert_eq!(r.nodes_removed, 1);
-    assert!(nodes(c, "shop", "implicit").await.is_empty());
+    assert!(get_nodes(c, "shop", "implicit").await.is_empty());
     assert_eq!(services(c, "shop").await, ["orders"]);
 
     // Registered again after removal: a new service.
-    let again = c
-        .register_service(bare_service("shop", "payments"))
-        .await
-        .expect("RegisterService again")
-        .into_inner();
+    let again = register_service(c, bare_service("shop", "payments")).await;
     assert_eq!(again.registered_at, again.updated_at);
     assert!(
-        nodes(c, "shop", "payments").await.is_empty(),
+        get_nodes(c, "shop", "payments").await.is_empty(),
         "old nodes gone"
     );
 }
@@ -1339,42 +1120,16 @@ async fn remove_service_group(backend: Backend) {
     let c = &mut t.client;
 
     // shop: two registered services with nodes, one known only by a node.
-    c.register_service(bare_service("shop", "payments"))
-        .await
-        .expect("RegisterService");
-    c.register_service(bare_service("shop", "orders"))
-        .await
-        .expect("RegisterService");
-    c.register_node(bare_node("shop", "payments", "p1", None))
-        .await
-        .expect("RegisterNode");
-    c.register_node(bare_node("shop", "payments", "p2", Some(300)))
-        .await
-        .expect("RegisterNode");
-    c.register_node(bare_node("shop", "implicit", "i1", None))
-        .await
-        .expect("RegisterNode");
+    register_service(c, bare_service("shop", "payments")).await;
+    register_service(c, bare_service("shop", "orders")).await;
+    register_node(c, bare_node("shop", "payments", "p1", None)).await;
+    register_node(c, bare_node("shop", "payments", "p2", Some(300))).await;
+    register_node(c, bare_node("shop", "implicit", "i1", None)).await;
     // Other groups, including the default one.
-    let other = c
-        .register_service(full_service("other", "payments"))
-        .await
-        .expect("RegisterService other")
-        .into_inner();
-    let other_node = c
-        .register_node(full_node("other", "payments", "p1", 1))
-        .await
-        .expect("RegisterNode other")
-        .into_inner();
-    let default = c
-        .register_service(full_service("", "payments"))
-        .await
-        .expect("RegisterService default")
-        .into_inner();
-    let default_node = c
-        .register_node(full_node("", "payments", "p1", 2))
-        .await
-        .expect("RegisterNode default")
-        .into_inner();
+    let other = register_service(c, full_service("other", "payments")).await;
+    let other_node = register_node(c, full_node("other", "payments", "p1", 1)).await;
+    let default = register_service(c, full_service("", "payments")).await;
+    let default_node = register_node(c, full_node("", "payments", "p1", 2)).await;
     assert_eq!(groups(c).await, ["default", "other", "shop"]);
 
     // The group is required: never the default group.
@@ -1400,7 +1155,7 @@ async fn remove_service_group(backend: Backend) {
         default
     );
     assert_eq!(
-        nodes(c, "", "payments").await,
+        get_nodes(c, "", "payments").await,
         std::slice::from_ref(&default_node)
     );
 
@@ -1425,7 +1180,7 @@ async fn remove_service_group(backend: Backend) {
             Code::NotFound,
             &format!("GetService shop/{name} after RemoveServiceGroup"),
         );
-        assert!(nodes(c, "shop", name).await.is_empty(), "{name} nodes");
+        assert!(get_nodes(c, "shop", name).await.is_empty(), "{name} nodes");
     }
     // Other groups are intact.
     assert_eq!(
@@ -1434,14 +1189,14 @@ async fn remove_service_group(backend: Backend) {
             .expect("other payments"),
         other
     );
-    assert_eq!(nodes(c, "other", "payments").await, [other_node]);
+    assert_eq!(get_nodes(c, "other", "payments").await, [other_node]);
     assert_eq!(
         get_service(c, "default", "payments", false)
             .await
             .expect("default payments"),
         default
     );
-    assert_eq!(nodes(c, "default", "payments").await, [default_node]);
+    assert_eq!(get_nodes(c, "default", "payments").await, [default_node]);
 
     expect_code(
         c.remove_service_group(remove_group_req("shop", false))
@@ -1472,22 +1227,16 @@ async fn remove_service_group(backend: Backend) {
     assert!(r.removed);
     assert_eq!(r.services_removed, 1);
     assert_eq!(groups(c).await, ["other"]);
-    assert!(nodes(c, "", "payments").await.is_empty());
+    assert!(get_nodes(c, "", "payments").await.is_empty());
 }
 
 async fn removing_last_service_unlists_group(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
 
-    c.register_service(bare_service("solo", "a"))
-        .await
-        .expect("RegisterService");
-    c.register_node(bare_node("solo", "b", "n1", None))
-        .await
-        .expect("RegisterNode");
-    c.register_service(bare_service("keep", "k"))
-        .await
-        .expect("RegisterService keep");
+    register_service(c, bare_service("solo", "a")).await;
+    register_node(c, bare_node("solo", "b", "n1", None)).await;
+    register_service(c, bare_service("keep", "k")).await;
     assert_eq!(groups(c).await, ["keep", "solo"]);
 
     let r = c
@@ -1516,9 +1265,7 @@ async fn removing_last_service_unlists_group(backend: Backend) {
     );
 
     // Used again, it is listed again.
-    c.register_service(bare_service("solo", "c"))
-        .await
-        .expect("RegisterService c");
+    register_service(c, bare_service("solo", "c")).await;
     assert_eq!(groups(c).await, ["keep", "solo"]);
     assert_eq!(services(c, "solo").await, ["c"]);
 }
@@ -1858,7 +1605,7 @@ async fn invalid_node_fields_are_refused(backend: Backend) {
         .expect("16 addresses, port 65535, 4096-byte fqdn, 64 entries are within bounds")
         .into_inner();
     assert_eq!(node_without_times(&node), node_from(&req, "shop"));
-    assert_eq!(nodes(c, "shop", "payments").await, [node]);
+    assert_eq!(get_nodes(c, "shop", "payments").await, [node]);
 }
 
 // ---------------------------------------------------------------------------

@@ -105,7 +105,6 @@ async fn health_reports_serving_for_the_server_and_the_service() {
         for service in ["", "discovered.v1.Discovery"] {
             let status = crate::common::eventually(
                 &format!("{backend:?}: health of {service:?} to be reported"),
-                std::time::Duration::from_secs(10),
                 || {
                     let mut client = client.clone();
                     async move {

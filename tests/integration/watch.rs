@@ -5,33 +5,14 @@
 //! the end).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use crate::common::*;
-use discovered::proto::v1::discovery_client::DiscoveryClient;
 use discovered::proto::v1::*;
 use discovered::server::Defaults;
-use tonic::transport::Channel;
-use tonic::{Code, Status, Streaming};
-
-type Client = DiscoveryClient<Channel>;
-
-/// How long an expected event may take to arrive. Generous: reads end as
-/// soon as the event is there.
-const WAIT: Duration = Duration::from_secs(10);
-
-/// How far an event's `time` may lie outside the span in which the test
-/// saw it happen (the server and the test share a clock; this only allows
-/// for millisecond rounding).
-const CLOCK_SLACK_MS: i64 = 1000;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-fn kind(e: &WatchEvent) -> EventType {
-    EventType::try_from(e.r#type).unwrap_or(EventType::Unspecified)
-}
 
 /// [`full_node`] with a TTL.
 fn node(group: &str, service: &str, name: &str, i: u32, ttl: Option<i64>) -> RegisterNodeRequest {
@@ -39,33 +20,6 @@ fn node(group: &str, service: &str, name: &str, i: u32, ttl: Option<i64>) -> Reg
         ttl_seconds: ttl,
         ..full_node(group, service, name, i)
     }
-}
-
-async fn register_node(c: &mut Client, req: RegisterNodeRequest) -> Node {
-    let what = format!("RegisterNode {}/{}", req.service_name, req.node_name);
-    c.register_node(req)
-        .await
-        .unwrap_or_else(|s| panic!("{what}: {s:?}"))
-        .into_inner()
-}
-
-async fn register_service(c: &mut Client, req: RegisterServiceRequest) -> Service {
-    let what = format!("RegisterService {}", req.service_name);
-    c.register_service(req)
-        .await
-        .unwrap_or_else(|s| panic!("{what}: {s:?}"))
-        .into_inner()
-}
-
-async fn get_nodes(c: &mut Client, group: &str, service: &str) -> Vec<Node> {
-    c.get_nodes(GetNodesRequest {
-        service_group: group.into(),
-        service_name: service.into(),
-    })
-    .await
-    .unwrap_or_else(|s| panic!("GetNodes {group}/{service}: {s:?}"))
-    .into_inner()
-    .nodes
 }
 
 async fn remove_node(c: &mut Client, group: &str, service: &str, name: &str) {
@@ -105,178 +59,6 @@ fn by_name<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> BTreeMap<(String, S
         .collect()
 }
 
-/// The node an event carries; it must be there, and the event's own
-/// group and service must be the node's.
-#[track_caller]
-fn node_of(e: &WatchEvent) -> &Node {
-    let n = e
-        .node
-        .as_ref()
-        .unwrap_or_else(|| panic!("event without a node: {e:?}"));
-    assert_eq!(
-        (e.service_group.as_str(), e.service_name.as_str()),
-        (n.service_group.as_str(), n.service_name.as_str()),
-        "event names a different service than its node: {e:?}"
-    );
-    assert!(e.service.is_none(), "node event with a service: {e:?}");
-    n
-}
-
-/// The service an event carries; it must be there, without credentials,
-/// and the event's own group and service must be the record's.
-#[track_caller]
-fn service_of(e: &WatchEvent) -> &Service {
-    let s = e
-        .service
-        .as_ref()
-        .unwrap_or_else(|| panic!("event without a service: {e:?}"));
-    assert_eq!(
-        (e.service_group.as_str(), e.service_name.as_str()),
-        (s.service_group.as_str(), s.service_name.as_str()),
-        "event names a different service than its record: {e:?}"
-    );
-    assert!(e.node.is_none(), "service event with a node: {e:?}");
-    assert_eq!(
-        s.auth_credentials, "",
-        "a watch event must never carry credentials: {e:?}"
-    );
-    s
-}
-
-/// One open watch stream. Every event it hands out has been checked for
-/// what every event promises: sequence 1, 2, 3... with no gap, and a
-/// `time` that is set and plausible.
-struct Watch {
-    stream: Streaming<WatchEvent>,
-    what: String,
-    last_sequence: u64,
-    opened_ms: i64,
-}
-
-impl Watch {
-    async fn open(c: &mut Client, group: &str, service: &str, send_initial: Option<bool>) -> Self {
-        let what = format!("watch of {group:?}/{service:?} (send_initial {send_initial:?})");
-        let opened_ms = now_ms();
-        let stream = c
-            .watch_service(WatchServiceRequest {
-                service_group: group.into(),
-                service_name: service.into(),
-                send_initial,
-            })
-            .await
-            .unwrap_or_else(|s| panic!("{what}: WatchService failed: {s:?}"))
-            .into_inner();
-        Self {
-            stream,
-            what,
-            last_sequence: 0,
-            opened_ms,
-        }
-    }
-
-    /// The next event; panics if none arrives within [`WAIT`].
-    async fn next(&mut self) -> WatchEvent {
-        let e = match tokio::time::timeout(WAIT, self.stream.message()).await {
-            Err(_) => panic!(
-                "{}: no event within {WAIT:?} after sequence {}",
-                self.what, self.last_sequence
-            ),
-            Ok(Err(s)) => panic!("{}: the stream failed: {s:?}", self.what),
-            Ok(Ok(None)) => panic!("{}: the stream ended", self.what),
-            Ok(Ok(Some(e))) => e,
-        };
-        assert_eq!(
-            e.sequence,
-            self.last_sequence + 1,
-            "{}: sequence numbers must run 1, 2, 3... without a gap: {e:?}",
-            self.what
-        );
-        self.last_sequence = e.sequence;
-        let t = ms(&e.time);
-        assert!(
-            t >= self.opened_ms - CLOCK_SLACK_MS && t <= now_ms() + CLOCK_SLACK_MS,
-            "{}: implausible event time {t} (stream opened at {}, now {}): {e:?}",
-            self.what,
-            self.opened_ms,
-            now_ms()
-        );
-        e
-    }
-
-    /// The next event, which must be of type `want`.
-    async fn expect(&mut self, want: EventType) -> WatchEvent {
-        let e = self.next().await;
-        assert_eq!(
-            kind(&e),
-            want,
-            "{}: expected {want:?} next, got {e:?}",
-            self.what
-        );
-        e
-    }
-
-    /// The start of a stream: the INITIAL events up to SYNCED. Checks that
-    /// they all carry one revision, above 0, and that SYNCED names what is
-    /// watched (`group` resolved, `service` as asked) with revision 0.
-    async fn initial(&mut self, group: &str, service: &str) -> Vec<WatchEvent> {
-        let mut events: Vec<WatchEvent> = Vec::new();
-        loop {
-            let e = self.next().await;
-            match kind(&e) {
-                EventType::Initial => {
-                    let n = node_of(&e);
-                    assert_eq!(n.service_group, group, "{}: {e:?}", self.what);
-                    if !service.is_empty() {
-                        assert_eq!(n.service_name, service, "{}: {e:?}", self.what);
-                    }
-                    assert!(
-                        e.revision > 0,
-                        "{}: INITIAL at revision 0: {e:?}",
-                        self.what
-                    );
-                    if let Some(first) = events.first() {
-                        assert_eq!(
-                            e.revision, first.revision,
-                            "{}: INITIAL events of one snapshot must share its revision",
-                            self.what
-                        );
-                    }
-                    events.push(e);
-                }
-                EventType::Synced => {
-                    self.check_synced(&e, group, service);
-                    return events;
-                }
-                _ => panic!(
-                    "{}: expected INITIAL or SYNCED at the start, got {e:?}",
-                    self.what
-                ),
-            }
-        }
-    }
-
-    #[track_caller]
-    fn check_synced(&self, e: &WatchEvent, group: &str, service: &str) {
-        assert_eq!(kind(e), EventType::Synced, "{}: {e:?}", self.what);
-        assert_eq!(
-            e.revision, 0,
-            "{}: SYNCED carries revision 0: {e:?}",
-            self.what
-        );
-        assert_eq!(
-            (e.service_group.as_str(), e.service_name.as_str()),
-            (group, service),
-            "{}: SYNCED should name what is watched: {e:?}",
-            self.what
-        );
-        assert!(
-            e.node.is_none() && e.service.is_none(),
-            "{}: SYNCED carries no record: {e:?}",
-            self.what
-        );
-    }
-}
-
 /// The nodes of INITIAL events, keyed by (service, node name).
 fn initial_nodes(events: &[WatchEvent]) -> BTreeMap<(String, String), Node> {
     let map = by_name(events.iter().map(node_of));
@@ -292,33 +74,6 @@ fn assert_increasing(revisions: &[u64], what: &str) {
             "{what}: revisions must strictly increase: {revisions:?}"
         );
     }
-}
-
-/// The error a watch request must be refused with: on the call itself, or
-/// as the first message of the stream.
-async fn watch_error(c: &mut Client, req: WatchServiceRequest) -> Status {
-    let what = format!("WatchService {req:?}");
-    match c.watch_service(req).await {
-        Err(s) => s,
-        Ok(response) => {
-            let mut stream = response.into_inner();
-            match tokio::time::timeout(WAIT, stream.message()).await {
-                Ok(Err(s)) => s,
-                Ok(Ok(Some(e))) => panic!("{what}: expected an error, got the event {e:?}"),
-                Ok(Ok(None)) => panic!("{what}: expected an error, the stream just ended"),
-                Err(_) => panic!("{what}: expected an error, got nothing within {WAIT:?}"),
-            }
-        }
-    }
-}
-
-/// Whether `message` names `field` as a whole word.
-fn mentions(message: &str, field: &str) -> bool {
-    let ident = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-    message.match_indices(field).any(|(i, _)| {
-        !ident(message[..i].chars().next_back())
-            && !ident(message[i + field.len()..].chars().next())
-    })
 }
 
 // ---------------------------------------------------------------------------
@@ -829,18 +584,7 @@ async fn invalid_watch_request(backend: Backend) {
             ),
         ] {
             let what = format!("WatchService with {field} {bad:?}");
-            let s = watch_error(c, req).await;
-            assert_eq!(
-                s.code(),
-                Code::InvalidArgument,
-                "{what}: wrong code ({:?})",
-                s.message()
-            );
-            assert!(
-                mentions(s.message(), field),
-                "{what}: message should name {field:?}: {:?}",
-                s.message()
-            );
+            assert_invalid(&Watch::refusal(c, req).await, field, &what);
         }
     }
     // The longest names are fine, and so is the server afterwards.
@@ -881,7 +625,7 @@ async fn reregister_after_expiry(backend: Backend) {
     let short = register_node(c, node("shop", "payments", "n2", 2, Some(1))).await;
     let e = w.expect(EventType::NodeAdded).await;
     assert_eq!(node_of(&e), &short);
-    eventually("n2 to expire", WAIT, || {
+    eventually("n2 to expire", || {
         let mut c = c.clone();
         async move {
             let gone = get_nodes(&mut c, "shop", "payments")
@@ -923,7 +667,7 @@ async fn client_disconnect(backend: Backend) {
     }
     assert_eq!(t.hub.receivers(), 20);
     drop(watches);
-    eventually("the dropped watches to be cleaned up", WAIT, || {
+    eventually("the dropped watches to be cleaned up", || {
         let n = t.hub.receivers();
         async move { (n == 0).then_some(()) }
     })
