@@ -4,7 +4,7 @@
 use std::process::Stdio;
 
 use crate::common::{BIN, Backend, TestServer, argv, free_port, scrub_env, within};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::ChildStdout;
 
@@ -99,6 +99,40 @@ fn is_rfc3339(v: &Value) -> bool {
         .is_some_and(|s| s.len() == 24 && s.ends_with('Z') && s.as_bytes()[10] == b'T')
 }
 
+/// Asserts that `text` contains each of `parts`.
+#[track_caller]
+fn assert_contains(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+}
+
+/// Asserts that `v` has each field of `want`, with its value; an object
+/// in `want` is checked field by field in turn (`v` may hold more).
+#[track_caller]
+fn assert_fields(v: &Value, want: Value) {
+    fn check(v: &Value, want: &Value, path: &str, all: &Value) {
+        match want.as_object() {
+            Some(fields) => {
+                for (k, w) in fields {
+                    check(&v[k], w, &format!("{path}.{k}"), all);
+                }
+            }
+            None => assert_eq!(v, want, "{path} of {all}"),
+        }
+    }
+    check(v, &want, "", v);
+}
+
+/// The `node_name`s of a JSON list of nodes.
+fn node_names(v: &Value) -> Vec<&str> {
+    let nodes = v.as_array().expect("array");
+    nodes
+        .iter()
+        .map(|n| n["node_name"].as_str().unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_in_table_and_json() {
     let t = TestServer::start(Backend::Redis).await;
@@ -106,12 +140,13 @@ async fn services_in_table_and_json() {
 
     let table = ok(
         &s,
-        "register-service payments --endpoint https://pay.example:8443 --endpoint-type http --auth-type basic --auth-credentials user:secret --backend postgres --description 'Takes money' --meta team=billing --meta tier=1",
+        "register-service payments --endpoint https://pay.example:8443 --endpoint-type http \
+         --auth-type basic --auth-credentials user:secret --backend postgres \
+         --description 'Takes money' --meta team=billing --meta tier=1",
     )
     .await;
     assert!(table.starts_with("FIELD"), "{table}");
-    assert!(table.contains("https://pay.example:8443"), "{table}");
-    assert!(table.contains("team=billing,tier=1"), "{table}");
+    assert_contains(&table, &["https://pay.example:8443", "team=billing,tier=1"]);
     assert!(!table.contains("user:secret"), "credentials shown: {table}");
 
     let v = ok_json(
@@ -119,29 +154,29 @@ async fn services_in_table_and_json() {
         "register-service orders --group shop --endpoint orders:9000",
     )
     .await;
-    assert_eq!(v["service_group"], "shop");
-    assert_eq!(v["service_name"], "orders");
-    assert_eq!(v["endpoint"], "orders:9000");
+    assert_fields(
+        &v,
+        json!({"service_group": "shop", "service_name": "orders", "endpoint": "orders:9000"}),
+    );
     assert!(is_rfc3339(&v["registered_at"]), "{v}");
 
     // get-service hides credentials unless asked.
     let v = ok_json(&s, "get-service payments").await;
-    assert_eq!(v["service_group"], "default");
-    assert_eq!(v["endpoint_type"], "http");
-    assert_eq!(v["auth_type"], "basic");
-    assert_eq!(v["auth_credentials"], "");
-    assert_eq!(v["backend"], "postgres");
-    assert_eq!(v["description"], "Takes money");
-    assert_eq!(v["metadata"]["team"], "billing");
-    assert_eq!(v["metadata"]["tier"], "1");
+    assert_fields(
+        &v,
+        json!({
+            "service_group": "default", "endpoint_type": "http", "auth_type": "basic",
+            "auth_credentials": "", "backend": "postgres", "description": "Takes money",
+            "metadata": {"team": "billing", "tier": "1"},
+        }),
+    );
     assert!(is_rfc3339(&v["updated_at"]), "{v}");
     let v = ok_json(&s, "get-service payments --reveal-credentials").await;
     assert_eq!(v["auth_credentials"], "user:secret");
     let table = ok(&s, "get-service payments --reveal-credentials").await;
-    assert!(table.contains("user:secret"), "{table}");
-    assert!(table.contains("Takes money"), "{table}");
+    assert_contains(&table, &["user:secret", "Takes money"]);
     let table = ok(&s, "get-service orders --group shop").await;
-    assert!(table.contains("orders:9000"), "{table}");
+    assert_contains(&table, &["orders:9000"]);
 
     // Services are listed from their first node on.
     ok(&s, "register-node payments pay-1 --ip 10.0.0.1").await;
@@ -150,48 +185,37 @@ async fn services_in_table_and_json() {
     let table = ok(&s, "services").await;
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines, ["SERVICE", "ledger", "payments"], "{table}");
-    let v = ok_json(&s, "services --group shop").await;
-    assert_eq!(v, serde_json::json!(["orders"]));
+    assert_eq!(
+        ok_json(&s, "services --group shop").await,
+        json!(["orders"])
+    );
 
     let table = ok(&s, "groups").await;
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines, ["GROUP", "default", "shop"], "{table}");
-    let v = ok_json(&s, "groups").await;
-    assert_eq!(v, serde_json::json!(["default", "shop"]));
+    assert_eq!(ok_json(&s, "groups").await, json!(["default", "shop"]));
 
     // remove-service, with and without --allow-missing.
     let table = ok(&s, "remove-service ledger").await;
-    assert!(
-        table.contains("removed service ledger with 1 node(s)"),
-        "{table}"
-    );
+    assert_contains(&table, &["removed service ledger with 1 node(s)"]);
     let v = ok_json(&s, "remove-service payments").await;
-    assert_eq!(v, serde_json::json!({"removed": true, "nodes_removed": 1}));
+    assert_eq!(v, json!({"removed": true, "nodes_removed": 1}));
     fails(&s, "remove-service payments", 3).await;
     let v = ok_json(&s, "remove-service payments --allow-missing").await;
     assert_eq!(v["removed"], false);
     let table = ok(&s, "remove-service payments --allow-missing").await;
-    assert!(table.contains("did not exist"), "{table}");
+    assert_contains(&table, &["did not exist"]);
 
     // remove-group: GROUP is positional and required.
     fails(&s, "remove-group", 2).await;
     let table = ok(&s, "remove-group shop").await;
-    assert!(
-        table.contains("removed group shop with 1 service(s)"),
-        "{table}"
-    );
+    assert_contains(&table, &["removed group shop with 1 service(s)"]);
     fails(&s, "remove-group shop", 3).await;
     let v = ok_json(&s, "remove-group shop --allow-missing").await;
-    assert_eq!(
-        v,
-        serde_json::json!({"removed": false, "services_removed": 0})
-    );
+    assert_eq!(v, json!({"removed": false, "services_removed": 0}));
     ok(&s, "register-node orders ord-1 --group shop").await;
     let v = ok_json(&s, "remove-group shop").await;
-    assert_eq!(
-        v,
-        serde_json::json!({"removed": true, "services_removed": 1})
-    );
+    assert_eq!(v, json!({"removed": true, "services_removed": 1}));
     let table = ok(&s, "services --group shop").await;
     assert_eq!(table.trim_end(), "SERVICE");
 }
@@ -203,7 +227,8 @@ async fn nodes_in_table_and_json() {
 
     let table = ok(
         &s,
-        "register-node payments pay-1 --ip 10.0.0.1 --ip fd00::1 --port 8443 --ttl 60 --instance-id inst-a --meta zone=a",
+        "register-node payments pay-1 --ip 10.0.0.1 --ip fd00::1 --port 8443 --ttl 60 \
+         --instance-id inst-a --meta zone=a",
     )
     .await;
     let lines: Vec<&str> = table.lines().collect();
@@ -211,9 +236,7 @@ async fn nodes_in_table_and_json() {
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(header, ["NAME", "ADDRESSES", "PORT", "EXPIRES", "INSTANCE"]);
     let row: Vec<&str> = lines[1].split_whitespace().collect();
-    assert_eq!(row[0], "pay-1");
-    assert_eq!(row[1], "10.0.0.1,fd00::1");
-    assert_eq!(row[2], "8443");
+    assert_eq!(row[..3], ["pay-1", "10.0.0.1,fd00::1", "8443"]);
     assert!(row[3].ends_with('Z'), "{table}");
     assert_eq!(row[4], "inst-a");
     // Columns are aligned: every column starts at the header's offset.
@@ -224,10 +247,10 @@ async fn nodes_in_table_and_json() {
         "register-node payments pay-2 --ip 10.0.0.2 --port 9000 --ttl 0",
     )
     .await;
-    assert_eq!(v["node_name"], "pay-2");
-    assert_eq!(v["ip"], serde_json::json!(["10.0.0.2"]));
-    assert_eq!(v["port"], 9000);
-    assert_eq!(v["expires_at"], Value::Null);
+    assert_fields(
+        &v,
+        json!({"node_name": "pay-2", "ip": ["10.0.0.2"], "port": 9000, "expires_at": null}),
+    );
     let generated = v["instance_id"].as_str().expect("instance id").to_string();
     assert!(!generated.is_empty());
 
@@ -235,31 +258,24 @@ async fn nodes_in_table_and_json() {
     ok(&s, "register-node payments pay-3 --port 1").await;
 
     let v = ok_json(&s, "nodes payments").await;
-    let nodes = v.as_array().expect("array");
-    let names: Vec<&str> = nodes
-        .iter()
-        .map(|n| n["node_name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["pay-1", "pay-2", "pay-3"]);
-    assert_eq!(nodes[0]["ip"], serde_json::json!(["10.0.0.1", "fd00::1"]));
-    assert_eq!(nodes[0]["port"], 8443);
-    assert_eq!(nodes[0]["metadata"]["zone"], "a");
-    assert_eq!(nodes[0]["instance_id"], "inst-a");
-    assert_eq!(nodes[0]["service_group"], "default");
-    assert!(is_rfc3339(&nodes[0]["expires_at"]), "{v}");
-    assert!(is_rfc3339(&nodes[0]["registered_at"]), "{v}");
-    assert_eq!(nodes[2]["ip"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(node_names(&v), ["pay-1", "pay-2", "pay-3"]);
+    assert_fields(
+        &v[0],
+        json!({
+            "ip": ["10.0.0.1", "fd00::1"], "port": 8443, "metadata": {"zone": "a"},
+            "instance_id": "inst-a", "service_group": "default",
+        }),
+    );
+    assert!(is_rfc3339(&v[0]["expires_at"]), "{v}");
+    assert!(is_rfc3339(&v[0]["registered_at"]), "{v}");
+    assert_eq!(v[2]["ip"], json!(["127.0.0.1"]));
 
     let table = ok(&s, "nodes payments").await;
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 4, "{table}");
     assert!(lines[0].starts_with("NAME"), "{table}");
-    assert!(
-        lines[2].contains("pay-2") && lines[2].contains("never"),
-        "{table}"
-    );
-    assert!(lines[2].contains(&generated), "{table}");
-    assert!(lines[3].contains("127.0.0.1"), "{table}");
+    assert_contains(lines[2], &["pay-2", "never", &generated]);
+    assert_contains(lines[3], &["127.0.0.1"]);
     let table = ok(&s, "nodes nobody").await;
     assert_eq!(table.split_whitespace().next(), Some("NAME"));
     assert_eq!(table.lines().count(), 1, "{table}");
@@ -269,10 +285,7 @@ async fn nodes_in_table_and_json() {
     assert_eq!(v["node_name"], "pay-2");
     assert!(is_rfc3339(&v["expires_at"]), "{v}");
     let table = ok(&s, "heartbeat payments pay-1 --instance-id inst-a --ttl 0").await;
-    assert!(
-        table.contains("pay-1") && table.contains("never"),
-        "{table}"
-    );
+    assert_contains(&table, &["pay-1", "never"]);
     fails(&s, "heartbeat payments pay-1 --instance-id inst-b", 6).await;
     fails(&s, "heartbeat payments gone", 3).await;
 
@@ -280,20 +293,13 @@ async fn nodes_in_table_and_json() {
     let err = fails(&s, "remove-node payments pay-1 --instance-id inst-b", 6).await;
     assert!(err.starts_with("error: FAILED_PRECONDITION: "), "{err}");
     let table = ok(&s, "remove-node payments pay-1 --instance-id inst-a").await;
-    assert!(table.contains("removed node pay-1"), "{table}");
+    assert_contains(&table, &["removed node pay-1"]);
     let v = ok_json(&s, "remove-node payments pay-2").await;
-    assert_eq!(v, serde_json::json!({"removed": true}));
+    assert_eq!(v, json!({"removed": true}));
     fails(&s, "remove-node payments pay-2", 3).await;
     let v = ok_json(&s, "remove-node payments pay-2 --allow-missing").await;
-    assert_eq!(v, serde_json::json!({"removed": false}));
-    let names: Vec<String> = ok_json(&s, "nodes payments")
-        .await
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["node_name"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(names, ["pay-3"]);
+    assert_eq!(v, json!({"removed": false}));
+    assert_eq!(node_names(&ok_json(&s, "nodes payments").await), ["pay-3"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +346,7 @@ async fn watch_prints_state_then_changes() {
     assert_eq!(initial["group"], "default");
     assert_eq!(initial["service"], "payments");
     assert_eq!(initial["node"]["node_name"], "pay-1");
-    assert_eq!(initial["node"]["ip"], serde_json::json!(["10.0.0.1"]));
+    assert_eq!(initial["node"]["ip"], json!(["10.0.0.1"]));
     assert_eq!(initial["node"]["port"], 8080);
     assert!(initial.get("sequence").is_none(), "{initial}");
     let synced = next_json(&mut lines).await;
@@ -353,7 +359,7 @@ async fn watch_prints_state_then_changes() {
     assert_eq!(added["group"], "default");
     assert_eq!(added["service"], "payments");
     assert_eq!(added["node"]["node_name"], "pay-2");
-    assert_eq!(added["node"]["ip"], serde_json::json!(["10.0.0.2"]));
+    assert_eq!(added["node"]["ip"], json!(["10.0.0.2"]));
     assert_eq!(added["node"]["port"], 9090);
 
     ok(&s, "remove-node payments pay-1").await;
@@ -425,6 +431,6 @@ async fn register_node_auto_sends_this_machines_facts() {
 
     // Explicit flags win over discovered facts.
     let node = ok_json(&s, "register-node payments auto-2 --auto --ip 10.9.9.9").await;
-    assert_eq!(node["ip"], serde_json::json!(["10.9.9.9"]), "{node}");
+    assert_eq!(node["ip"], json!(["10.9.9.9"]), "{node}");
     assert_eq!(node["cpu_count"], facts.cpu_count, "{node}");
 }

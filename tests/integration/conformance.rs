@@ -9,7 +9,7 @@ use crate::common::*;
 use discovered::proto::v1::*;
 use discovered::server::Defaults;
 use prost_types::Timestamp;
-use tonic::{Code, Status};
+use tonic::Code;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -78,21 +78,6 @@ fn node_without_times(n: &Node) -> Node {
     }
 }
 
-async fn get_service(
-    c: &mut Client,
-    group: &str,
-    name: &str,
-    reveal: bool,
-) -> Result<Service, Status> {
-    c.get_service(GetServiceRequest {
-        service_group: group.into(),
-        service_name: name.into(),
-        reveal_credentials: reveal,
-    })
-    .await
-    .map(|r| r.into_inner())
-}
-
 /// Polls GetNodes until the node names are exactly `want`.
 async fn wait_for_node_names(c: &Client, group: &str, service: &str, want: &[&str]) -> Vec<Node> {
     let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
@@ -106,35 +91,6 @@ async fn wait_for_node_names(c: &Client, group: &str, service: &str, want: &[&st
         }
     })
     .await
-}
-
-/// Every service name of a group (one page of up to 1000).
-async fn services(c: &mut Client, group: &str) -> Vec<String> {
-    let page = c
-        .list_services(ListServicesRequest {
-            service_group: group.into(),
-            page_size: 1000,
-            page_token: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ListServices {group}: {e}"))
-        .into_inner();
-    assert_eq!(page.next_page_token, "", "a single page was expected");
-    page.service_names
-}
-
-/// Every group name (one page of up to 1000).
-async fn groups(c: &mut Client) -> Vec<String> {
-    let page = c
-        .list_service_groups(ListServiceGroupsRequest {
-            page_size: 1000,
-            page_token: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("ListServiceGroups: {e}"))
-        .into_inner();
-    assert_eq!(page.next_page_token, "", "a single page was expected");
-    page.service_groups
 }
 
 /// Everything a client can see of one service, its group, and the groups.
@@ -227,12 +183,7 @@ async fn register_and_get_service_round_trip(backend: Backend) {
 
     // A name is scoped to its group.
     expect_code(
-        c.get_service(GetServiceRequest {
-            service_group: "default".into(),
-            service_name: "payments".into(),
-            reveal_credentials: false,
-        })
-        .await,
+        get_service(c, "default", "payments", false).await,
         Code::NotFound,
         "payments is in shop, not in default",
     );
@@ -471,11 +422,7 @@ async fn unknown_service_lookups(backend: Backend) {
     // Nothing at all yet.
     assert!(get_nodes(c, "", "ghost").await.is_empty());
     expect_code(
-        c.get_service(GetServiceRequest {
-            service_name: "ghost".into(),
-            ..Default::default()
-        })
-        .await,
+        get_service(c, "", "ghost", false).await,
         Code::NotFound,
         "GetService of an unknown service",
     );
@@ -484,12 +431,7 @@ async fn unknown_service_lookups(backend: Backend) {
     register_service(c, bare_service("shop", "payments")).await;
     assert!(get_nodes(c, "shop", "ghost").await.is_empty());
     let s = expect_code(
-        c.get_service(GetServiceRequest {
-            service_group: "shop".into(),
-            service_name: "ghost".into(),
-            reveal_credentials: true,
-        })
-        .await,
+        get_service(c, "shop", "ghost", true).await,
         Code::NotFound,
         "GetService of an unknown service in a known group",
     );
@@ -497,12 +439,7 @@ async fn unknown_service_lookups(backend: Backend) {
     // An unknown group.
     assert!(get_nodes(c, "nowhere", "payments").await.is_empty());
     expect_code(
-        c.get_service(GetServiceRequest {
-            service_group: "nowhere".into(),
-            service_name: "payments".into(),
-            reveal_credentials: false,
-        })
-        .await,
+        get_service(c, "nowhere", "payments", false).await,
         Code::NotFound,
         "GetService in an unknown group",
     );
@@ -928,36 +865,6 @@ async fn list_service_groups_paginates(backend: Backend) {
 // 10. Removal
 // ---------------------------------------------------------------------------
 
-fn remove_node_req(
-    group: &str,
-    service: &str,
-    node: &str,
-    allow_missing: bool,
-) -> RemoveNodeRequest {
-    RemoveNodeRequest {
-        service_group: group.into(),
-        service_name: service.into(),
-        node_name: node.into(),
-        allow_missing,
-        instance_id: String::new(),
-    }
-}
-
-fn remove_service_req(group: &str, service: &str, allow_missing: bool) -> RemoveServiceRequest {
-    RemoveServiceRequest {
-        service_group: group.into(),
-        service_name: service.into(),
-        allow_missing,
-    }
-}
-
-fn remove_group_req(group: &str, allow_missing: bool) -> RemoveServiceGroupRequest {
-    RemoveServiceGroupRequest {
-        service_group: group.into(),
-        allow_missing,
-    }
-}
-
 async fn remove_node(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
@@ -968,53 +875,43 @@ async fn remove_node(backend: Backend) {
     }
     let n2 = get_nodes(c, "shop", "payments").await.pop().unwrap();
 
-    let r = c
-        .remove_node(remove_node_req("shop", "payments", "n1", false))
+    let r = try_remove_node(c, "shop", "payments", "n1", false)
         .await
-        .expect("RemoveNode")
-        .into_inner();
+        .expect("RemoveNode");
     assert!(r.removed);
     assert_eq!(get_nodes(c, "shop", "payments").await, [n2]);
 
     expect_code(
-        c.remove_node(remove_node_req("shop", "payments", "n1", false))
-            .await,
+        try_remove_node(c, "shop", "payments", "n1", false).await,
         Code::NotFound,
         "RemoveNode twice",
     );
-    let r = c
-        .remove_node(remove_node_req("shop", "payments", "n1", true))
+    let r = try_remove_node(c, "shop", "payments", "n1", true)
         .await
-        .expect("RemoveNode allow_missing")
-        .into_inner();
+        .expect("RemoveNode allow_missing");
     assert!(!r.removed);
 
     // Unknown service / group.
     expect_code(
-        c.remove_node(remove_node_req("shop", "ghost", "n1", false))
-            .await,
+        try_remove_node(c, "shop", "ghost", "n1", false).await,
         Code::NotFound,
         "RemoveNode of an unknown service",
     );
     expect_code(
-        c.remove_node(remove_node_req("nowhere", "payments", "n2", false))
-            .await,
+        try_remove_node(c, "nowhere", "payments", "n2", false).await,
         Code::NotFound,
         "RemoveNode in an unknown group",
     );
-    let r = c
-        .remove_node(remove_node_req("shop", "ghost", "n1", true))
+    let r = try_remove_node(c, "shop", "ghost", "n1", true)
         .await
-        .expect("RemoveNode unknown service allow_missing")
-        .into_inner();
+        .expect("RemoveNode unknown service allow_missing");
     assert!(!r.removed);
 
     // An expired node does not exist any more.
     register_node(c, bare_node("shop", "payments", "short", Some(1))).await;
     wait_for_node_names(c, "shop", "payments", &["n2"]).await;
     expect_code(
-        c.remove_node(remove_node_req("shop", "payments", "short", false))
-            .await,
+        try_remove_node(c, "shop", "payments", "short", false).await,
         Code::NotFound,
         "RemoveNode of an expired node",
     );
@@ -1042,22 +939,15 @@ async fn remove_service(backend: Backend) {
     let orders_node = register_node(c, bare_node("shop", "orders", "o1", None)).await;
     wait_for_node_names(c, "shop", "payments", &["n1", "n2", "n3"]).await;
 
-    let r = c
-        .remove_service(remove_service_req("shop", "payments", false))
+    let r = try_remove_service(c, "shop", "payments", false)
         .await
-        .expect("RemoveService")
-        .into_inner();
+        .expect("RemoveService");
     assert!(r.removed);
     assert_eq!(r.nodes_removed, 3, "live nodes removed");
 
     assert_eq!(services(c, "shop").await, ["orders"]);
     expect_code(
-        c.get_service(GetServiceRequest {
-            service_group: "shop".into(),
-            service_name: "payments".into(),
-            reveal_credentials: false,
-        })
-        .await,
+        get_service(c, "shop", "payments", false).await,
         Code::NotFound,
         "GetService after RemoveService",
     );
@@ -1073,34 +963,27 @@ async fn remove_service(backend: Backend) {
     );
 
     expect_code(
-        c.remove_service(remove_service_req("shop", "payments", false))
-            .await,
+        try_remove_service(c, "shop", "payments", false).await,
         Code::NotFound,
         "RemoveService twice",
     );
-    let r = c
-        .remove_service(remove_service_req("shop", "payments", true))
+    let r = try_remove_service(c, "shop", "payments", true)
         .await
-        .expect("RemoveService allow_missing")
-        .into_inner();
+        .expect("RemoveService allow_missing");
     assert!(!r.removed);
     assert_eq!(r.nodes_removed, 0);
 
     // A service without nodes, and one known only through its node.
     register_service(c, bare_service("shop", "lonely")).await;
-    let r = c
-        .remove_service(remove_service_req("shop", "lonely", false))
+    let r = try_remove_service(c, "shop", "lonely", false)
         .await
-        .expect("RemoveService lonely")
-        .into_inner();
+        .expect("RemoveService lonely");
     assert!(r.removed);
     assert_eq!(r.nodes_removed, 0);
     register_node(c, bare_node("shop", "implicit", "i1", None)).await;
-    let r = c
-        .remove_service(remove_service_req("shop", "implicit", false))
+    let r = try_remove_service(c, "shop", "implicit", false)
         .await
-        .expect("RemoveService implicit")
-        .into_inner();
+        .expect("RemoveService implicit");
     assert!(r.removed);
     assert_eq!(r.nodes_removed, 1);
     assert!(get_nodes(c, "shop", "implicit").await.is_empty());
@@ -1135,14 +1018,13 @@ async fn remove_service_group(backend: Backend) {
     // The group is required: never the default group.
     for allow_missing in [false, true] {
         expect_invalid(
-            c.remove_service_group(remove_group_req("", allow_missing))
-                .await,
+            try_remove_group(c, "", allow_missing).await,
             "service_group",
             &format!("RemoveServiceGroup with empty group, allow_missing {allow_missing}"),
         );
     }
     expect_invalid(
-        c.remove_service_group(remove_group_req("x/y", false)).await,
+        try_remove_group(c, "x/y", false).await,
         "service_group",
         "RemoveServiceGroup x/y",
     );
@@ -1159,11 +1041,9 @@ async fn remove_service_group(backend: Backend) {
         std::slice::from_ref(&default_node)
     );
 
-    let r = c
-        .remove_service_group(remove_group_req("shop", false))
+    let r = try_remove_group(c, "shop", false)
         .await
-        .expect("RemoveServiceGroup")
-        .into_inner();
+        .expect("RemoveServiceGroup");
     assert!(r.removed);
     assert_eq!(r.services_removed, 3);
 
@@ -1171,12 +1051,7 @@ async fn remove_service_group(backend: Backend) {
     assert!(services(c, "shop").await.is_empty());
     for name in ["payments", "orders", "implicit"] {
         expect_code(
-            c.get_service(GetServiceRequest {
-                service_group: "shop".into(),
-                service_name: name.into(),
-                reveal_credentials: false,
-            })
-            .await,
+            get_service(c, "shop", name, false).await,
             Code::NotFound,
             &format!("GetService shop/{name} after RemoveServiceGroup"),
         );
@@ -1199,31 +1074,25 @@ async fn remove_service_group(backend: Backend) {
     assert_eq!(get_nodes(c, "default", "payments").await, [default_node]);
 
     expect_code(
-        c.remove_service_group(remove_group_req("shop", false))
-            .await,
+        try_remove_group(c, "shop", false).await,
         Code::NotFound,
         "RemoveServiceGroup twice",
     );
-    let r = c
-        .remove_service_group(remove_group_req("shop", true))
+    let r = try_remove_group(c, "shop", true)
         .await
-        .expect("RemoveServiceGroup allow_missing")
-        .into_inner();
+        .expect("RemoveServiceGroup allow_missing");
     assert!(!r.removed);
     assert_eq!(r.services_removed, 0);
     expect_code(
-        c.remove_service_group(remove_group_req("never", false))
-            .await,
+        try_remove_group(c, "never", false).await,
         Code::NotFound,
         "RemoveServiceGroup of a group that never existed",
     );
 
     // The default group can be removed by naming it.
-    let r = c
-        .remove_service_group(remove_group_req("default", false))
+    let r = try_remove_group(c, "default", false)
         .await
-        .expect("RemoveServiceGroup default")
-        .into_inner();
+        .expect("RemoveServiceGroup default");
     assert!(r.removed);
     assert_eq!(r.services_removed, 1);
     assert_eq!(groups(c).await, ["other"]);
@@ -1239,27 +1108,22 @@ async fn removing_last_service_unlists_group(backend: Backend) {
     register_service(c, bare_service("keep", "k")).await;
     assert_eq!(groups(c).await, ["keep", "solo"]);
 
-    let r = c
-        .remove_service(remove_service_req("solo", "a", false))
+    let r = try_remove_service(c, "solo", "a", false)
         .await
-        .expect("RemoveService a")
-        .into_inner();
+        .expect("RemoveService a");
     assert!(r.removed);
     assert_eq!(groups(c).await, ["keep", "solo"], "b still in solo");
     assert_eq!(services(c, "solo").await, ["b"]);
 
-    let r = c
-        .remove_service(remove_service_req("solo", "b", false))
+    let r = try_remove_service(c, "solo", "b", false)
         .await
-        .expect("RemoveService b")
-        .into_inner();
+        .expect("RemoveService b");
     assert!(r.removed);
     assert_eq!(r.nodes_removed, 1);
     assert_eq!(groups(c).await, ["keep"], "empty group unlisted");
     assert!(services(c, "solo").await.is_empty());
     expect_code(
-        c.remove_service_group(remove_group_req("solo", false))
-            .await,
+        try_remove_group(c, "solo", false).await,
         Code::NotFound,
         "RemoveServiceGroup of a group emptied by RemoveService",
     );
@@ -1306,12 +1170,7 @@ async fn invalid_service_names_are_refused(backend: Backend) {
             &what("RegisterNode"),
         );
         expect_invalid(
-            c.get_service(GetServiceRequest {
-                service_group: "shop".into(),
-                service_name: bad.into(),
-                reveal_credentials: false,
-            })
-            .await,
+            get_service(c, "shop", bad, false).await,
             "service_name",
             &what("GetService"),
         );
@@ -1325,14 +1184,12 @@ async fn invalid_service_names_are_refused(backend: Backend) {
             &what("GetNodes"),
         );
         expect_invalid(
-            c.remove_service(remove_service_req("shop", bad, true))
-                .await,
+            try_remove_service(c, "shop", bad, true).await,
             "service_name",
             &what("RemoveService"),
         );
         expect_invalid(
-            c.remove_node(remove_node_req("shop", bad, "n1", true))
-                .await,
+            try_remove_node(c, "shop", bad, "n1", true).await,
             "service_name",
             &what("RemoveNode"),
         );
@@ -1354,8 +1211,7 @@ async fn invalid_node_names_are_refused(backend: Backend) {
             &format!("RegisterNode with node_name {bad:?}"),
         );
         expect_invalid(
-            c.remove_node(remove_node_req("shop", "payments", bad, true))
-                .await,
+            try_remove_node(c, "shop", "payments", bad, true).await,
             "node_name",
             &format!("RemoveNode with node_name {bad:?}"),
         );
@@ -1384,12 +1240,7 @@ async fn invalid_service_groups_are_refused(backend: Backend) {
             &what("RegisterNode"),
         );
         expect_invalid(
-            c.get_service(GetServiceRequest {
-                service_group: bad.into(),
-                service_name: "payments".into(),
-                reveal_credentials: false,
-            })
-            .await,
+            get_service(c, bad, "payments", false).await,
             "service_group",
             &what("GetService"),
         );
@@ -1413,19 +1264,17 @@ async fn invalid_service_groups_are_refused(backend: Backend) {
             &what("ListServices"),
         );
         expect_invalid(
-            c.remove_node(remove_node_req(bad, "payments", "n1", true))
-                .await,
+            try_remove_node(c, bad, "payments", "n1", true).await,
             "service_group",
             &what("RemoveNode"),
         );
         expect_invalid(
-            c.remove_service(remove_service_req(bad, "payments", true))
-                .await,
+            try_remove_service(c, bad, "payments", true).await,
             "service_group",
             &what("RemoveService"),
         );
         expect_invalid(
-            c.remove_service_group(remove_group_req(bad, true)).await,
+            try_remove_group(c, bad, true).await,
             "service_group",
             &what("RemoveServiceGroup"),
         );

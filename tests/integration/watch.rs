@@ -23,17 +23,9 @@ fn node(group: &str, service: &str, name: &str, i: u32, ttl: Option<i64>) -> Reg
 }
 
 async fn remove_node(c: &mut Client, group: &str, service: &str, name: &str) {
-    let r = c
-        .remove_node(RemoveNodeRequest {
-            service_group: group.into(),
-            service_name: service.into(),
-            node_name: name.into(),
-            allow_missing: false,
-            instance_id: String::new(),
-        })
+    let r = try_remove_node(c, group, service, name, false)
         .await
-        .unwrap_or_else(|s| panic!("RemoveNode {group}/{service}/{name}: {s:?}"))
-        .into_inner();
+        .unwrap_or_else(|s| panic!("RemoveNode {group}/{service}/{name}: {s:?}"));
     assert!(
         r.removed,
         "RemoveNode {group}/{service}/{name} removed nothing"
@@ -41,14 +33,9 @@ async fn remove_node(c: &mut Client, group: &str, service: &str, name: &str) {
 }
 
 async fn remove_service(c: &mut Client, group: &str, service: &str) -> RemoveServiceResponse {
-    c.remove_service(RemoveServiceRequest {
-        service_group: group.into(),
-        service_name: service.into(),
-        allow_missing: false,
-    })
-    .await
-    .unwrap_or_else(|s| panic!("RemoveService {group}/{service}: {s:?}"))
-    .into_inner()
+    try_remove_service(c, group, service, false)
+        .await
+        .unwrap_or_else(|s| panic!("RemoveService {group}/{service}: {s:?}"))
 }
 
 /// Node records keyed by (service, node name), for order-free comparison.
@@ -157,15 +144,9 @@ async fn initial_then_changes(backend: Backend) {
     assert_eq!(service_of(&e), &service_updated);
     assert_eq!(service_of(&e).description, "Payments, now with refunds");
     changes.push(e);
-    let revealed = c
-        .get_service(GetServiceRequest {
-            service_group: "shop".into(),
-            service_name: "payments".into(),
-            reveal_credentials: true,
-        })
+    let revealed = get_service(c, "shop", "payments", true)
         .await
-        .expect("GetService")
-        .into_inner();
+        .expect("GetService");
     assert_eq!(
         revealed.auth_credentials, "user:n3w-s3cret",
         "the credentials are set, so their absence from the event means something"
@@ -418,14 +399,9 @@ async fn remove_group_events(backend: Backend) {
     let initial = w.initial("shop", "").await;
     assert_eq!(initial_nodes(&initial), by_name(&nodes));
 
-    let r = c
-        .remove_service_group(RemoveServiceGroupRequest {
-            service_group: "shop".into(),
-            allow_missing: false,
-        })
+    let r = try_remove_group(c, "shop", false)
         .await
-        .expect("RemoveServiceGroup")
-        .into_inner();
+        .expect("RemoveServiceGroup");
     assert!(r.removed);
     assert_eq!(r.services_removed, 3);
 

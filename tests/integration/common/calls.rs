@@ -43,6 +43,100 @@ pub async fn get_nodes(c: &mut Client, group: &str, service: &str) -> Vec<Node> 
     .nodes
 }
 
+/// GetService.
+pub async fn get_service(
+    c: &mut Client,
+    group: &str,
+    name: &str,
+    reveal: bool,
+) -> Result<Service, Status> {
+    c.get_service(GetServiceRequest {
+        service_group: group.into(),
+        service_name: name.into(),
+        reveal_credentials: reveal,
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// Every service name of a group (one page of up to 1000).
+pub async fn services(c: &mut Client, group: &str) -> Vec<String> {
+    let page = c
+        .list_services(ListServicesRequest {
+            service_group: group.into(),
+            page_size: 1000,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ListServices {group}: {e}"))
+        .into_inner();
+    assert_eq!(page.next_page_token, "", "a single page was expected");
+    page.service_names
+}
+
+/// Every group name (one page of up to 1000).
+pub async fn groups(c: &mut Client) -> Vec<String> {
+    let page = c
+        .list_service_groups(ListServiceGroupsRequest {
+            page_size: 1000,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ListServiceGroups: {e}"))
+        .into_inner();
+    assert_eq!(page.next_page_token, "", "a single page was expected");
+    page.service_groups
+}
+
+/// RemoveNode (naming no instance).
+pub async fn try_remove_node(
+    c: &mut Client,
+    group: &str,
+    service: &str,
+    node: &str,
+    allow_missing: bool,
+) -> Result<RemoveNodeResponse, Status> {
+    c.remove_node(RemoveNodeRequest {
+        service_group: group.into(),
+        service_name: service.into(),
+        node_name: node.into(),
+        allow_missing,
+        instance_id: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// RemoveService.
+pub async fn try_remove_service(
+    c: &mut Client,
+    group: &str,
+    service: &str,
+    allow_missing: bool,
+) -> Result<RemoveServiceResponse, Status> {
+    c.remove_service(RemoveServiceRequest {
+        service_group: group.into(),
+        service_name: service.into(),
+        allow_missing,
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// RemoveServiceGroup.
+pub async fn try_remove_group(
+    c: &mut Client,
+    group: &str,
+    allow_missing: bool,
+) -> Result<RemoveServiceGroupResponse, Status> {
+    c.remove_service_group(RemoveServiceGroupRequest {
+        service_group: group.into(),
+        allow_missing,
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
 /// The names of `nodes`, in their order.
 pub fn node_names(nodes: &[Node]) -> Vec<String> {
     nodes.iter().map(|n| n.node_name.clone()).collect()
@@ -65,7 +159,7 @@ pub fn mentions(message: &str, field: &str) -> bool {
 
 /// The error status of a call that must fail with `code`.
 #[track_caller]
-pub fn expect_code<T>(r: Result<tonic::Response<T>, Status>, code: Code, what: &str) -> Status {
+pub fn expect_code<T>(r: Result<T, Status>, code: Code, what: &str) -> Status {
     match r {
         Ok(_) => panic!("{what}: expected {code:?}, got OK"),
         Err(s) => {
@@ -93,7 +187,7 @@ pub fn assert_invalid(s: &Status, field: &str, what: &str) {
 
 /// A call that must fail with INVALID_ARGUMENT naming `field`.
 #[track_caller]
-pub fn expect_invalid<T>(r: Result<tonic::Response<T>, Status>, field: &str, what: &str) {
+pub fn expect_invalid<T>(r: Result<T, Status>, field: &str, what: &str) {
     let s = expect_code(r, Code::InvalidArgument, what);
     assert_invalid(&s, field, what);
 }
