@@ -88,7 +88,6 @@ async fn initial_then_changes(backend: Backend) {
     );
     assert_eq!(w.last_sequence, 3, "INITIAL, INITIAL, SYNCED");
     let snapshot_revision = initial[0].revision;
-    let mut changes: Vec<WatchEvent> = Vec::new();
 
     // Writes elsewhere (a sibling service of the group, the same service
     // name in another group) are not this stream's business: the next
@@ -96,42 +95,32 @@ async fn initial_then_changes(backend: Backend) {
     register_node(c, bare_node("shop", "payments-eu", "x1", None)).await;
     register_node(c, bare_node("other", "payments", "x1", None)).await;
     let added = register_node(c, node("shop", "payments", "n3", 3, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &added);
-    changes.push(e);
+    w.expect_node(EventType::NodeAdded, &added).await;
 
     // A changed field: NODE_UPDATED with the new record.
     let mut req = node("shop", "payments", "n3", 3, None);
     req.port = 9999;
     let updated = register_node(c, req).await;
     assert_eq!(updated.registered_at, added.registered_at);
-    let e = w.expect(EventType::NodeUpdated).await;
-    assert_eq!(node_of(&e), &updated);
+    let e = w.expect_node(EventType::NodeUpdated, &updated).await;
     assert_eq!(node_of(&e).port, 9999);
-    changes.push(e);
 
     // RemoveNode: NODE_REMOVED with the node's last record, addresses too.
     remove_node(c, "shop", "payments", "n3").await;
-    let e = w.expect(EventType::NodeRemoved).await;
-    assert_eq!(node_of(&e), &updated);
+    let e = w.expect_node(EventType::NodeRemoved, &updated).await;
     assert_eq!(node_of(&e).ip, ["10.1.0.3", "fd00::3"]);
-    changes.push(e);
 
     // A node with a TTL: NODE_ADDED, then NODE_EXPIRED with its record
     // once the TTL runs out.
     let short = register_node(c, node("shop", "payments", "n4", 4, Some(1))).await;
     assert!(short.expires_at.is_some());
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &short);
-    changes.push(e);
-    let e = w.expect(EventType::NodeExpired).await;
-    assert_eq!(node_of(&e), &short);
+    w.expect_node(EventType::NodeAdded, &short).await;
+    let e = w.expect_node(EventType::NodeExpired, &short).await;
     assert_eq!(node_of(&e).ip, ["10.1.0.4", "fd00::4"]);
     assert!(
         ms(&e.time) >= ms(&short.expires_at),
         "expired before its deadline: {e:?}"
     );
-    changes.push(e);
 
     // The service's record changes (credentials still set): SERVICE_UPDATED
     // with the new record, credentials left out.
@@ -140,10 +129,10 @@ async fn initial_then_changes(backend: Backend) {
     req.auth_credentials = "user:n3w-s3cret".into();
     let service_updated = register_service(c, req).await;
     assert_eq!(service_updated.registered_at, registered.registered_at);
-    let e = w.expect(EventType::ServiceUpdated).await;
-    assert_eq!(service_of(&e), &service_updated);
+    let e = w
+        .expect_service(EventType::ServiceUpdated, &service_updated)
+        .await;
     assert_eq!(service_of(&e).description, "Payments, now with refunds");
-    changes.push(e);
     let revealed = get_service(c, "shop", "payments", true)
         .await
         .expect("GetService");
@@ -157,33 +146,22 @@ async fn initial_then_changes(backend: Backend) {
     let r = remove_service(c, "shop", "payments").await;
     assert!(r.removed);
     assert_eq!(r.nodes_removed, 2);
-    let mut removed = Vec::new();
-    for _ in 0..2 {
-        let e = w.expect(EventType::NodeRemoved).await;
-        removed.push(node_of(&e).clone());
-        changes.push(e);
-    }
+    let removed = w.expect_nodes(EventType::NodeRemoved, 2).await;
     assert_eq!(
         by_name(&removed),
         by_name(&existing),
         "NODE_REMOVED must carry each remaining node's last record"
     );
-    let e = w.expect(EventType::ServiceRemoved).await;
-    assert_eq!(service_of(&e), &service_updated);
-    changes.push(e);
+    w.expect_service(EventType::ServiceRemoved, &service_updated)
+        .await;
 
     // Nothing else came with the removal: the next event is a new node.
     let again = register_node(c, node("shop", "payments", "n5", 5, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &again);
-    changes.push(e);
+    w.expect_node(EventType::NodeAdded, &again).await;
 
-    for e in &changes {
-        assert_eq!(
-            (e.service_group.as_str(), e.service_name.as_str()),
-            ("shop", "payments"),
-            "{e:?}"
-        );
+    let changes = &w.seen()[3..];
+    for e in changes {
+        assert_eq!(about(&e), ("shop", "payments"), "{e:?}");
     }
     let revisions: Vec<u64> = changes.iter().map(|e| e.revision).collect();
     assert!(
@@ -204,8 +182,7 @@ async fn identical_reregistration_is_silent(backend: Backend) {
     assert!(w.initial("shop", "payments").await.is_empty());
 
     let a = register_node(c, node("shop", "payments", "a", 1, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &a);
+    w.expect_node(EventType::NodeAdded, &a).await;
 
     // The same record again, then with a TTL, then with another TTL:
     // timestamps and deadlines change, fields do not.
@@ -231,8 +208,8 @@ async fn identical_reregistration_is_silent(backend: Backend) {
     // The service had no record (only nodes): its first registration is
     // SERVICE_REGISTERED; the same registration again sends nothing.
     let registered = register_service(c, full_service("shop", "payments")).await;
-    let e = w.expect(EventType::ServiceRegistered).await;
-    assert_eq!(service_of(&e), &registered);
+    w.expect_service(EventType::ServiceRegistered, &registered)
+        .await;
     let again = register_service(c, full_service("shop", "payments")).await;
     assert_eq!(again.registered_at, registered.registered_at);
 
@@ -250,8 +227,7 @@ async fn identical_reregistration_is_silent(backend: Backend) {
     // A node's record may equal its old one exactly after a change back:
     // that is a change, and it is sent.
     let back = register_node(c, node("shop", "payments", "a", 1, None)).await;
-    let e = w.expect(EventType::NodeUpdated).await;
-    assert_eq!(node_of(&e), &back);
+    w.expect_node(EventType::NodeUpdated, &back).await;
 }
 
 /// A watch of a whole group (empty service_name) sees every service of the
@@ -283,18 +259,14 @@ async fn group_watch_sees_every_service(backend: Backend) {
     // A node in another group, then one in the group: only the latter.
     register_node(c, node("other", "orders", "x2", 7, None)).await;
     let o2 = register_node(c, node("shop", "orders", "o2", 8, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &o2);
-    assert_eq!(
-        (e.service_group.as_str(), e.service_name.as_str()),
-        ("shop", "orders")
-    );
+    let e = w.expect_node(EventType::NodeAdded, &o2).await;
+    assert_eq!(about(&e), ("shop", "orders"));
 
     // A service registered in a group whose name starts like ours.
     register_service(c, full_service("shop-eu", "inventory")).await;
     let inventory = register_service(c, full_service("shop", "inventory")).await;
-    let e = w.expect(EventType::ServiceRegistered).await;
-    assert_eq!(service_of(&e), &inventory);
+    w.expect_service(EventType::ServiceRegistered, &inventory)
+        .await;
 
     // A changed node elsewhere, then a changed node here.
     let mut req = node("other", "payments", "x1", 4, None);
@@ -303,18 +275,15 @@ async fn group_watch_sees_every_service(backend: Backend) {
     let mut req = node("shop", "payments", "p2", 2, None);
     req.port = 2;
     let p2 = register_node(c, req).await;
-    let e = w.expect(EventType::NodeUpdated).await;
-    assert_eq!(node_of(&e), &p2);
+    w.expect_node(EventType::NodeUpdated, &p2).await;
 
     // A removed node elsewhere, then here.
     remove_node(c, "shop-eu", "payments", "y1").await;
     remove_node(c, "shop", "payments", "p1").await;
     let e = w.expect(EventType::NodeRemoved).await;
+    let n = node_of(&e);
     assert_eq!(
-        (
-            node_of(&e).service_name.as_str(),
-            node_of(&e).node_name.as_str()
-        ),
+        (n.service_name.as_str(), n.node_name.as_str()),
         ("payments", "p1")
     );
 
@@ -323,11 +292,7 @@ async fn group_watch_sees_every_service(backend: Backend) {
     remove_service(c, "sho", "orders").await;
     let orders = get_nodes(c, "shop", "orders").await;
     remove_service(c, "shop", "orders").await;
-    let mut removed = Vec::new();
-    for _ in 0..2 {
-        let e = w.expect(EventType::NodeRemoved).await;
-        removed.push(node_of(&e).clone());
-    }
+    let removed = w.expect_nodes(EventType::NodeRemoved, 2).await;
     assert_eq!(by_name(&removed), by_name(&orders));
     let e = w.expect(EventType::ServiceRemoved).await;
     let s = service_of(&e);
@@ -339,8 +304,7 @@ async fn group_watch_sees_every_service(backend: Backend) {
     // And a service of the group that had no nodes when the stream began.
     register_node(c, node("shop-eu", "catalog", "y2", 9, None)).await;
     let c1 = register_node(c, node("shop", "catalog", "c1", 10, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &c1);
+    w.expect_node(EventType::NodeAdded, &c1).await;
 }
 
 /// send_initial=false: the stream starts with SYNCED and then carries
@@ -358,8 +322,7 @@ async fn send_initial_false(backend: Backend) {
     assert_eq!(e.sequence, 1, "SYNCED comes first: {e:?}");
 
     let n3 = register_node(c, node("shop", "payments", "n3", 3, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &n3);
+    let e = w.expect_node(EventType::NodeAdded, &n3).await;
     assert_eq!(e.sequence, 2);
     assert!(e.revision > 0);
     let mut req = node("shop", "payments", "n1", 1, None);
@@ -470,8 +433,7 @@ async fn remove_group_events(backend: Backend) {
     // a write to the look-alike group.
     register_node(c, node("shop-eu", "payments", "y2", 5, None)).await;
     let fresh = register_node(c, node("shop", "payments", "p3", 6, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &fresh);
+    w.expect_node(EventType::NodeAdded, &fresh).await;
 }
 
 /// An empty service_group is the server's default group, for the watch as
@@ -487,13 +449,11 @@ async fn default_group(backend: Backend) {
     assert_eq!(initial_nodes(&initial), by_name([&d1]));
 
     let d2 = register_node(c, node("default", "payments", "d2", 2, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &d2);
+    let e = w.expect_node(EventType::NodeAdded, &d2).await;
     assert_eq!(e.service_group, "default");
     register_node(c, node("other", "payments", "x1", 3, None)).await;
     let d3 = register_node(c, node("", "payments", "d3", 4, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &d3);
+    let e = w.expect_node(EventType::NodeAdded, &d3).await;
     assert_eq!(e.service_group, "default");
 
     // Naming the default group is the same as leaving it out.
@@ -518,11 +478,9 @@ async fn default_group(backend: Backend) {
     assert_eq!(initial_nodes(&initial), by_name([&m1]));
     register_node(c, node("default", "payments", "x2", 6, None)).await;
     let m2 = register_node(c, node("main", "payments", "m2", 7, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &m2);
+    w.expect_node(EventType::NodeAdded, &m2).await;
     let m3 = register_node(c, node("", "orders", "m3", 8, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &m3);
+    let e = w.expect_node(EventType::NodeAdded, &m3).await;
     assert_eq!(e.service_group, "main");
 }
 
@@ -568,8 +526,7 @@ async fn invalid_watch_request(backend: Backend) {
     let mut w = Watch::open(c, &longest, &longest, None).await;
     assert!(w.initial(&longest, &longest).await.is_empty());
     let n = register_node(c, node(&longest, &longest, "n1", 1, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &n);
+    w.expect_node(EventType::NodeAdded, &n).await;
 }
 
 /// A node registered again after it expired is a new node: NODE_EXPIRED,
@@ -582,14 +539,11 @@ async fn reregister_after_expiry(backend: Backend) {
     assert!(w.initial("shop", "payments").await.is_empty());
 
     let first = register_node(c, node("shop", "payments", "n1", 1, Some(1))).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &first);
-    let e = w.expect(EventType::NodeExpired).await;
-    assert_eq!(node_of(&e), &first);
+    w.expect_node(EventType::NodeAdded, &first).await;
+    w.expect_node(EventType::NodeExpired, &first).await;
 
     let second = register_node(c, node("shop", "payments", "n1", 1, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &second);
+    w.expect_node(EventType::NodeAdded, &second).await;
     assert!(
         ms(&second.registered_at) > ms(&first.registered_at),
         "an expired node registered again starts afresh: {second:?}"
@@ -599,8 +553,7 @@ async fn reregister_after_expiry(backend: Backend) {
     // before or after the server's sweep noticed it: the stream tells the
     // same story either way, once.
     let short = register_node(c, node("shop", "payments", "n2", 2, Some(1))).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &short);
+    w.expect_node(EventType::NodeAdded, &short).await;
     eventually("n2 to expire", || {
         let mut c = c.clone();
         async move {
@@ -613,10 +566,8 @@ async fn reregister_after_expiry(backend: Backend) {
     })
     .await;
     let renewed = register_node(c, node("shop", "payments", "n2", 2, None)).await;
-    let e = w.expect(EventType::NodeExpired).await;
-    assert_eq!(node_of(&e), &short);
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &renewed);
+    w.expect_node(EventType::NodeExpired, &short).await;
+    w.expect_node(EventType::NodeAdded, &renewed).await;
     let n3 = register_node(c, node("shop", "payments", "n3", 3, None)).await;
     let e = w.expect(EventType::NodeAdded).await;
     assert_eq!(node_of(&e), &n3, "the expiry must be reported exactly once");
@@ -653,8 +604,7 @@ async fn client_disconnect(backend: Backend) {
     let initial = w.initial("shop", "payments").await;
     assert_eq!(initial_nodes(&initial), by_name([&n1]));
     let n2 = register_node(&mut c, node("shop", "payments", "n2", 2, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &n2);
+    w.expect_node(EventType::NodeAdded, &n2).await;
     assert_eq!(
         by_name(&get_nodes(&mut c, "shop", "payments").await),
         by_name([&n1, &n2])

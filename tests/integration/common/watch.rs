@@ -30,6 +30,11 @@ pub fn node_of(e: &WatchEvent) -> &Node {
     n
 }
 
+/// The group and service an event names.
+pub fn about(e: &WatchEvent) -> (&str, &str) {
+    (e.service_group.as_str(), e.service_name.as_str())
+}
+
 /// The service an event carries; it must be there, without credentials,
 /// and the event's own group and service must be the record's.
 #[track_caller]
@@ -60,6 +65,8 @@ pub struct Watch {
     /// The sequence of the last event handed out (0 before the first).
     pub last_sequence: u64,
     opened_ms: i64,
+    /// Every event handed out, in order.
+    seen: Vec<WatchEvent>,
 }
 
 impl Watch {
@@ -86,6 +93,7 @@ impl Watch {
             what,
             last_sequence: 0,
             opened_ms,
+            seen: Vec::new(),
         }
     }
 
@@ -123,7 +131,13 @@ impl Watch {
             self.opened_ms,
             now_ms()
         );
+        self.seen.push(e.clone());
         e
+    }
+
+    /// Every event handed out so far, in order (sequence 1 first).
+    pub fn seen(&self) -> &[WatchEvent] {
+        &self.seen
     }
 
     /// The next event, which must be of type `want`.
@@ -133,6 +147,39 @@ impl Watch {
             kind(&e),
             want,
             "{}: expected {want:?} next, got {e:?}",
+            self.what
+        );
+        e
+    }
+
+    /// The next event, which must be of type `want` and carry `node`.
+    pub async fn expect_node(&mut self, want: EventType, node: &Node) -> WatchEvent {
+        let e = self.expect(want).await;
+        assert_eq!(
+            node_of(&e),
+            node,
+            "{}: {want:?} with another record",
+            self.what
+        );
+        e
+    }
+
+    /// The next `n` events, each of type `want`: the nodes they carry.
+    pub async fn expect_nodes(&mut self, want: EventType, n: usize) -> Vec<Node> {
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            nodes.push(node_of(&self.expect(want).await).clone());
+        }
+        nodes
+    }
+
+    /// The next event, which must be of type `want` and carry `service`.
+    pub async fn expect_service(&mut self, want: EventType, service: &Service) -> WatchEvent {
+        let e = self.expect(want).await;
+        assert_eq!(
+            service_of(&e),
+            service,
+            "{}: {want:?} with another record",
             self.what
         );
         e
@@ -229,6 +276,7 @@ impl Watch {
                     what: what.clone(),
                     last_sequence: 0,
                     opened_ms: now_ms(),
+                    seen: Vec::new(),
                 };
                 match stream.message().await {
                     Err(s) => s,
