@@ -18,6 +18,16 @@ struct Setup {
     client: Client,
 }
 
+impl Setup {
+    /// Stops the server, and starts it again on the same port and Redis
+    /// once the node's TTL has run out.
+    async fn restart_server_after_the_ttl(&mut self) {
+        drop(self.server.take());
+        tokio::time::sleep(Duration::from_secs(TTL + 1)).await;
+        self.server = Some(serve(&self.redis, self.port));
+    }
+}
+
 fn serve(redis: &RedisServer, port: u16) -> Proc {
     let redis = redis.url();
     Proc::spawn(
@@ -216,9 +226,7 @@ async fn an_outage_is_logged_once_however_many_retries_it_takes() {
 
     // Down for longer than the TTL: the agent retries several times (its
     // backoff is capped at TTL/3) and the node is gone when it comes back.
-    drop(s.server.take());
-    tokio::time::sleep(Duration::from_secs(TTL + 1)).await;
-    s.server = Some(serve(&s.redis, s.port));
+    s.restart_server_after_the_ttl().await;
     wait_for_node(&s.client, "n1", "the node after the server came back").await;
 
     agent.signal("TERM");
@@ -257,10 +265,8 @@ async fn the_node_comes_back_after_the_server_and_after_redis_restart() {
     wait_for_node(&s.client, "n1", "the agent's node").await;
 
     // The server dies long enough for the node to expire, then returns.
-    drop(s.server.take());
-    tokio::time::sleep(Duration::from_secs(TTL + 1)).await;
-    s.server = Some(serve(&s.redis, s.port));
-    wait_for_node(&s.client, "n1", "the node after a server restart").await;
+    s.restart_server_after_the_ttl().await;
+    wait_for_node(&s.client, "n1", "the node after the server came back").await;
 
     // Redis restarts empty: the agent's heartbeat gets NOT_FOUND and it
     // registers again.

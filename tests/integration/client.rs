@@ -11,8 +11,12 @@ use discovered::store::Registry;
 use futures::{Stream, StreamExt};
 use tonic::Code;
 
-async fn registry(redis: &RedisServer) -> Arc<dyn Registry> {
-    Arc::new(redis_registry(redis).await)
+/// A server on `addr` over a registry of its own on `redis`.
+async fn serve(redis: &RedisServer, addr: SocketAddr) -> RunningServer {
+    let registry: Arc<dyn Registry> = Arc::new(redis_registry(redis).await);
+    RunningServer::start(registry, Defaults::default(), addr)
+        .await
+        .expect("start server")
 }
 
 /// The next event of the typed client's watch, which must come.
@@ -27,9 +31,7 @@ async fn next(s: &mut (impl Stream<Item = ClientResult<Event>> + Unpin)) -> Even
 async fn calls_and_a_watch_that_survives_a_server_restart() {
     let redis = RedisServer::start();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let server = RunningServer::start(registry(&redis).await, Defaults::default(), addr)
-        .await
-        .unwrap();
+    let server = serve(&redis, addr).await;
     let client = Client::connect(&addr.to_string()).await.unwrap();
 
     let registered = client
@@ -66,9 +68,7 @@ async fn calls_and_a_watch_that_survives_a_server_restart() {
         .register_node(bare_node("", "payments", "pay-2", None))
         .await;
     assert_eq!(registered.unwrap_err().code(), Code::Unavailable);
-    let server = RunningServer::start(registry(&redis).await, Defaults::default(), addr)
-        .await
-        .unwrap();
+    let server = serve(&redis, addr).await;
     assert_eq!(next(&mut events).await, Event::Resync);
     assert_eq!(next(&mut events).await, Event::Initial(node.clone()));
     assert_eq!(next(&mut events).await, Event::Synced);
@@ -101,9 +101,7 @@ async fn calls_and_a_watch_that_survives_a_server_restart() {
 async fn a_refused_watch_ends_with_its_error() {
     let redis = RedisServer::start();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _server = RunningServer::start(registry(&redis).await, Defaults::default(), addr)
-        .await
-        .unwrap();
+    let _server = serve(&redis, addr).await;
     let client = Client::connect(&addr.to_string()).await.unwrap();
     let mut events = Box::pin(client.watch("", "bad:name"));
     let first = within("the refused watch's error", events.next())

@@ -9,7 +9,7 @@ use crate::common::*;
 use discovered::proto::v1::*;
 use discovered::server::Defaults;
 use prost_types::Timestamp;
-use tonic::Code;
+use tonic::{Code, Status};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -110,6 +110,33 @@ async fn snapshot(c: &mut Client, group: &str, service: &str) -> Snapshot {
         nodes: get_nodes(c, group, service).await,
         services: services(c, group).await,
         groups: groups(c).await,
+    }
+}
+
+/// A change to a request, that makes one field invalid.
+type Mutation<'a, R> = Box<dyn Fn(&mut R) + 'a>;
+
+/// Registers `changed` again with each of `cases` applied: each must be
+/// refused by `register` (`call`) naming its field, and leave the registry
+/// as it was `before`.
+async fn refused_each<R: Clone, T>(
+    c: &mut Client,
+    before: &Snapshot,
+    changed: &R,
+    cases: &[(&str, Mutation<'_, R>)],
+    mut register: impl AsyncFnMut(&mut Client, R) -> Result<T, Status>,
+    call: &str,
+) {
+    for (field, mutate) in cases {
+        let mut req = changed.clone();
+        mutate(&mut req);
+        let what = format!("{call} with a bad {field}");
+        expect_invalid(register(c, req).await, field, &what);
+        assert_eq!(
+            &snapshot(c, "shop", "payments").await,
+            before,
+            "a refused re-registration (bad {field}) changes nothing"
+        );
     }
 }
 
@@ -696,22 +723,19 @@ async fn server_default_auto_off(backend: Backend) {
 // 9. Pagination
 // ---------------------------------------------------------------------------
 
-/// Pages through ListServices; returns each page's names and token.
-async fn service_pages(c: &mut Client, group: &str, size: u32) -> Vec<(Vec<String>, String)> {
-    let mut pages = Vec::new();
+/// Pages through a listing, `fetch` returning the page a token starts:
+/// each page's names and token.
+async fn pages(
+    mut fetch: impl AsyncFnMut(String) -> Result<(Vec<String>, String), Status>,
+) -> Vec<(Vec<String>, String)> {
+    let mut pages: Vec<(Vec<String>, String)> = Vec::new();
     let mut token = String::new();
     loop {
-        let page = c
-            .list_services(ListServicesRequest {
-                service_group: group.into(),
-                page_size: size,
-                page_token: token.clone(),
-            })
+        let page = fetch(token)
             .await
-            .unwrap_or_else(|e| panic!("ListServices page {}: {e}", pages.len()))
-            .into_inner();
-        token = page.next_page_token.clone();
-        pages.push((page.service_names, page.next_page_token));
+            .unwrap_or_else(|e| panic!("page {}: {e}", pages.len()));
+        token = page.1.clone();
+        pages.push(page);
         if token.is_empty() {
             return pages;
         }
@@ -719,26 +743,14 @@ async fn service_pages(c: &mut Client, group: &str, size: u32) -> Vec<(Vec<Strin
     }
 }
 
-/// Pages through ListServiceGroups; returns each page's names and token.
+/// Pages through ListServices.
+async fn service_pages(c: &mut Client, group: &str, size: u32) -> Vec<(Vec<String>, String)> {
+    pages(async |token| try_list_services(c, group, size, &token).await).await
+}
+
+/// Pages through ListServiceGroups.
 async fn group_pages(c: &mut Client, size: u32) -> Vec<(Vec<String>, String)> {
-    let mut pages = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = c
-            .list_service_groups(ListServiceGroupsRequest {
-                page_size: size,
-                page_token: token.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("ListServiceGroups page {}: {e}", pages.len()))
-            .into_inner();
-        token = page.next_page_token.clone();
-        pages.push((page.service_groups, page.next_page_token));
-        if token.is_empty() {
-            return pages;
-        }
-        assert!(pages.len() < 100, "pagination does not end: {pages:?}");
-    }
+    pages(async |token| try_list_groups(c, size, &token).await).await
 }
 
 /// Checks pages of the given sizes that together hold exactly `want`.
@@ -789,23 +801,13 @@ async fn list_services_paginates(backend: Backend) {
     );
 
     expect_invalid(
-        c.list_services(ListServicesRequest {
-            service_group: "shop".into(),
-            page_size: 1001,
-            page_token: String::new(),
-        })
-        .await,
+        try_list_services(c, "shop", 1001, "").await,
         "page_size",
         "ListServices page_size 1001",
     );
     for token in ["a:b", "a b", "*", "{x}"] {
         expect_code(
-            c.list_services(ListServicesRequest {
-                service_group: "shop".into(),
-                page_size: 10,
-                page_token: token.into(),
-            })
-            .await,
+            try_list_services(c, "shop", 10, token).await,
             Code::InvalidArgument,
             &format!("ListServices page_token {token:?}"),
         );
@@ -840,21 +842,13 @@ async fn list_service_groups_paginates(backend: Backend) {
     check_pages(&group_pages(c, 10).await, &[10, 3], &want);
 
     expect_invalid(
-        c.list_service_groups(ListServiceGroupsRequest {
-            page_size: 1001,
-            page_token: String::new(),
-        })
-        .await,
+        try_list_groups(c, 1001, "").await,
         "page_size",
         "ListServiceGroups page_size 1001",
     );
     for token in ["a:b", "a b", "*", "{x}"] {
         expect_code(
-            c.list_service_groups(ListServiceGroupsRequest {
-                page_size: 10,
-                page_token: token.into(),
-            })
-            .await,
+            try_list_groups(c, 10, token).await,
             Code::InvalidArgument,
             &format!("ListServiceGroups page_token {token:?}"),
         );
@@ -1254,12 +1248,7 @@ async fn invalid_service_groups_are_refused(backend: Backend) {
             &what("GetNodes"),
         );
         expect_invalid(
-            c.list_services(ListServicesRequest {
-                service_group: bad.into(),
-                page_size: 0,
-                page_token: String::new(),
-            })
-            .await,
+            try_list_services(c, bad, 0, "").await,
             "service_group",
             &what("ListServices"),
         );
@@ -1290,8 +1279,7 @@ async fn invalid_service_fields_are_refused(backend: Backend) {
     let before = snapshot(c, "shop", "payments").await;
 
     let big = "x".repeat(4097);
-    type Mutation<'a> = Box<dyn Fn(&mut RegisterServiceRequest) + 'a>;
-    let cases: Vec<(&str, Mutation<'_>)> = vec![
+    let cases: Vec<(&str, Mutation<'_, RegisterServiceRequest>)> = vec![
         ("description", Box::new(|r| r.description = big.clone())),
         ("endpoint", Box::new(|r| r.endpoint = big.clone())),
         ("endpoint_type", Box::new(|r| r.endpoint_type = big.clone())),
@@ -1324,21 +1312,12 @@ async fn invalid_service_fields_are_refused(backend: Backend) {
             }),
         ),
     ];
-    for (field, mutate) in &cases {
-        let mut req = original.clone();
-        req.description = "changed".into();
-        mutate(&mut req);
-        expect_invalid(
-            c.register_service(req).await,
-            field,
-            &format!("RegisterService with a bad {field}"),
-        );
-        assert_eq!(
-            snapshot(c, "shop", "payments").await,
-            before,
-            "a refused re-registration (bad {field}) changes nothing"
-        );
-    }
+    let changed = RegisterServiceRequest {
+        description: "changed".into(),
+        ..original.clone()
+    };
+    let register = async |c: &mut Client, req| c.register_service(req).await;
+    refused_each(c, &before, &changed, &cases, register, "RegisterService").await;
 
     // At the bounds: accepted.
     let at_bound = "x".repeat(4096);
@@ -1370,8 +1349,7 @@ async fn invalid_node_fields_are_refused(backend: Backend) {
     let before = snapshot(c, "shop", "payments").await;
 
     let big = "x".repeat(4097);
-    type Mutation<'a> = Box<dyn Fn(&mut RegisterNodeRequest) + 'a>;
-    let cases: Vec<(&str, Mutation<'_>)> = vec![
+    let cases: Vec<(&str, Mutation<'_, RegisterNodeRequest>)> = vec![
         ("fqdn", Box::new(|r| r.fqdn = big.clone())),
         ("os", Box::new(|r| r.os = big.clone())),
         ("platform_name", Box::new(|r| r.platform_name = big.clone())),
@@ -1420,21 +1398,12 @@ async fn invalid_node_fields_are_refused(backend: Backend) {
             Box::new(|r| r.ttl_seconds = Some(366 * 24 * 3600)),
         ),
     ];
-    for (field, mutate) in &cases {
-        let mut req = original.clone();
-        req.fqdn = "changed.example.com".into();
-        mutate(&mut req);
-        expect_invalid(
-            c.register_node(req).await,
-            field,
-            &format!("RegisterNode with a bad {field}"),
-        );
-        assert_eq!(
-            snapshot(c, "shop", "payments").await,
-            before,
-            "a refused re-registration (bad {field}) changes nothing"
-        );
-    }
+    let changed = RegisterNodeRequest {
+        fqdn: "changed.example.com".into(),
+        ..original.clone()
+    };
+    let register = async |c: &mut Client, req| c.register_node(req).await;
+    refused_each(c, &before, &changed, &cases, register, "RegisterNode").await;
 
     // At the bounds: accepted.
     let req = RegisterNodeRequest {

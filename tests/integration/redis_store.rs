@@ -250,16 +250,8 @@ async fn redis_down_gives_unavailable_and_not_serving_then_recovers() {
     // the server, and health follows.
     t.redis().restart();
     wait_health(&t, ServingStatus::Serving).await;
-    let registered = eventually("RegisterNode to succeed again", || {
-        let mut c = t.client.clone();
-        async move {
-            c.register_node(bare_node("default", "payments", "p1", None))
-                .await
-                .ok()
-        }
-    })
-    .await
-    .into_inner();
+    let registered =
+        register_node_eventually(&t.client, bare_node("default", "payments", "p1", None)).await;
     assert_eq!(registered.node_name, "p1");
     assert_eq!(get_nodes(&mut t.client, "", "payments").await.len(), 1);
     // A script-backed call after the restart: Redis forgot the scripts.

@@ -78,16 +78,7 @@ async fn a_watch_survives_a_redis_restart_with_a_resync() {
     );
 
     // And the stream goes on with new changes.
-    let node = eventually("a registration after the restart", || {
-        let mut c = t.client.clone();
-        async move {
-            c.register_node(bare_node("", "payments", "new", None))
-                .await
-                .ok()
-        }
-    })
-    .await
-    .into_inner();
+    let node = register_node_eventually(&t.client, bare_node("", "payments", "new", None)).await;
     let e = w.expect(EventType::NodeAdded).await;
     assert_eq!(e.node, Some(node));
 }
@@ -228,15 +219,6 @@ async fn a_silently_dead_subscription_is_found_and_replaced() {
     t.redis().signal("CONT");
     assert!(w.resync("default", "payments").await.is_empty());
     // And changes flow again over the new subscription.
-    let node = eventually("a registration after the thaw", || {
-        let mut c = t.client.clone();
-        async move {
-            c.register_node(bare_node("", "payments", "n", None))
-                .await
-                .ok()
-        }
-    })
-    .await
-    .into_inner();
+    let node = register_node_eventually(&t.client, bare_node("", "payments", "n", None)).await;
     assert_eq!(w.expect(EventType::NodeAdded).await.node, Some(node));
 }

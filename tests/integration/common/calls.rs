@@ -22,6 +22,21 @@ pub async fn register_node(c: &mut Client, req: RegisterNodeRequest) -> Node {
         .into_inner()
 }
 
+/// RegisterNode, tried again until it succeeds: for a server whose Redis
+/// is coming back.
+pub async fn register_node_eventually(c: &Client, req: RegisterNodeRequest) -> Node {
+    let what = format!(
+        "RegisterNode {}/{}/{} to succeed",
+        req.service_group, req.service_name, req.node_name
+    );
+    super::eventually(&what, || {
+        let (mut c, req) = (c.clone(), req.clone());
+        async move { c.register_node(req).await.ok() }
+    })
+    .await
+    .into_inner()
+}
+
 /// RegisterService, which must succeed.
 pub async fn register_service(c: &mut Client, req: RegisterServiceRequest) -> Service {
     let what = format!("RegisterService {}/{}", req.service_group, req.service_name);
@@ -59,33 +74,57 @@ pub async fn get_service(
     .map(|r| r.into_inner())
 }
 
-/// Every service name of a group (one page of up to 1000).
-pub async fn services(c: &mut Client, group: &str) -> Vec<String> {
+/// One page of ListServices: its service names and the next page's token.
+pub async fn try_list_services(
+    c: &mut Client,
+    group: &str,
+    size: u32,
+    token: &str,
+) -> Result<(Vec<String>, String), Status> {
     let page = c
         .list_services(ListServicesRequest {
             service_group: group.into(),
-            page_size: 1000,
-            page_token: String::new(),
+            page_size: size,
+            page_token: token.into(),
         })
-        .await
-        .unwrap_or_else(|e| panic!("ListServices {group}: {e}"))
+        .await?
         .into_inner();
-    assert_eq!(page.next_page_token, "", "a single page was expected");
-    page.service_names
+    Ok((page.service_names, page.next_page_token))
+}
+
+/// One page of ListServiceGroups: its group names and the next page's
+/// token.
+pub async fn try_list_groups(
+    c: &mut Client,
+    size: u32,
+    token: &str,
+) -> Result<(Vec<String>, String), Status> {
+    let page = c
+        .list_service_groups(ListServiceGroupsRequest {
+            page_size: size,
+            page_token: token.into(),
+        })
+        .await?
+        .into_inner();
+    Ok((page.service_groups, page.next_page_token))
+}
+
+/// Every service name of a group (one page of up to 1000).
+pub async fn services(c: &mut Client, group: &str) -> Vec<String> {
+    let (names, next) = try_list_services(c, group, 1000, "")
+        .await
+        .unwrap_or_else(|e| panic!("ListServices {group}: {e}"));
+    assert_eq!(next, "", "a single page was expected");
+    names
 }
 
 /// Every group name (one page of up to 1000).
 pub async fn groups(c: &mut Client) -> Vec<String> {
-    let page = c
-        .list_service_groups(ListServiceGroupsRequest {
-            page_size: 1000,
-            page_token: String::new(),
-        })
+    let (names, next) = try_list_groups(c, 1000, "")
         .await
-        .unwrap_or_else(|e| panic!("ListServiceGroups: {e}"))
-        .into_inner();
-    assert_eq!(page.next_page_token, "", "a single page was expected");
-    page.service_groups
+        .unwrap_or_else(|e| panic!("ListServiceGroups: {e}"));
+    assert_eq!(next, "", "a single page was expected");
+    names
 }
 
 /// RemoveNode (naming no instance).
