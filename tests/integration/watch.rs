@@ -161,7 +161,7 @@ async fn initial_then_changes(backend: Backend) {
 
     let changes = &w.seen()[3..];
     for e in changes {
-        assert_eq!(about(&e), ("shop", "payments"), "{e:?}");
+        assert_eq!(about(e), ("shop", "payments"), "{e:?}");
     }
     let revisions: Vec<u64> = changes.iter().map(|e| e.revision).collect();
     assert!(
