@@ -14,6 +14,13 @@ struct Out {
     stderr: String,
 }
 
+/// A server on Redis for the commands to talk to, and its address.
+async fn server() -> (TestServer, String) {
+    let t = TestServer::start(Backend::Redis).await;
+    let url = t.server.url();
+    (t, url)
+}
+
 /// `discovered ARGS --server SERVER`, ARGS written as one string (see
 /// [`argv`]).
 fn command(server: &str, args: &str) -> tokio::process::Command {
@@ -99,6 +106,11 @@ fn is_rfc3339(v: &Value) -> bool {
         .is_some_and(|s| s.len() == 24 && s.ends_with('Z') && s.as_bytes()[10] == b'T')
 }
 
+/// The lines of `text`.
+fn lines_of(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
 /// Asserts that `text` contains each of `parts`.
 #[track_caller]
 fn assert_contains(text: &str, parts: &[&str]) {
@@ -135,8 +147,7 @@ fn node_names(v: &Value) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_in_table_and_json() {
-    let t = TestServer::start(Backend::Redis).await;
-    let s = t.server.url();
+    let (_t, s) = server().await;
 
     let table = ok(
         &s,
@@ -183,16 +194,13 @@ async fn services_in_table_and_json() {
     ok(&s, "register-node ledger led-1 --ip 10.0.0.2").await;
     ok(&s, "register-node orders ord-1 --group shop --ip 10.0.0.3").await;
     let table = ok(&s, "services").await;
-    let lines: Vec<&str> = table.lines().collect();
+    let lines = lines_of(&table);
     assert_eq!(lines, ["SERVICE", "ledger", "payments"], "{table}");
-    assert_eq!(
-        ok_json(&s, "services --group shop").await,
-        json!(["orders"])
-    );
+    let v = ok_json(&s, "services --group shop").await;
+    assert_eq!(v, json!(["orders"]));
 
     let table = ok(&s, "groups").await;
-    let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines, ["GROUP", "default", "shop"], "{table}");
+    assert_eq!(lines_of(&table), ["GROUP", "default", "shop"], "{table}");
     assert_eq!(ok_json(&s, "groups").await, json!(["default", "shop"]));
 
     // remove-service, with and without --allow-missing.
@@ -222,8 +230,7 @@ async fn services_in_table_and_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_in_table_and_json() {
-    let t = TestServer::start(Backend::Redis).await;
-    let s = t.server.url();
+    let (_t, s) = server().await;
 
     let table = ok(
         &s,
@@ -231,7 +238,7 @@ async fn nodes_in_table_and_json() {
          --instance-id inst-a --meta zone=a",
     )
     .await;
-    let lines: Vec<&str> = table.lines().collect();
+    let lines = lines_of(&table);
     assert_eq!(lines.len(), 2, "{table}");
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(header, ["NAME", "ADDRESSES", "PORT", "EXPIRES", "INSTANCE"]);
@@ -271,7 +278,7 @@ async fn nodes_in_table_and_json() {
     assert_eq!(v[2]["ip"], json!(["127.0.0.1"]));
 
     let table = ok(&s, "nodes payments").await;
-    let lines: Vec<&str> = table.lines().collect();
+    let lines = lines_of(&table);
     assert_eq!(lines.len(), 4, "{table}");
     assert!(lines[0].starts_with("NAME"), "{table}");
     assert_contains(lines[2], &["pay-2", "never", &generated]);
@@ -304,8 +311,7 @@ async fn nodes_in_table_and_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_one_line_with_distinct_exit_codes() {
-    let t = TestServer::start(Backend::Redis).await;
-    let s = t.server.url();
+    let (_t, s) = server().await;
 
     let err = fails(&s, "get-service missing", 3).await;
     assert!(err.starts_with("error: NOT_FOUND: "), "{err}");
@@ -332,8 +338,7 @@ async fn errors_are_one_line_with_distinct_exit_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_prints_state_then_changes() {
-    let t = TestServer::start(Backend::Redis).await;
-    let s = t.server.url();
+    let (_t, s) = server().await;
     ok(&s, "register-node payments pay-1 --ip 10.0.0.1 --port 8080").await;
 
     let mut child = command(&s, "watch payments --output json")
@@ -383,8 +388,7 @@ async fn watch_prints_state_then_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_in_table_form_and_for_a_group() {
-    let t = TestServer::start(Backend::Redis).await;
-    let s = t.server.url();
+    let (_t, s) = server().await;
     ok(&s, "register-node payments pay-1 --ip 10.0.0.1 --port 8080").await;
 
     let mut child = command(&s, "watch").spawn().expect("spawn watch");
@@ -407,8 +411,7 @@ async fn watch_in_table_form_and_for_a_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_node_auto_sends_this_machines_facts() {
-    let t = TestServer::start(Backend::Redis).await;
-    let s = t.server.url();
+    let (_t, s) = server().await;
     let facts = discovered::hostfacts::gather();
     let node = ok_json(&s, "register-node payments auto-1 --auto --port 80").await;
     assert_eq!(node["cpu_count"], facts.cpu_count, "{node}");

@@ -992,6 +992,19 @@ async fn remove_service(backend: Backend) {
     );
 }
 
+/// Asserts that `group`'s service `payments` still has the record
+/// `service` and the one node `node`.
+async fn assert_kept(c: &mut Client, group: &str, service: &Service, node: &Node) {
+    let got = get_service(c, group, "payments", false).await;
+    let got = got.unwrap_or_else(|e| panic!("GetService {group}/payments: {e}"));
+    assert_eq!(&got, service, "{group}/payments");
+    assert_eq!(
+        get_nodes(c, group, "payments").await,
+        std::slice::from_ref(node),
+        "{group}/payments"
+    );
+}
+
 async fn remove_service_group(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
@@ -1024,22 +1037,12 @@ async fn remove_service_group(backend: Backend) {
     );
     assert_eq!(groups(c).await, ["default", "other", "shop"]);
     assert_eq!(services(c, "default").await, ["payments"]);
-    assert_eq!(
-        get_service(c, "", "payments", false)
-            .await
-            .expect("default payments"),
-        default
-    );
-    assert_eq!(
-        get_nodes(c, "", "payments").await,
-        std::slice::from_ref(&default_node)
-    );
+    assert_kept(c, "", &default, &default_node).await;
 
     let r = try_remove_group(c, "shop", false)
         .await
         .expect("RemoveServiceGroup");
-    assert!(r.removed);
-    assert_eq!(r.services_removed, 3);
+    assert_eq!((r.removed, r.services_removed), (true, 3));
 
     assert_eq!(groups(c).await, ["default", "other"]);
     assert!(services(c, "shop").await.is_empty());
@@ -1052,20 +1055,8 @@ async fn remove_service_group(backend: Backend) {
         assert!(get_nodes(c, "shop", name).await.is_empty(), "{name} nodes");
     }
     // Other groups are intact.
-    assert_eq!(
-        get_service(c, "other", "payments", false)
-            .await
-            .expect("other payments"),
-        other
-    );
-    assert_eq!(get_nodes(c, "other", "payments").await, [other_node]);
-    assert_eq!(
-        get_service(c, "default", "payments", false)
-            .await
-            .expect("default payments"),
-        default
-    );
-    assert_eq!(get_nodes(c, "default", "payments").await, [default_node]);
+    assert_kept(c, "other", &other, &other_node).await;
+    assert_kept(c, "default", &default, &default_node).await;
 
     expect_code(
         try_remove_group(c, "shop", false).await,
@@ -1075,8 +1066,7 @@ async fn remove_service_group(backend: Backend) {
     let r = try_remove_group(c, "shop", true)
         .await
         .expect("RemoveServiceGroup allow_missing");
-    assert!(!r.removed);
-    assert_eq!(r.services_removed, 0);
+    assert_eq!((r.removed, r.services_removed), (false, 0));
     expect_code(
         try_remove_group(c, "never", false).await,
         Code::NotFound,
@@ -1087,8 +1077,7 @@ async fn remove_service_group(backend: Backend) {
     let r = try_remove_group(c, "default", false)
         .await
         .expect("RemoveServiceGroup default");
-    assert!(r.removed);
-    assert_eq!(r.services_removed, 1);
+    assert_eq!((r.removed, r.services_removed), (true, 1));
     assert_eq!(groups(c).await, ["other"]);
     assert!(get_nodes(c, "", "payments").await.is_empty());
 }

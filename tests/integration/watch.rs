@@ -369,10 +369,7 @@ async fn remove_group_events(backend: Backend) {
     assert_eq!(r.services_removed, 3);
 
     // Three nodes and three services: six events.
-    let mut events = Vec::new();
-    for _ in 0..6 {
-        events.push(w.next().await);
-    }
+    let events = w.next_n(6).await;
     let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
     assert!(revisions[0] > initial[0].revision);
     assert_increasing(&revisions, "RemoveServiceGroup events");

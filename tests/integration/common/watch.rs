@@ -140,6 +140,15 @@ impl Watch {
         &self.seen
     }
 
+    /// The next `n` events, whatever their types.
+    pub async fn next_n(&mut self, n: usize) -> Vec<WatchEvent> {
+        let mut events = Vec::new();
+        for _ in 0..n {
+            events.push(self.next().await);
+        }
+        events
+    }
+
     /// The next event, which must be of type `want`.
     pub async fn expect(&mut self, want: EventType) -> WatchEvent {
         let e = self.next().await;
