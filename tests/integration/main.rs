@@ -1,6 +1,10 @@
 //! The integration tests, as one test binary (one link step instead of one
-//! per file). Each module is what used to be a file of its own under
-//! `tests/`; `common` is the support kit they share.
+//! per file; cargo finds `tests/integration/main.rs` by itself). Each module
+//! is what used to be a file of its own under `tests/`; `common` is the
+//! support kit they share.
+//!
+//! A new test file goes next to this one, as `mod name;` below, and takes
+//! the kit with `use crate::common::*;` (not `mod common;`).
 
 mod common;
 
