@@ -1,17 +1,11 @@
 //! Heartbeat and instance ownership, on both backends.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, TestServer, bare_node, eventually, ms, now_ms};
-use discovered::proto::v1::discovery_client::DiscoveryClient;
+use crate::common::*;
 use discovered::proto::v1::*;
 use discovered::server::Defaults;
 use tonic::Code;
-use tonic::transport::Channel;
-
-type Client = DiscoveryClient<Channel>;
 
 fn beat(name: &str, ttl: Option<i64>, instance: &str) -> HeartbeatRequest {
     HeartbeatRequest {
@@ -39,35 +33,15 @@ fn owned(name: &str, ttl: Option<i64>, instance: &str) -> RegisterNodeRequest {
     }
 }
 
+/// The nodes of `payments` in the default group.
 async fn nodes(c: &mut Client) -> Vec<Node> {
-    c.get_nodes(GetNodesRequest {
-        service_group: String::new(),
-        service_name: "payments".into(),
-    })
-    .await
-    .expect("GetNodes")
-    .into_inner()
-    .nodes
-}
-
-/// Waits (by polling the clock) until `t` ms since the epoch has passed.
-async fn wait_past(t: i64) {
-    eventually(
-        "the clock to pass a deadline",
-        Duration::from_secs(30),
-        || async move { (now_ms() > t).then_some(()) },
-    )
-    .await;
+    get_nodes(c, "", "payments").await
 }
 
 async fn heartbeat_renews_the_ttl(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
-    let node = c
-        .register_node(owned("p1", Some(1), ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let node = register_node(c, owned("p1", Some(1), "")).await;
     let first_deadline = ms(&node.expires_at);
     let renewed = c
         .heartbeat(beat("p1", Some(60), ""))
@@ -108,7 +82,7 @@ async fn heartbeat_uses_the_server_default_ttl(backend: Backend) {
     };
     let mut t = TestServer::start_with(backend, defaults).await;
     let c = &mut t.client;
-    c.register_node(owned("p1", Some(0), "")).await.unwrap();
+    register_node(c, owned("p1", Some(0), "")).await;
     let before = now_ms();
     let renewed = c
         .heartbeat(beat("p1", None, ""))
@@ -127,11 +101,7 @@ async fn heartbeat_of_a_missing_or_expired_node_is_not_found(backend: Backend) {
     let c = &mut t.client;
     let err = c.heartbeat(beat("ghost", Some(30), "")).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
-    let node = c
-        .register_node(owned("short", Some(1), ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let node = register_node(c, owned("short", Some(1), "")).await;
     wait_past(ms(&node.expires_at)).await;
     let err = c.heartbeat(beat("short", Some(30), "")).await.unwrap_err();
     assert_eq!(
@@ -148,62 +118,29 @@ async fn heartbeat_of_a_missing_or_expired_node_is_not_found(backend: Backend) {
 async fn heartbeat_sends_no_watch_event(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
-    c.register_node(owned("p1", Some(30), "")).await.unwrap();
-    let mut stream = c
-        .watch_service(WatchServiceRequest {
-            service_name: "payments".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(next(&mut stream).await.r#type, EventType::Initial as i32);
-    assert_eq!(next(&mut stream).await.r#type, EventType::Synced as i32);
+    register_node(c, owned("p1", Some(30), "")).await;
+    let mut w = Watch::open(c, "", "payments", None).await;
+    assert_eq!(w.initial("default", "payments").await.len(), 1);
     c.heartbeat(beat("p1", Some(60), "")).await.unwrap();
-    c.register_node(owned("p2", None, "")).await.unwrap();
-    let e = next(&mut stream).await;
-    assert_eq!(e.r#type, EventType::NodeAdded as i32, "{e:?}");
-    assert_eq!(e.node.unwrap().node_name, "p2");
-}
-
-async fn next(s: &mut tonic::Streaming<WatchEvent>) -> WatchEvent {
-    tokio::time::timeout(Duration::from_secs(10), s.message())
-        .await
-        .expect("no event within 10 s")
-        .expect("stream failed")
-        .expect("stream ended")
+    register_node(c, owned("p2", None, "")).await;
+    let e = w.expect(EventType::NodeAdded).await;
+    assert_eq!(node_of(&e).node_name, "p2");
 }
 
 async fn instance_ids_are_generated_and_kept(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
-    let first = c
-        .register_node(owned("p1", None, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = register_node(c, owned("p1", None, "")).await;
     assert_eq!(first.instance_id.len(), 32, "{first:?}");
     assert!(first.instance_id.bytes().all(|b| b.is_ascii_hexdigit()));
-    let again = c
-        .register_node(owned("p1", None, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = register_node(c, owned("p1", None, "")).await;
     assert_eq!(
         again.instance_id, first.instance_id,
         "a re-registration naming no instance keeps it"
     );
-    let other = c
-        .register_node(owned("p2", None, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let other = register_node(c, owned("p2", None, "")).await;
     assert_ne!(other.instance_id, first.instance_id);
-    let named = c
-        .register_node(owned("p1", None, "agent-7"))
-        .await
-        .unwrap()
-        .into_inner();
+    let named = register_node(c, owned("p1", None, "agent-7")).await;
     assert_eq!(named.instance_id, "agent-7");
     assert_eq!(nodes(c).await[0].instance_id, "agent-7");
 }
@@ -211,13 +148,9 @@ async fn instance_ids_are_generated_and_kept(backend: Backend) {
 async fn only_the_owning_instance_renews_or_removes(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
-    c.register_node(owned("p1", Some(30), "old-life"))
-        .await
-        .unwrap();
+    register_node(c, owned("p1", Some(30), "old-life")).await;
     // A rolling restart: the new process registers the same node name.
-    c.register_node(owned("p1", Some(30), "new-life"))
-        .await
-        .unwrap();
+    register_node(c, owned("p1", Some(30), "new-life")).await;
 
     let err = c
         .heartbeat(beat("p1", Some(30), "old-life"))
@@ -240,7 +173,7 @@ async fn only_the_owning_instance_renews_or_removes(backend: Backend) {
     assert!(removed.removed);
     assert!(nodes(c).await.is_empty());
     // Without an instance_id anyone may remove (an operator cleaning up).
-    c.register_node(owned("p2", None, "someone")).await.unwrap();
+    register_node(c, owned("p2", None, "someone")).await;
     assert!(
         c.remove_node(remove("p2", ""))
             .await
@@ -253,15 +186,11 @@ async fn only_the_owning_instance_renews_or_removes(backend: Backend) {
 async fn a_refused_removal_keeps_the_node_expiring(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
-    let node = c
-        .register_node(owned("p1", Some(1), "mine"))
-        .await
-        .unwrap()
-        .into_inner();
+    let node = register_node(c, owned("p1", Some(1), "mine")).await;
     let err = c.remove_node(remove("p1", "not-mine")).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     wait_past(ms(&node.expires_at)).await;
-    eventually("the node to expire", Duration::from_secs(10), || {
+    eventually("the node to expire", || {
         let mut c = c.clone();
         async move { nodes(&mut c).await.is_empty().then_some(()) }
     })
@@ -271,7 +200,7 @@ async fn a_refused_removal_keeps_the_node_expiring(backend: Backend) {
 async fn bad_instance_ids_are_invalid(backend: Backend) {
     let mut t = TestServer::start(backend).await;
     let c = &mut t.client;
-    c.register_node(owned("p1", None, "ok")).await.unwrap();
+    register_node(c, owned("p1", None, "ok")).await;
     for bad in ["a:b", "has space", "{x}", &"x".repeat(129)] {
         let err = c.register_node(owned("p1", None, bad)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");

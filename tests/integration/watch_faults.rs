@@ -2,73 +2,28 @@
 //! restarting under open streams, a thousand watchers on one subscription,
 //! slow and vanished watchers.
 
-mod common;
-
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, RedisServer, TestServer, bare_node, eventually};
-use discovered::proto::v1::discovery_client::DiscoveryClient;
+use crate::common::*;
 use discovered::proto::v1::*;
-use discovered::server::Defaults;
-use discovered::store::{Hub, RedisConfig, RedisRegistry, Registry};
-use tonic::Streaming;
 use tonic::transport::Channel;
 
-const WAIT: Duration = Duration::from_secs(15);
-
-async fn watch(client: &mut DiscoveryClient<Channel>, service: &str) -> Streaming<WatchEvent> {
-    client
-        .watch_service(WatchServiceRequest {
-            service_group: String::new(),
-            service_name: service.into(),
-            send_initial: None,
-        })
-        .await
-        .expect("WatchService")
-        .into_inner()
-}
-
-async fn next(stream: &mut Streaming<WatchEvent>) -> WatchEvent {
-    tokio::time::timeout(WAIT, stream.message())
-        .await
-        .expect("no watch event within 15 s")
-        .expect("watch stream failed")
-        .expect("watch stream ended")
-}
-
-fn kind(e: &WatchEvent) -> EventType {
-    EventType::try_from(e.r#type).unwrap_or(EventType::Unspecified)
-}
-
-async fn expect(stream: &mut Streaming<WatchEvent>, want: EventType) -> WatchEvent {
-    let e = next(stream).await;
-    assert_eq!(kind(&e), want, "unexpected event: {e:?}");
-    e
-}
-
-async fn registry_on(redis: &RedisServer) -> (Arc<dyn Registry>, Hub) {
-    let config = RedisConfig::from_url(&redis.url(), "discovered").expect("config");
-    let registry = RedisRegistry::new(config).expect("registry");
-    registry.check().await.expect("redis answers");
-    let hub = registry.hub();
-    (Arc::new(registry), hub)
+/// A watch of `payments` in the default group, which has no node yet: it
+/// starts with SYNCED.
+async fn watch_empty(c: &mut Client) -> Watch {
+    let mut w = Watch::open(c, "", "payments", None).await;
+    assert!(w.initial("default", "payments").await.is_empty());
+    w
 }
 
 #[tokio::test]
 async fn a_registration_through_one_server_reaches_a_watcher_on_another() {
     let redis = RedisServer::start();
-    let mut a = TestServer::on(registry_on(&redis).await, None, Defaults::default()).await;
-    let mut b = TestServer::on(registry_on(&redis).await, None, Defaults::default()).await;
-    let mut stream = watch(&mut b.client, "payments").await;
-    expect(&mut stream, EventType::Synced).await;
-    let node = a
-        .client
-        .register_node(bare_node("", "payments", "pay-1", None))
-        .await
-        .unwrap()
-        .into_inner();
-    let e = expect(&mut stream, EventType::NodeAdded).await;
+    let mut a = TestServer::sharing(&redis).await;
+    let mut b = TestServer::sharing(&redis).await;
+    let mut w = watch_empty(&mut b.client).await;
+    let node = register_node(&mut a.client, bare_node("", "payments", "pay-1", None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
     assert_eq!(e.node, Some(node));
     assert_eq!(e.sequence, 2);
     // And the other way round, through B's own writes as well.
@@ -80,8 +35,8 @@ async fn a_registration_through_one_server_reaches_a_watcher_on_another() {
         })
         .await
         .unwrap();
-    let e = expect(&mut stream, EventType::NodeRemoved).await;
-    assert_eq!(e.node.unwrap().ip, vec!["10.0.0.1"]);
+    let e = w.expect(EventType::NodeRemoved).await;
+    assert_eq!(node_of(&e).ip, vec!["10.0.0.1"]);
 }
 
 async fn keyspace_flags(redis: &RedisServer) -> String {
@@ -98,21 +53,15 @@ async fn keyspace_flags(redis: &RedisServer) -> String {
 #[tokio::test]
 async fn a_watch_survives_a_redis_restart_with_a_resync() {
     let mut t = TestServer::start(Backend::Redis).await;
-    t.client
-        .register_node(bare_node("", "payments", "old", None))
-        .await
-        .unwrap();
-    let mut stream = watch(&mut t.client, "payments").await;
-    assert_eq!(
-        expect(&mut stream, EventType::Initial)
-            .await
-            .node
-            .unwrap()
-            .node_name,
-        "old"
-    );
-    expect(&mut stream, EventType::Synced).await;
-    let flags = keyspace_flags(t.redis.as_ref().unwrap()).await;
+    register_node(&mut t.client, bare_node("", "payments", "old", None)).await;
+    let mut w = Watch::open(&mut t.client, "", "payments", None).await;
+    let initial = w.initial("default", "payments").await;
+    let names: Vec<&str> = initial
+        .iter()
+        .map(|e| node_of(e).node_name.as_str())
+        .collect();
+    assert_eq!(names, ["old"]);
+    let flags = keyspace_flags(t.redis()).await;
     assert!(
         flags.contains('K') && flags.contains('x') && flags.contains('e'),
         "{flags}"
@@ -120,28 +69,17 @@ async fn a_watch_survives_a_redis_restart_with_a_resync() {
 
     // Restart empty, with notifications off, as a fresh Redis would be.
     t.redis().restart();
-    let e = expect(&mut stream, EventType::Resync).await;
-    assert_eq!(e.revision, 0);
-    // The new state: empty.
-    expect(&mut stream, EventType::Synced).await;
-    let flags = keyspace_flags(t.redis.as_ref().unwrap()).await;
+    // RESYNC, then the new state: empty.
+    assert!(w.resync("default", "payments").await.is_empty());
+    let flags = keyspace_flags(t.redis()).await;
     assert!(
         flags.contains('K') && flags.contains('x') && flags.contains('e'),
         "flags not re-applied: {flags}"
     );
 
     // And the stream goes on with new changes.
-    let node = eventually("a registration after the restart", WAIT, || {
-        let mut c = t.client.clone();
-        async move {
-            c.register_node(bare_node("", "payments", "new", None))
-                .await
-                .ok()
-        }
-    })
-    .await
-    .into_inner();
-    let e = expect(&mut stream, EventType::NodeAdded).await;
+    let node = register_node_eventually(&t.client, bare_node("", "payments", "new", None)).await;
+    let e = w.expect(EventType::NodeAdded).await;
     assert_eq!(e.node, Some(node));
 }
 
@@ -173,13 +111,11 @@ async fn a_thousand_watchers_share_one_redis_subscription() {
             .connect()
             .await
             .unwrap();
-        clients.push(DiscoveryClient::new(channel));
+        clients.push(Client::new(channel));
     }
     let mut streams = Vec::new();
     for i in 0..1000 {
-        let mut s = watch(&mut clients[i % 10], "payments").await;
-        expect(&mut s, EventType::Synced).await;
-        streams.push(s);
+        streams.push(watch_empty(&mut clients[i % 10]).await);
     }
     assert_eq!(t.hub.receivers(), 1000);
 
@@ -189,8 +125,8 @@ async fn a_thousand_watchers_share_one_redis_subscription() {
         .await
         .unwrap()
         .into_inner();
-    for s in &mut streams {
-        let e = expect(s, EventType::NodeAdded).await;
+    for w in &mut streams {
+        let e = w.expect(EventType::NodeAdded).await;
         assert_eq!(e.node.as_ref(), Some(&node));
     }
     let subscribed = subscribed_clients(t.redis.as_ref().unwrap()).await;
@@ -198,7 +134,7 @@ async fn a_thousand_watchers_share_one_redis_subscription() {
 
     // Gone watchers are cleaned up at once: no receiver left behind.
     drop(streams);
-    eventually("every watcher to be cleaned up", WAIT, || {
+    eventually("every watcher to be cleaned up", || {
         let n = t.hub.receivers();
         async move { (n == 0).then_some(()) }
     })
@@ -216,27 +152,24 @@ async fn a_slow_watcher_gets_a_resync_and_never_stalls_the_others() {
             .connect()
             .await
             .unwrap();
-        DiscoveryClient::new(channel)
+        Client::new(channel)
     };
     // The clients must live as long as their streams: a dropped channel
     // takes its connection with it.
     let (mut slow_client, mut fast_client) = (connect().await, connect().await);
-    let mut slow = watch(&mut slow_client, "payments").await;
-    expect(&mut slow, EventType::Synced).await;
-    let mut fast = watch(&mut fast_client, "payments").await;
-    expect(&mut fast, EventType::Synced).await;
+    let mut slow = watch_empty(&mut slow_client).await;
+    let mut fast = watch_empty(&mut fast_client).await;
 
     // More changes than the fan-out, the stream buffer and the HTTP/2
     // windows hold, while the slow watcher reads nothing and the fast one
     // reads everything.
     const CHANGES: u64 = 8000;
     let reader = tokio::spawn(async move {
-        let mut last = 1;
+        // Watch checks that no sequence number is skipped.
         for _ in 0..CHANGES {
-            let e = expect(&mut fast, EventType::NodeAdded).await;
-            assert_eq!(e.sequence, last + 1, "the fast watcher skipped");
-            last = e.sequence;
+            fast.expect(EventType::NodeAdded).await;
         }
+        assert_eq!(fast.last_sequence, 1 + CHANGES, "the fast watcher skipped");
     });
     let mut writers = Vec::new();
     for w in 0..8 {
@@ -259,51 +192,33 @@ async fn a_slow_watcher_gets_a_resync_and_never_stalls_the_others() {
         .expect("the fast watcher saw every change in order");
 
     // The slow watcher: whatever it had buffered, then RESYNC, the whole
-    // current state, SYNCED; never a silent gap.
-    let mut seen_resync = false;
-    let mut initial = 0;
-    let mut sequence = 1;
-    loop {
-        let e = next(&mut slow).await;
-        assert_eq!(e.sequence, sequence + 1, "sequence gap");
-        sequence = e.sequence;
-        match kind(&e) {
-            EventType::NodeAdded if !seen_resync => {}
-            EventType::Resync => seen_resync = true,
-            EventType::Initial if seen_resync => initial += 1,
-            EventType::Synced if seen_resync => break,
-            other => panic!("unexpected {other:?} (resync seen: {seen_resync})"),
+    // current state, SYNCED; never a silent gap (Watch checks every
+    // sequence number).
+    let resync = loop {
+        let e = slow.next().await;
+        if kind(&e) != EventType::NodeAdded {
+            break e;
         }
-    }
-    assert_eq!(initial, CHANGES, "the resync must carry the whole state");
+    };
+    let initial = slow.resync_from(&resync, "default", "payments").await;
+    assert_eq!(
+        initial.len() as u64,
+        CHANGES,
+        "the resync must carry the whole state"
+    );
 }
 
 #[tokio::test]
 async fn a_silently_dead_subscription_is_found_and_replaced() {
     let mut t = TestServer::start(Backend::Redis).await;
-    let mut stream = watch(&mut t.client, "payments").await;
-    expect(&mut stream, EventType::Synced).await;
+    let mut w = watch_empty(&mut t.client).await;
     // Frozen: no connection closes, so only the subscriber's own PING can
     // tell that its connection no longer answers.
     t.redis().signal("STOP");
     tokio::time::sleep(Duration::from_secs(8)).await;
     t.redis().signal("CONT");
-    let e = expect(&mut stream, EventType::Resync).await;
-    assert_eq!(e.revision, 0);
-    expect(&mut stream, EventType::Synced).await;
+    assert!(w.resync("default", "payments").await.is_empty());
     // And changes flow again over the new subscription.
-    let node = eventually("a registration after the thaw", WAIT, || {
-        let mut c = t.client.clone();
-        async move {
-            c.register_node(bare_node("", "payments", "n", None))
-                .await
-                .ok()
-        }
-    })
-    .await
-    .into_inner();
-    assert_eq!(
-        expect(&mut stream, EventType::NodeAdded).await.node,
-        Some(node)
-    );
+    let node = register_node_eventually(&t.client, bare_node("", "payments", "n", None)).await;
+    assert_eq!(w.expect(EventType::NodeAdded).await.node, Some(node));
 }

@@ -1,31 +1,28 @@
 //! The typed Rust client, against a real server.
 
-mod common;
-
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
 
-use common::{RedisServer, bare_node, free_port};
-use discovered::client::{Client, Event};
+use crate::common::{RedisServer, bare_node, eventually, free_port, redis_registry, within};
+use discovered::client::{Client, ClientResult, Event};
 use discovered::proto::v1::*;
 use discovered::server::{Defaults, RunningServer};
-use discovered::store::{RedisConfig, RedisRegistry, Registry};
-use futures::StreamExt;
-use std::sync::Arc;
+use discovered::store::Registry;
+use futures::{Stream, StreamExt};
 use tonic::Code;
 
-async fn registry(redis: &RedisServer) -> Arc<dyn Registry> {
-    let r = RedisRegistry::new(RedisConfig::from_url(&redis.url(), "discovered").unwrap()).unwrap();
-    r.check().await.unwrap();
-    Arc::new(r)
+/// A server on `addr` over a registry of its own on `redis`.
+async fn serve(redis: &RedisServer, addr: SocketAddr) -> RunningServer {
+    let registry: Arc<dyn Registry> = Arc::new(redis_registry(redis).await);
+    RunningServer::start(registry, Defaults::default(), addr)
+        .await
+        .expect("start server")
 }
 
-async fn next<S: futures::Stream<Item = discovered::client::ClientResult<Event>> + Unpin>(
-    s: &mut S,
-) -> Event {
-    tokio::time::timeout(Duration::from_secs(15), s.next())
+/// The next event of the typed client's watch, which must come.
+async fn next(s: &mut (impl Stream<Item = ClientResult<Event>> + Unpin)) -> Event {
+    within("the next watch event", s.next())
         .await
-        .expect("no event within 15 s")
         .expect("stream ended")
         .expect("watch error")
 }
@@ -34,9 +31,7 @@ async fn next<S: futures::Stream<Item = discovered::client::ClientResult<Event>>
 async fn calls_and_a_watch_that_survives_a_server_restart() {
     let redis = RedisServer::start();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let server = RunningServer::start(registry(&redis).await, Defaults::default(), addr)
-        .await
-        .unwrap();
+    let server = serve(&redis, addr).await;
     let client = Client::connect(&addr.to_string()).await.unwrap();
 
     let registered = client
@@ -73,27 +68,19 @@ async fn calls_and_a_watch_that_survives_a_server_restart() {
         .register_node(bare_node("", "payments", "pay-2", None))
         .await;
     assert_eq!(registered.unwrap_err().code(), Code::Unavailable);
-    let server = RunningServer::start(registry(&redis).await, Defaults::default(), addr)
-        .await
-        .unwrap();
+    let server = serve(&redis, addr).await;
     assert_eq!(next(&mut events).await, Event::Resync);
     assert_eq!(next(&mut events).await, Event::Initial(node.clone()));
     assert_eq!(next(&mut events).await, Event::Synced);
 
     // The same client works again, and the watch goes on.
-    let added = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            if let Ok(n) = client
-                .register_node(bare_node("", "payments", "pay-2", None))
-                .await
-            {
-                return n;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let added = eventually("the client to recover", || async {
+        client
+            .register_node(bare_node("", "payments", "pay-2", None))
+            .await
+            .ok()
     })
-    .await
-    .expect("the client did not recover");
+    .await;
     assert_eq!(next(&mut events).await, Event::NodeAdded(added));
     assert!(
         client
@@ -114,14 +101,11 @@ async fn calls_and_a_watch_that_survives_a_server_restart() {
 async fn a_refused_watch_ends_with_its_error() {
     let redis = RedisServer::start();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _server = RunningServer::start(registry(&redis).await, Defaults::default(), addr)
-        .await
-        .unwrap();
+    let _server = serve(&redis, addr).await;
     let client = Client::connect(&addr.to_string()).await.unwrap();
     let mut events = Box::pin(client.watch("", "bad:name"));
-    let first = tokio::time::timeout(Duration::from_secs(15), events.next())
+    let first = within("the refused watch's error", events.next())
         .await
-        .unwrap()
         .expect("one item");
     assert_eq!(first.unwrap_err().code(), Code::InvalidArgument);
     assert!(

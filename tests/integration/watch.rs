@@ -4,36 +4,15 @@
 //! memory store and once on a real Redis (see the `conformance!` list at
 //! the end).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
-use common::*;
-use discovered::proto::v1::discovery_client::DiscoveryClient;
+use crate::common::*;
 use discovered::proto::v1::*;
 use discovered::server::Defaults;
-use tonic::transport::Channel;
-use tonic::{Code, Status, Streaming};
-
-type Client = DiscoveryClient<Channel>;
-
-/// How long an expected event may take to arrive. Generous: reads end as
-/// soon as the event is there.
-const WAIT: Duration = Duration::from_secs(10);
-
-/// How far an event's `time` may lie outside the span in which the test
-/// saw it happen (the server and the test share a clock; this only allows
-/// for millisecond rounding).
-const CLOCK_SLACK_MS: i64 = 1000;
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-fn kind(e: &WatchEvent) -> EventType {
-    EventType::try_from(e.r#type).unwrap_or(EventType::Unspecified)
-}
 
 /// [`full_node`] with a TTL.
 fn node(group: &str, service: &str, name: &str, i: u32, ttl: Option<i64>) -> RegisterNodeRequest {
@@ -43,45 +22,10 @@ fn node(group: &str, service: &str, name: &str, i: u32, ttl: Option<i64>) -> Reg
     }
 }
 
-async fn register_node(c: &mut Client, req: RegisterNodeRequest) -> Node {
-    let what = format!("RegisterNode {}/{}", req.service_name, req.node_name);
-    c.register_node(req)
-        .await
-        .unwrap_or_else(|s| panic!("{what}: {s:?}"))
-        .into_inner()
-}
-
-async fn register_service(c: &mut Client, req: RegisterServiceRequest) -> Service {
-    let what = format!("RegisterService {}", req.service_name);
-    c.register_service(req)
-        .await
-        .unwrap_or_else(|s| panic!("{what}: {s:?}"))
-        .into_inner()
-}
-
-async fn get_nodes(c: &mut Client, group: &str, service: &str) -> Vec<Node> {
-    c.get_nodes(GetNodesRequest {
-        service_group: group.into(),
-        service_name: service.into(),
-    })
-    .await
-    .unwrap_or_else(|s| panic!("GetNodes {group}/{service}: {s:?}"))
-    .into_inner()
-    .nodes
-}
-
 async fn remove_node(c: &mut Client, group: &str, service: &str, name: &str) {
-    let r = c
-        .remove_node(RemoveNodeRequest {
-            service_group: group.into(),
-            service_name: service.into(),
-            node_name: name.into(),
-            allow_missing: false,
-            instance_id: String::new(),
-        })
+    let r = try_remove_node(c, group, service, name, false)
         .await
-        .unwrap_or_else(|s| panic!("RemoveNode {group}/{service}/{name}: {s:?}"))
-        .into_inner();
+        .unwrap_or_else(|s| panic!("RemoveNode {group}/{service}/{name}: {s:?}"));
     assert!(
         r.removed,
         "RemoveNode {group}/{service}/{name} removed nothing"
@@ -89,14 +33,9 @@ async fn remove_node(c: &mut Client, group: &str, service: &str, name: &str) {
 }
 
 async fn remove_service(c: &mut Client, group: &str, service: &str) -> RemoveServiceResponse {
-    c.remove_service(RemoveServiceRequest {
-        service_group: group.into(),
-        service_name: service.into(),
-        allow_missing: false,
-    })
-    .await
-    .unwrap_or_else(|s| panic!("RemoveService {group}/{service}: {s:?}"))
-    .into_inner()
+    try_remove_service(c, group, service, false)
+        .await
+        .unwrap_or_else(|s| panic!("RemoveService {group}/{service}: {s:?}"))
 }
 
 /// Node records keyed by (service, node name), for order-free comparison.
@@ -105,178 +44,6 @@ fn by_name<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> BTreeMap<(String, S
         .into_iter()
         .map(|n| ((n.service_name.clone(), n.node_name.clone()), n.clone()))
         .collect()
-}
-
-/// The node an event carries; it must be there, and the event's own
-/// group and service must be the node's.
-#[track_caller]
-fn node_of(e: &WatchEvent) -> &Node {
-    let n = e
-        .node
-        .as_ref()
-        .unwrap_or_else(|| panic!("event without a node: {e:?}"));
-    assert_eq!(
-        (e.service_group.as_str(), e.service_name.as_str()),
-        (n.service_group.as_str(), n.service_name.as_str()),
-        "event names a different service than its node: {e:?}"
-    );
-    assert!(e.service.is_none(), "node event with a service: {e:?}");
-    n
-}
-
-/// The service an event carries; it must be there, without credentials,
-/// and the event's own group and service must be the record's.
-#[track_caller]
-fn service_of(e: &WatchEvent) -> &Service {
-    let s = e
-        .service
-        .as_ref()
-        .unwrap_or_else(|| panic!("event without a service: {e:?}"));
-    assert_eq!(
-        (e.service_group.as_str(), e.service_name.as_str()),
-        (s.service_group.as_str(), s.service_name.as_str()),
-        "event names a different service than its record: {e:?}"
-    );
-    assert!(e.node.is_none(), "service event with a node: {e:?}");
-    assert_eq!(
-        s.auth_credentials, "",
-        "a watch event must never carry credentials: {e:?}"
-    );
-    s
-}
-
-/// One open watch stream. Every event it hands out has been checked for
-/// what every event promises: sequence 1, 2, 3... with no gap, and a
-/// `time` that is set and plausible.
-struct Watch {
-    stream: Streaming<WatchEvent>,
-    what: String,
-    last_sequence: u64,
-    opened_ms: i64,
-}
-
-impl Watch {
-    async fn open(c: &mut Client, group: &str, service: &str, send_initial: Option<bool>) -> Self {
-        let what = format!("watch of {group:?}/{service:?} (send_initial {send_initial:?})");
-        let opened_ms = now_ms();
-        let stream = c
-            .watch_service(WatchServiceRequest {
-                service_group: group.into(),
-                service_name: service.into(),
-                send_initial,
-            })
-            .await
-            .unwrap_or_else(|s| panic!("{what}: WatchService failed: {s:?}"))
-            .into_inner();
-        Self {
-            stream,
-            what,
-            last_sequence: 0,
-            opened_ms,
-        }
-    }
-
-    /// The next event; panics if none arrives within [`WAIT`].
-    async fn next(&mut self) -> WatchEvent {
-        let e = match tokio::time::timeout(WAIT, self.stream.message()).await {
-            Err(_) => panic!(
-                "{}: no event within {WAIT:?} after sequence {}",
-                self.what, self.last_sequence
-            ),
-            Ok(Err(s)) => panic!("{}: the stream failed: {s:?}", self.what),
-            Ok(Ok(None)) => panic!("{}: the stream ended", self.what),
-            Ok(Ok(Some(e))) => e,
-        };
-        assert_eq!(
-            e.sequence,
-            self.last_sequence + 1,
-            "{}: sequence numbers must run 1, 2, 3... without a gap: {e:?}",
-            self.what
-        );
-        self.last_sequence = e.sequence;
-        let t = ms(&e.time);
-        assert!(
-            t >= self.opened_ms - CLOCK_SLACK_MS && t <= now_ms() + CLOCK_SLACK_MS,
-            "{}: implausible event time {t} (stream opened at {}, now {}): {e:?}",
-            self.what,
-            self.opened_ms,
-            now_ms()
-        );
-        e
-    }
-
-    /// The next event, which must be of type `want`.
-    async fn expect(&mut self, want: EventType) -> WatchEvent {
-        let e = self.next().await;
-        assert_eq!(
-            kind(&e),
-            want,
-            "{}: expected {want:?} next, got {e:?}",
-            self.what
-        );
-        e
-    }
-
-    /// The start of a stream: the INITIAL events up to SYNCED. Checks that
-    /// they all carry one revision, above 0, and that SYNCED names what is
-    /// watched (`group` resolved, `service` as asked) with revision 0.
-    async fn initial(&mut self, group: &str, service: &str) -> Vec<WatchEvent> {
-        let mut events: Vec<WatchEvent> = Vec::new();
-        loop {
-            let e = self.next().await;
-            match kind(&e) {
-                EventType::Initial => {
-                    let n = node_of(&e);
-                    assert_eq!(n.service_group, group, "{}: {e:?}", self.what);
-                    if !service.is_empty() {
-                        assert_eq!(n.service_name, service, "{}: {e:?}", self.what);
-                    }
-                    assert!(
-                        e.revision > 0,
-                        "{}: INITIAL at revision 0: {e:?}",
-                        self.what
-                    );
-                    if let Some(first) = events.first() {
-                        assert_eq!(
-                            e.revision, first.revision,
-                            "{}: INITIAL events of one snapshot must share its revision",
-                            self.what
-                        );
-                    }
-                    events.push(e);
-                }
-                EventType::Synced => {
-                    self.check_synced(&e, group, service);
-                    return events;
-                }
-                _ => panic!(
-                    "{}: expected INITIAL or SYNCED at the start, got {e:?}",
-                    self.what
-                ),
-            }
-        }
-    }
-
-    #[track_caller]
-    fn check_synced(&self, e: &WatchEvent, group: &str, service: &str) {
-        assert_eq!(kind(e), EventType::Synced, "{}: {e:?}", self.what);
-        assert_eq!(
-            e.revision, 0,
-            "{}: SYNCED carries revision 0: {e:?}",
-            self.what
-        );
-        assert_eq!(
-            (e.service_group.as_str(), e.service_name.as_str()),
-            (group, service),
-            "{}: SYNCED should name what is watched: {e:?}",
-            self.what
-        );
-        assert!(
-            e.node.is_none() && e.service.is_none(),
-            "{}: SYNCED carries no record: {e:?}",
-            self.what
-        );
-    }
 }
 
 /// The nodes of INITIAL events, keyed by (service, node name).
@@ -294,33 +61,6 @@ fn assert_increasing(revisions: &[u64], what: &str) {
             "{what}: revisions must strictly increase: {revisions:?}"
         );
     }
-}
-
-/// The error a watch request must be refused with: on the call itself, or
-/// as the first message of the stream.
-async fn watch_error(c: &mut Client, req: WatchServiceRequest) -> Status {
-    let what = format!("WatchService {req:?}");
-    match c.watch_service(req).await {
-        Err(s) => s,
-        Ok(response) => {
-            let mut stream = response.into_inner();
-            match tokio::time::timeout(WAIT, stream.message()).await {
-                Ok(Err(s)) => s,
-                Ok(Ok(Some(e))) => panic!("{what}: expected an error, got the event {e:?}"),
-                Ok(Ok(None)) => panic!("{what}: expected an error, the stream just ended"),
-                Err(_) => panic!("{what}: expected an error, got nothing within {WAIT:?}"),
-            }
-        }
-    }
-}
-
-/// Whether `message` names `field` as a whole word.
-fn mentions(message: &str, field: &str) -> bool {
-    let ident = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-    message.match_indices(field).any(|(i, _)| {
-        !ident(message[..i].chars().next_back())
-            && !ident(message[i + field.len()..].chars().next())
-    })
 }
 
 // ---------------------------------------------------------------------------
@@ -348,7 +88,6 @@ async fn initial_then_changes(backend: Backend) {
     );
     assert_eq!(w.last_sequence, 3, "INITIAL, INITIAL, SYNCED");
     let snapshot_revision = initial[0].revision;
-    let mut changes: Vec<WatchEvent> = Vec::new();
 
     // Writes elsewhere (a sibling service of the group, the same service
     // name in another group) are not this stream's business: the next
@@ -356,42 +95,32 @@ async fn initial_then_changes(backend: Backend) {
     register_node(c, bare_node("shop", "payments-eu", "x1", None)).await;
     register_node(c, bare_node("other", "payments", "x1", None)).await;
     let added = register_node(c, node("shop", "payments", "n3", 3, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &added);
-    changes.push(e);
+    w.expect_node(EventType::NodeAdded, &added).await;
 
     // A changed field: NODE_UPDATED with the new record.
     let mut req = node("shop", "payments", "n3", 3, None);
     req.port = 9999;
     let updated = register_node(c, req).await;
     assert_eq!(updated.registered_at, added.registered_at);
-    let e = w.expect(EventType::NodeUpdated).await;
-    assert_eq!(node_of(&e), &updated);
+    let e = w.expect_node(EventType::NodeUpdated, &updated).await;
     assert_eq!(node_of(&e).port, 9999);
-    changes.push(e);
 
     // RemoveNode: NODE_REMOVED with the node's last record, addresses too.
     remove_node(c, "shop", "payments", "n3").await;
-    let e = w.expect(EventType::NodeRemoved).await;
-    assert_eq!(node_of(&e), &updated);
+    let e = w.expect_node(EventType::NodeRemoved, &updated).await;
     assert_eq!(node_of(&e).ip, ["10.1.0.3", "fd00::3"]);
-    changes.push(e);
 
     // A node with a TTL: NODE_ADDED, then NODE_EXPIRED with its record
     // once the TTL runs out.
     let short = register_node(c, node("shop", "payments", "n4", 4, Some(1))).await;
     assert!(short.expires_at.is_some());
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &short);
-    changes.push(e);
-    let e = w.expect(EventType::NodeExpired).await;
-    assert_eq!(node_of(&e), &short);
+    w.expect_node(EventType::NodeAdded, &short).await;
+    let e = w.expect_node(EventType::NodeExpired, &short).await;
     assert_eq!(node_of(&e).ip, ["10.1.0.4", "fd00::4"]);
     assert!(
         ms(&e.time) >= ms(&short.expires_at),
         "expired before its deadline: {e:?}"
     );
-    changes.push(e);
 
     // The service's record changes (credentials still set): SERVICE_UPDATED
     // with the new record, credentials left out.
@@ -400,19 +129,13 @@ async fn initial_then_changes(backend: Backend) {
     req.auth_credentials = "user:n3w-s3cret".into();
     let service_updated = register_service(c, req).await;
     assert_eq!(service_updated.registered_at, registered.registered_at);
-    let e = w.expect(EventType::ServiceUpdated).await;
-    assert_eq!(service_of(&e), &service_updated);
+    let e = w
+        .expect_service(EventType::ServiceUpdated, &service_updated)
+        .await;
     assert_eq!(service_of(&e).description, "Payments, now with refunds");
-    changes.push(e);
-    let revealed = c
-        .get_service(GetServiceRequest {
-            service_group: "shop".into(),
-            service_name: "payments".into(),
-            reveal_credentials: true,
-        })
+    let revealed = get_service(c, "shop", "payments", true)
         .await
-        .expect("GetService")
-        .into_inner();
+        .expect("GetService");
     assert_eq!(
         revealed.auth_credentials, "user:n3w-s3cret",
         "the credentials are set, so their absence from the event means something"
@@ -423,33 +146,22 @@ async fn initial_then_changes(backend: Backend) {
     let r = remove_service(c, "shop", "payments").await;
     assert!(r.removed);
     assert_eq!(r.nodes_removed, 2);
-    let mut removed = Vec::new();
-    for _ in 0..2 {
-        let e = w.expect(EventType::NodeRemoved).await;
-        removed.push(node_of(&e).clone());
-        changes.push(e);
-    }
+    let removed = w.expect_nodes(EventType::NodeRemoved, 2).await;
     assert_eq!(
         by_name(&removed),
         by_name(&existing),
         "NODE_REMOVED must carry each remaining node's last record"
     );
-    let e = w.expect(EventType::ServiceRemoved).await;
-    assert_eq!(service_of(&e), &service_updated);
-    changes.push(e);
+    w.expect_service(EventType::ServiceRemoved, &service_updated)
+        .await;
 
     // Nothing else came with the removal: the next event is a new node.
     let again = register_node(c, node("shop", "payments", "n5", 5, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &again);
-    changes.push(e);
+    w.expect_node(EventType::NodeAdded, &again).await;
 
-    for e in &changes {
-        assert_eq!(
-            (e.service_group.as_str(), e.service_name.as_str()),
-            ("shop", "payments"),
-            "{e:?}"
-        );
+    let changes = &w.seen()[3..];
+    for e in changes {
+        assert_eq!(about(e), ("shop", "payments"), "{e:?}");
     }
     let revisions: Vec<u64> = changes.iter().map(|e| e.revision).collect();
     assert!(
@@ -470,8 +182,7 @@ async fn identical_reregistration_is_silent(backend: Backend) {
     assert!(w.initial("shop", "payments").await.is_empty());
 
     let a = register_node(c, node("shop", "payments", "a", 1, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &a);
+    w.expect_node(EventType::NodeAdded, &a).await;
 
     // The same record again, then with a TTL, then with another TTL:
     // timestamps and deadlines change, fields do not.
@@ -497,8 +208,8 @@ async fn identical_reregistration_is_silent(backend: Backend) {
     // The service had no record (only nodes): its first registration is
     // SERVICE_REGISTERED; the same registration again sends nothing.
     let registered = register_service(c, full_service("shop", "payments")).await;
-    let e = w.expect(EventType::ServiceRegistered).await;
-    assert_eq!(service_of(&e), &registered);
+    w.expect_service(EventType::ServiceRegistered, &registered)
+        .await;
     let again = register_service(c, full_service("shop", "payments")).await;
     assert_eq!(again.registered_at, registered.registered_at);
 
@@ -516,8 +227,7 @@ async fn identical_reregistration_is_silent(backend: Backend) {
     // A node's record may equal its old one exactly after a change back:
     // that is a change, and it is sent.
     let back = register_node(c, node("shop", "payments", "a", 1, None)).await;
-    let e = w.expect(EventType::NodeUpdated).await;
-    assert_eq!(node_of(&e), &back);
+    w.expect_node(EventType::NodeUpdated, &back).await;
 }
 
 /// A watch of a whole group (empty service_name) sees every service of the
@@ -549,18 +259,14 @@ async fn group_watch_sees_every_service(backend: Backend) {
     // A node in another group, then one in the group: only the latter.
     register_node(c, node("other", "orders", "x2", 7, None)).await;
     let o2 = register_node(c, node("shop", "orders", "o2", 8, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &o2);
-    assert_eq!(
-        (e.service_group.as_str(), e.service_name.as_str()),
-        ("shop", "orders")
-    );
+    let e = w.expect_node(EventType::NodeAdded, &o2).await;
+    assert_eq!(about(&e), ("shop", "orders"));
 
     // A service registered in a group whose name starts like ours.
     register_service(c, full_service("shop-eu", "inventory")).await;
     let inventory = register_service(c, full_service("shop", "inventory")).await;
-    let e = w.expect(EventType::ServiceRegistered).await;
-    assert_eq!(service_of(&e), &inventory);
+    w.expect_service(EventType::ServiceRegistered, &inventory)
+        .await;
 
     // A changed node elsewhere, then a changed node here.
     let mut req = node("other", "payments", "x1", 4, None);
@@ -569,18 +275,15 @@ async fn group_watch_sees_every_service(backend: Backend) {
     let mut req = node("shop", "payments", "p2", 2, None);
     req.port = 2;
     let p2 = register_node(c, req).await;
-    let e = w.expect(EventType::NodeUpdated).await;
-    assert_eq!(node_of(&e), &p2);
+    w.expect_node(EventType::NodeUpdated, &p2).await;
 
     // A removed node elsewhere, then here.
     remove_node(c, "shop-eu", "payments", "y1").await;
     remove_node(c, "shop", "payments", "p1").await;
     let e = w.expect(EventType::NodeRemoved).await;
+    let n = node_of(&e);
     assert_eq!(
-        (
-            node_of(&e).service_name.as_str(),
-            node_of(&e).node_name.as_str()
-        ),
+        (n.service_name.as_str(), n.node_name.as_str()),
         ("payments", "p1")
     );
 
@@ -589,11 +292,7 @@ async fn group_watch_sees_every_service(backend: Backend) {
     remove_service(c, "sho", "orders").await;
     let orders = get_nodes(c, "shop", "orders").await;
     remove_service(c, "shop", "orders").await;
-    let mut removed = Vec::new();
-    for _ in 0..2 {
-        let e = w.expect(EventType::NodeRemoved).await;
-        removed.push(node_of(&e).clone());
-    }
+    let removed = w.expect_nodes(EventType::NodeRemoved, 2).await;
     assert_eq!(by_name(&removed), by_name(&orders));
     let e = w.expect(EventType::ServiceRemoved).await;
     let s = service_of(&e);
@@ -605,8 +304,7 @@ async fn group_watch_sees_every_service(backend: Backend) {
     // And a service of the group that had no nodes when the stream began.
     register_node(c, node("shop-eu", "catalog", "y2", 9, None)).await;
     let c1 = register_node(c, node("shop", "catalog", "c1", 10, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &c1);
+    w.expect_node(EventType::NodeAdded, &c1).await;
 }
 
 /// send_initial=false: the stream starts with SYNCED and then carries
@@ -624,8 +322,7 @@ async fn send_initial_false(backend: Backend) {
     assert_eq!(e.sequence, 1, "SYNCED comes first: {e:?}");
 
     let n3 = register_node(c, node("shop", "payments", "n3", 3, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &n3);
+    let e = w.expect_node(EventType::NodeAdded, &n3).await;
     assert_eq!(e.sequence, 2);
     assert!(e.revision > 0);
     let mut req = node("shop", "payments", "n1", 1, None);
@@ -665,22 +362,14 @@ async fn remove_group_events(backend: Backend) {
     let initial = w.initial("shop", "").await;
     assert_eq!(initial_nodes(&initial), by_name(&nodes));
 
-    let r = c
-        .remove_service_group(RemoveServiceGroupRequest {
-            service_group: "shop".into(),
-            allow_missing: false,
-        })
+    let r = try_remove_group(c, "shop", false)
         .await
-        .expect("RemoveServiceGroup")
-        .into_inner();
+        .expect("RemoveServiceGroup");
     assert!(r.removed);
     assert_eq!(r.services_removed, 3);
 
     // Three nodes and three services: six events.
-    let mut events = Vec::new();
-    for _ in 0..6 {
-        events.push(w.next().await);
-    }
+    let events = w.next_n(6).await;
     let revisions: Vec<u64> = events.iter().map(|e| e.revision).collect();
     assert!(revisions[0] > initial[0].revision);
     assert_increasing(&revisions, "RemoveServiceGroup events");
@@ -741,8 +430,7 @@ async fn remove_group_events(backend: Backend) {
     // a write to the look-alike group.
     register_node(c, node("shop-eu", "payments", "y2", 5, None)).await;
     let fresh = register_node(c, node("shop", "payments", "p3", 6, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &fresh);
+    w.expect_node(EventType::NodeAdded, &fresh).await;
 }
 
 /// An empty service_group is the server's default group, for the watch as
@@ -758,13 +446,11 @@ async fn default_group(backend: Backend) {
     assert_eq!(initial_nodes(&initial), by_name([&d1]));
 
     let d2 = register_node(c, node("default", "payments", "d2", 2, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &d2);
+    let e = w.expect_node(EventType::NodeAdded, &d2).await;
     assert_eq!(e.service_group, "default");
     register_node(c, node("other", "payments", "x1", 3, None)).await;
     let d3 = register_node(c, node("", "payments", "d3", 4, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &d3);
+    let e = w.expect_node(EventType::NodeAdded, &d3).await;
     assert_eq!(e.service_group, "default");
 
     // Naming the default group is the same as leaving it out.
@@ -789,11 +475,9 @@ async fn default_group(backend: Backend) {
     assert_eq!(initial_nodes(&initial), by_name([&m1]));
     register_node(c, node("default", "payments", "x2", 6, None)).await;
     let m2 = register_node(c, node("main", "payments", "m2", 7, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &m2);
+    w.expect_node(EventType::NodeAdded, &m2).await;
     let m3 = register_node(c, node("", "orders", "m3", 8, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &m3);
+    let e = w.expect_node(EventType::NodeAdded, &m3).await;
     assert_eq!(e.service_group, "main");
 }
 
@@ -831,18 +515,7 @@ async fn invalid_watch_request(backend: Backend) {
             ),
         ] {
             let what = format!("WatchService with {field} {bad:?}");
-            let s = watch_error(c, req).await;
-            assert_eq!(
-                s.code(),
-                Code::InvalidArgument,
-                "{what}: wrong code ({:?})",
-                s.message()
-            );
-            assert!(
-                mentions(s.message(), field),
-                "{what}: message should name {field:?}: {:?}",
-                s.message()
-            );
+            assert_invalid(&Watch::refusal(c, req).await, field, &what);
         }
     }
     // The longest names are fine, and so is the server afterwards.
@@ -850,8 +523,7 @@ async fn invalid_watch_request(backend: Backend) {
     let mut w = Watch::open(c, &longest, &longest, None).await;
     assert!(w.initial(&longest, &longest).await.is_empty());
     let n = register_node(c, node(&longest, &longest, "n1", 1, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &n);
+    w.expect_node(EventType::NodeAdded, &n).await;
 }
 
 /// A node registered again after it expired is a new node: NODE_EXPIRED,
@@ -864,14 +536,11 @@ async fn reregister_after_expiry(backend: Backend) {
     assert!(w.initial("shop", "payments").await.is_empty());
 
     let first = register_node(c, node("shop", "payments", "n1", 1, Some(1))).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &first);
-    let e = w.expect(EventType::NodeExpired).await;
-    assert_eq!(node_of(&e), &first);
+    w.expect_node(EventType::NodeAdded, &first).await;
+    w.expect_node(EventType::NodeExpired, &first).await;
 
     let second = register_node(c, node("shop", "payments", "n1", 1, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &second);
+    w.expect_node(EventType::NodeAdded, &second).await;
     assert!(
         ms(&second.registered_at) > ms(&first.registered_at),
         "an expired node registered again starts afresh: {second:?}"
@@ -881,9 +550,8 @@ async fn reregister_after_expiry(backend: Backend) {
     // before or after the server's sweep noticed it: the stream tells the
     // same story either way, once.
     let short = register_node(c, node("shop", "payments", "n2", 2, Some(1))).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &short);
-    eventually("n2 to expire", WAIT, || {
+    w.expect_node(EventType::NodeAdded, &short).await;
+    eventually("n2 to expire", || {
         let mut c = c.clone();
         async move {
             let gone = get_nodes(&mut c, "shop", "payments")
@@ -895,10 +563,8 @@ async fn reregister_after_expiry(backend: Backend) {
     })
     .await;
     let renewed = register_node(c, node("shop", "payments", "n2", 2, None)).await;
-    let e = w.expect(EventType::NodeExpired).await;
-    assert_eq!(node_of(&e), &short);
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &renewed);
+    w.expect_node(EventType::NodeExpired, &short).await;
+    w.expect_node(EventType::NodeAdded, &renewed).await;
     let n3 = register_node(c, node("shop", "payments", "n3", 3, None)).await;
     let e = w.expect(EventType::NodeAdded).await;
     assert_eq!(node_of(&e), &n3, "the expiry must be reported exactly once");
@@ -925,7 +591,7 @@ async fn client_disconnect(backend: Backend) {
     }
     assert_eq!(t.hub.receivers(), 20);
     drop(watches);
-    eventually("the dropped watches to be cleaned up", WAIT, || {
+    eventually("the dropped watches to be cleaned up", || {
         let n = t.hub.receivers();
         async move { (n == 0).then_some(()) }
     })
@@ -935,8 +601,7 @@ async fn client_disconnect(backend: Backend) {
     let initial = w.initial("shop", "payments").await;
     assert_eq!(initial_nodes(&initial), by_name([&n1]));
     let n2 = register_node(&mut c, node("shop", "payments", "n2", 2, None)).await;
-    let e = w.expect(EventType::NodeAdded).await;
-    assert_eq!(node_of(&e), &n2);
+    w.expect_node(EventType::NodeAdded, &n2).await;
     assert_eq!(
         by_name(&get_nodes(&mut c, "shop", "payments").await),
         by_name([&n1, &n2])

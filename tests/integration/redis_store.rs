@@ -1,27 +1,15 @@
 //! Redis-specific behaviour: what is left in Redis after removals, what a
 //! GetNodes costs, and what happens when Redis dies and comes back.
 
-mod common;
-
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use common::{Backend, TestServer, bare_node, eventually};
+use crate::common::*;
 use discovered::proto::v1::*;
 use redis::AsyncCommands;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-
-fn service(group: &str, name: &str) -> RegisterServiceRequest {
-    RegisterServiceRequest {
-        service_group: group.into(),
-        service_name: name.into(),
-        endpoint: "http://x".into(),
-        ..Default::default()
-    }
-}
 
 async fn all_keys(t: &mut TestServer) -> Vec<String> {
     let mut conn = t.redis().connection().await;
@@ -42,21 +30,13 @@ async fn removing_a_service_and_a_group_leaves_no_key_behind() {
     let mut t = TestServer::start(Backend::Redis).await;
     let c = &mut t.client;
     // Group "shop": two services, nodes with and without TTLs.
-    c.register_service(service("shop", "cart")).await.unwrap();
-    c.register_node(bare_node("shop", "cart", "c1", Some(300)))
-        .await
-        .unwrap();
-    c.register_node(bare_node("shop", "cart", "c2", None))
-        .await
-        .unwrap();
-    c.register_node(bare_node("shop", "orders", "o1", Some(300)))
-        .await
-        .unwrap();
+    register_service(c, bare_service("shop", "cart")).await;
+    register_node(c, bare_node("shop", "cart", "c1", Some(300))).await;
+    register_node(c, bare_node("shop", "cart", "c2", None)).await;
+    register_node(c, bare_node("shop", "orders", "o1", Some(300))).await;
     // Group "ops": kept, to show removal is scoped.
-    c.register_service(service("ops", "metrics")).await.unwrap();
-    c.register_node(bare_node("ops", "metrics", "m1", Some(300)))
-        .await
-        .unwrap();
+    register_service(c, bare_service("ops", "metrics")).await;
+    register_node(c, bare_node("ops", "metrics", "m1", Some(300))).await;
 
     let removed = c
         .remove_service(RemoveServiceRequest {
@@ -126,27 +106,16 @@ async fn removing_a_service_and_a_group_leaves_no_key_behind() {
 #[tokio::test]
 async fn expired_nodes_are_removed_from_redis() {
     let mut t = TestServer::start(Backend::Redis).await;
-    t.client
-        .register_node(bare_node("default", "api", "short", Some(1)))
-        .await
-        .unwrap();
-    t.client
-        .register_node(bare_node("default", "api", "long", None))
-        .await
-        .unwrap();
+    register_node(&mut t.client, bare_node("default", "api", "short", Some(1))).await;
+    register_node(&mut t.client, bare_node("default", "api", "long", None)).await;
     let mut conn = t.redis().connection().await;
-    eventually(
-        "the expired node's hash field to be swept",
-        Duration::from_secs(10),
-        || {
-            let mut conn = conn.clone();
-            async move {
-                let fields: Vec<String> =
-                    conn.hkeys("discovered:v1:{default/api}:nodes").await.ok()?;
-                (fields == vec!["long".to_string()]).then_some(())
-            }
-        },
-    )
+    eventually("the expired node's hash field to be swept", || {
+        let mut conn = conn.clone();
+        async move {
+            let fields: Vec<String> = conn.hkeys("discovered:v1:{default/api}:nodes").await.ok()?;
+            (fields == vec!["long".to_string()]).then_some(())
+        }
+    })
     .await;
     let members: Vec<String> = conn.zrange("discovered:v1:deadlines", 0, -1).await.unwrap();
     assert!(members.is_empty(), "deadline entry left: {members:?}");
@@ -180,17 +149,7 @@ async fn commands_for_get_nodes(t: &mut TestServer, n: usize) -> BTreeMap<String
     let mut conn = t.redis().connection().await;
     let before = command_calls(&mut conn).await;
     for _ in 0..n {
-        let nodes = t
-            .client
-            .get_nodes(GetNodesRequest {
-                service_group: String::new(),
-                service_name: "payments".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .nodes;
-        assert_eq!(nodes.len(), 20);
+        assert_eq!(get_nodes(&mut t.client, "", "payments").await.len(), 20);
     }
     let after = command_calls(&mut conn).await;
     after
@@ -207,15 +166,11 @@ async fn commands_for_get_nodes(t: &mut TestServer, n: usize) -> BTreeMap<String
 async fn get_nodes_cost_does_not_grow_with_the_keyspace() {
     let mut t = TestServer::start(Backend::Redis).await;
     for i in 0..20 {
-        t.client
-            .register_node(bare_node(
-                "default",
-                "payments",
-                &format!("pay-{i}"),
-                Some(600),
-            ))
-            .await
-            .unwrap();
+        register_node(
+            &mut t.client,
+            bare_node("default", "payments", &format!("pay-{i}"), Some(600)),
+        )
+        .await;
     }
     let small = commands_for_get_nodes(&mut t, 10).await;
     assert_eq!(
@@ -256,32 +211,21 @@ async fn wait_health(t: &TestServer, want: ServingStatus) {
     for service in ["", "discovered.v1.Discovery"] {
         eventually(
             &format!("health of {service:?} to become {want:?}"),
-            Duration::from_secs(10),
             || async move { (health(t, service).await == Some(want)).then_some(()) },
         )
         .await;
     }
 }
 
-/// Runs a call with a generous bound, proving it does not hang.
-async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung for 10 s"))
-}
-
 #[tokio::test]
 async fn redis_down_gives_unavailable_and_not_serving_then_recovers() {
     let mut t = TestServer::start(Backend::Redis).await;
-    t.client
-        .register_service(service("default", "payments"))
-        .await
-        .unwrap();
+    register_service(&mut t.client, bare_service("default", "payments")).await;
     wait_health(&t, ServingStatus::Serving).await;
 
     t.redis().kill();
 
-    let err = bounded(
+    let err = within(
         "GetService with Redis down",
         t.client.get_service(GetServiceRequest {
             service_group: String::new(),
@@ -292,7 +236,7 @@ async fn redis_down_gives_unavailable_and_not_serving_then_recovers() {
     .await
     .expect_err("Redis is down");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    let err = bounded(
+    let err = within(
         "RegisterNode with Redis down",
         t.client
             .register_node(bare_node("default", "payments", "p1", None)),
@@ -306,32 +250,10 @@ async fn redis_down_gives_unavailable_and_not_serving_then_recovers() {
     // the server, and health follows.
     t.redis().restart();
     wait_health(&t, ServingStatus::Serving).await;
-    let registered = eventually(
-        "RegisterNode to succeed again",
-        Duration::from_secs(10),
-        || {
-            let mut c = t.client.clone();
-            async move {
-                c.register_node(bare_node("default", "payments", "p1", None))
-                    .await
-                    .ok()
-            }
-        },
-    )
-    .await
-    .into_inner();
+    let registered =
+        register_node_eventually(&t.client, bare_node("default", "payments", "p1", None)).await;
     assert_eq!(registered.node_name, "p1");
-    let nodes = t
-        .client
-        .get_nodes(GetNodesRequest {
-            service_group: String::new(),
-            service_name: "payments".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .nodes;
-    assert_eq!(nodes.len(), 1);
+    assert_eq!(get_nodes(&mut t.client, "", "payments").await.len(), 1);
     // A script-backed call after the restart: Redis forgot the scripts.
     let removed = t
         .client
@@ -348,14 +270,6 @@ async fn redis_down_gives_unavailable_and_not_serving_then_recovers() {
     assert!(removed.removed);
 }
 
-/// A registry of its own on `t`'s Redis: another server process, as far as
-/// Redis can tell (its own connections).
-fn second_registry(t: &mut TestServer) -> discovered::store::RedisRegistry {
-    let config =
-        discovered::store::RedisConfig::from_url(&t.redis().url(), "discovered").expect("config");
-    discovered::store::RedisRegistry::new(config).expect("redis registry")
-}
-
 /// RegisterNode racing RemoveService of the same service, from two
 /// processes: whichever runs first, a service that has a node is listed.
 /// (Each write is one MULTI/EXEC; Redis rarely splits a small pipeline
@@ -366,10 +280,10 @@ async fn a_node_racing_its_services_removal_is_never_left_unlisted() {
     use discovered::store::{NodeRegistration, Registry};
 
     let mut t = TestServer::start(Backend::Redis).await;
-    let a = second_registry(&mut t);
-    let b = second_registry(&mut t);
-    a.check().await.expect("redis answers");
-    b.check().await.expect("redis answers");
+    // Registries of their own: two more server processes, as far as Redis
+    // can tell.
+    let a = redis_registry(t.redis()).await;
+    let b = redis_registry(t.redis()).await;
     let mut unlisted = Vec::new();
     for i in 0..400 {
         let key = ServiceKey::new("race", format!("s{i:03}"));
@@ -433,15 +347,9 @@ async fn writes_survive_redis_forgetting_the_scripts() {
         }
     };
     flush(&mut t).await;
-    t.client
-        .register_service(service("g", "s"))
-        .await
-        .expect("RegisterService");
+    register_service(&mut t.client, bare_service("g", "s")).await;
     flush(&mut t).await;
-    t.client
-        .register_node(bare_node("g", "s", "n1", Some(300)))
-        .await
-        .expect("RegisterNode");
+    register_node(&mut t.client, bare_node("g", "s", "n1", Some(300))).await;
     let listed = t
         .client
         .list_services(ListServicesRequest {

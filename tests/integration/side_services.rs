@@ -1,9 +1,7 @@
 //! The standard gRPC side services: server reflection (v1 and v1alpha, so
 //! that grpcurl 1.8 works without a proto file) and health.
 
-mod common;
-
-use common::{Backend, TestServer};
+use crate::common::{Backend, TestServer};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -105,9 +103,8 @@ async fn health_reports_serving_for_the_server_and_the_service() {
         let t = TestServer::start(backend).await;
         let mut client = HealthClient::new(t.channel.clone());
         for service in ["", "discovered.v1.Discovery"] {
-            let status = common::eventually(
+            let status = crate::common::eventually(
                 &format!("{backend:?}: health of {service:?} to be reported"),
-                std::time::Duration::from_secs(10),
                 || {
                     let mut client = client.clone();
                     async move {

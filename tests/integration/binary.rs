@@ -1,46 +1,39 @@
 //! The real `discovered` binary as a subprocess, the way operators run it.
 
-mod common;
+use std::time::Instant;
 
-use std::time::{Duration, Instant};
-
-use common::{Proc, RedisServer, free_port};
-use discovered::proto::v1::discovery_client::DiscoveryClient;
+use crate::common::*;
 use discovered::proto::v1::*;
 
-async fn wait_listening(port: u16) -> DiscoveryClient<tonic::transport::Channel> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(c) = DiscoveryClient::connect(format!("http://127.0.0.1:{port}")).await {
-            return c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not listen on {port} within 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// A client of the server on `port`, once it listens.
+async fn wait_listening(port: u16) -> Client {
+    eventually(&format!("the server to listen on {port}"), || async move {
+        Client::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .ok()
+    })
+    .await
+}
+
+/// Waits until `proc` listens on `port`, failing if it exits first.
+fn wait_port(proc: &mut Proc, port: u16, exited: &str) {
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(proc.child.try_wait().unwrap().is_none(), "{exited}");
+        assert!(Instant::now() < deadline, "server did not listen");
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
-async fn register_and_read(client: &mut DiscoveryClient<tonic::transport::Channel>) {
-    client
-        .register_node(RegisterNodeRequest {
-            service_name: "payments".into(),
-            node_name: "pay-1".into(),
-            port: 8080,
-            ..Default::default()
-        })
-        .await
-        .expect("RegisterNode");
-    let nodes = client
-        .get_nodes(GetNodesRequest {
-            service_name: "payments".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("GetNodes")
-        .into_inner()
-        .nodes;
+async fn register_and_read(client: &mut Client) {
+    let req = RegisterNodeRequest {
+        service_name: "payments".into(),
+        node_name: "pay-1".into(),
+        port: 8080,
+        ..Default::default()
+    };
+    register_node(client, req).await;
+    let nodes = get_nodes(client, "", "payments").await;
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].ip, vec!["127.0.0.1"]);
 }
@@ -48,8 +41,7 @@ async fn register_and_read(client: &mut DiscoveryClient<tonic::transport::Channe
 #[tokio::test]
 async fn serves_in_memory_and_exits_zero_on_sigterm() {
     let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let proc = Proc::spawn(&["serve", "--listen", &listen], &[]);
+    let proc = Proc::spawn(&format!("serve --listen 127.0.0.1:{port}"), &[]);
     let mut client = wait_listening(port).await;
     register_and_read(&mut client).await;
     proc.signal("TERM");
@@ -65,9 +57,8 @@ async fn serves_in_memory_and_exits_zero_on_sigterm() {
 async fn serves_on_redis_from_environment_and_exits_zero_on_sigint() {
     let redis = RedisServer::start();
     let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let proc = Proc::spawn(
-        &["serve", "--listen", &listen, "--log-format", "json"],
+        &format!("serve --listen 127.0.0.1:{port} --log-format json"),
         &[("DISCOVERED_REDIS_URL", &redis.url())],
     );
     let mut client = wait_listening(port).await;
@@ -91,17 +82,11 @@ async fn serves_on_redis_from_environment_and_exits_zero_on_sigint() {
 #[test]
 fn unreachable_redis_is_one_clear_line_and_a_failure_code() {
     let closed = free_port();
-    let port = closed.to_string();
     let proc = Proc::spawn(
-        &[
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--redis-host",
-            "127.0.0.1",
-            "--redis-port",
-            &port,
-        ],
+        &format!(
+            "serve --listen 127.0.0.1:{} --redis-host 127.0.0.1 --redis-port {closed}",
+            free_port()
+        ),
         &[],
     );
     let (status, stderr) = proc.wait();
@@ -127,13 +112,7 @@ fn wrong_redis_password_is_reported_as_such() {
     let redis = RedisServer::start_with(&["--requirepass", "right-password"]);
     let url = format!("redis://:wrong-password@127.0.0.1:{}/", redis.port);
     let proc = Proc::spawn(
-        &[
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--redis-url",
-            &url,
-        ],
+        &format!("serve --listen 127.0.0.1:{} --redis-url {url}", free_port()),
         &[],
     );
     let (status, stderr) = proc.wait();
@@ -155,48 +134,32 @@ fn wrong_redis_password_is_reported_as_such() {
     // The right password (through the original's parameters) works.
     let port = free_port();
     let mut ok = Proc::spawn(
-        &[
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--redis-host",
-            "127.0.0.1",
-            "--redis-port",
-            &redis.port.to_string(),
-        ],
+        &format!(
+            "serve --listen 127.0.0.1:{port} --redis-host 127.0.0.1 --redis-port {}",
+            redis.port
+        ),
         &[("DISCOVERED_REDIS_PASSWORD", "right-password")],
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            ok.child.try_wait().unwrap().is_none(),
-            "server exited with the right password"
-        );
-        assert!(Instant::now() < deadline, "server did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_port(&mut ok, port, "server exited with the right password");
 }
 
 #[test]
 fn bad_flags_exit_with_code_two() {
     for args in [
-        vec!["serve", "--listen", "not-an-address"],
-        vec!["serve", "--redis-url", "redis://x", "--redis-host", "y"],
-        vec!["serve", "--no-such-flag"],
+        "serve --listen not-an-address",
+        "serve --redis-url redis://x --redis-host y",
+        "serve --no-such-flag",
     ] {
-        let (status, stderr) = Proc::spawn(&args, &[]).wait();
+        let (status, stderr) = Proc::spawn(args, &[]).wait();
         assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains("error"), "{args:?}: {stderr}");
     }
     // A bad default group is refused at start, naming the flag.
     let (status, stderr) = Proc::spawn(
-        &[
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--service-group",
-            "a:b",
-        ],
+        &format!(
+            "serve --listen 127.0.0.1:{} --service-group a:b",
+            free_port()
+        ),
         &[],
     )
     .wait();
@@ -207,8 +170,10 @@ fn bad_flags_exit_with_code_two() {
 #[tokio::test]
 async fn a_stuck_client_cannot_hold_shutdown_past_the_drain_time() {
     let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let proc = Proc::spawn(&["serve", "--listen", &listen, "--drain-timeout", "1"], &[]);
+    let proc = Proc::spawn(
+        &format!("serve --listen 127.0.0.1:{port} --drain-timeout 1"),
+        &[],
+    );
     let mut client = wait_listening(port).await;
     register_and_read(&mut client).await;
     proc.signal("TERM");
@@ -224,27 +189,18 @@ async fn a_stuck_client_cannot_hold_shutdown_past_the_drain_time() {
 async fn sigterm_ends_open_watch_streams_with_unavailable() {
     let redis = RedisServer::start();
     let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let proc = Proc::spawn(
-        &["serve", "--listen", &listen, "--redis-url", &redis.url()],
+        &format!(
+            "serve --listen 127.0.0.1:{port} --redis-url {}",
+            redis.url()
+        ),
         &[],
     );
     let mut client = wait_listening(port).await;
-    let mut stream = client
-        .watch_service(WatchServiceRequest {
-            service_name: "payments".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("WatchService")
-        .into_inner();
-    let synced = stream.message().await.expect("first event").expect("open");
-    assert_eq!(synced.r#type, EventType::Synced as i32);
+    let mut w = Watch::open(&mut client, "", "payments", None).await;
+    assert!(w.initial("default", "payments").await.is_empty());
     proc.signal("TERM");
-    let end = tokio::time::timeout(Duration::from_secs(15), stream.message())
-        .await
-        .expect("the stream did not end within 15 s");
-    let status = end.expect_err("the stream must end with a status");
+    let status = w.end().await;
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     let (status, stderr) = proc.wait_async().await;
     assert_eq!(status.code(), Some(0), "stderr: {stderr}");
@@ -258,17 +214,13 @@ async fn sigterm_ends_open_watch_streams_with_unavailable() {
 fn redis_that_refuses_config_needs_no_config_set() {
     // Like a managed Redis: CONFIG is not available.
     let redis = RedisServer::start_with(&["--rename-command", "CONFIG", ""]);
-    let (status, stderr) = Proc::spawn(
-        &[
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--redis-url",
-            &redis.url(),
-        ],
-        &[],
-    )
-    .wait();
+    let serve = |port: u16| {
+        format!(
+            "serve --listen 127.0.0.1:{port} --redis-url {}",
+            redis.url()
+        )
+    };
+    let (status, stderr) = Proc::spawn(&serve(free_port()), &[]).wait();
     assert_eq!(status.code(), Some(1), "{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
@@ -280,24 +232,6 @@ fn redis_that_refuses_config_needs_no_config_set() {
 
     // With the operator's word that it is configured, the server starts.
     let port = free_port();
-    let mut proc = Proc::spawn(
-        &[
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--redis-url",
-            &redis.url(),
-            "--no-config-set",
-        ],
-        &[],
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            proc.child.try_wait().unwrap().is_none(),
-            "server exited with --no-config-set"
-        );
-        assert!(Instant::now() < deadline, "server did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut proc = Proc::spawn(&format!("{} --no-config-set", serve(port)), &[]);
+    wait_port(&mut proc, port, "server exited with --no-config-set");
 }

@@ -1,18 +1,15 @@
 //! `discovered agent` and `discovered serve` as real processes: the agent
 //! keeps its node registered through restarts and removes it on SIGTERM.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Proc, RedisServer, eventually, free_port, ms, now_ms};
+use crate::common::{Proc, RedisServer, eventually, free_port, ms, now_ms, within};
 use discovered::client::{Client, Event};
 use discovered::hostfacts;
 use discovered::proto::v1::Node;
 use futures::StreamExt;
 
 const TTL: u64 = 2;
-const WAIT: Duration = Duration::from_secs(20);
 
 struct Setup {
     redis: RedisServer,
@@ -21,15 +18,20 @@ struct Setup {
     client: Client,
 }
 
+impl Setup {
+    /// Stops the server, and starts it again on the same port and Redis
+    /// once the node's TTL has run out.
+    async fn restart_server_after_the_ttl(&mut self) {
+        drop(self.server.take());
+        tokio::time::sleep(Duration::from_secs(TTL + 1)).await;
+        self.server = Some(serve(&self.redis, self.port));
+    }
+}
+
 fn serve(redis: &RedisServer, port: u16) -> Proc {
+    let redis = redis.url();
     Proc::spawn(
-        &[
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--redis-url",
-            &redis.url(),
-        ],
+        &format!("serve --listen 127.0.0.1:{port} --redis-url {redis}"),
         &[],
     )
 }
@@ -38,7 +40,7 @@ async fn setup() -> Setup {
     let redis = RedisServer::start();
     let port = free_port();
     let server = serve(&redis, port);
-    let client = eventually("the server to listen", WAIT, || async move {
+    let client = eventually("the server to listen", || async move {
         Client::connect(&format!("127.0.0.1:{port}")).await.ok()
     })
     .await;
@@ -52,21 +54,10 @@ async fn setup() -> Setup {
 
 fn agent(port: u16, node: &str) -> Proc {
     Proc::spawn(
-        &[
-            "agent",
-            "--server",
-            &format!("127.0.0.1:{port}"),
-            "--service",
-            "payments",
-            "--node",
-            node,
-            "--port",
-            "9000",
-            "--ttl",
-            &TTL.to_string(),
-            "--meta",
-            "role=api",
-        ],
+        &format!(
+            "agent --server 127.0.0.1:{port} --service payments --node {node} --port 9000 \
+             --ttl {TTL} --meta role=api"
+        ),
         &[],
     )
 }
@@ -81,7 +72,7 @@ async fn node(client: &Client, name: &str) -> Option<Node> {
 }
 
 async fn wait_for_node(client: &Client, name: &str, what: &str) -> Node {
-    eventually(what, WAIT, || async move { node(client, name).await }).await
+    eventually(what, || async move { node(client, name).await }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +101,7 @@ async fn the_agent_registers_host_facts_stays_alive_and_leaves_on_sigterm() {
 
     // Alive past several TTLs, as the same registration.
     let later = ms(&n.registered_at) + 3 * TTL as i64 * 1000;
-    eventually("three TTLs to pass", WAIT, || async move {
+    eventually("three TTLs to pass", || async move {
         (now_ms() > later).then_some(())
     })
     .await;
@@ -139,16 +130,14 @@ async fn a_killed_agent_leaves_its_node_to_expire() {
     let mut events = Box::pin(s.client.watch("", "payments"));
     // The watch holds the state before the agent dies.
     loop {
-        let e = tokio::time::timeout(WAIT, events.next())
-            .await
-            .expect("no event");
+        let e = within("the watch's SYNCED", events.next()).await;
         if let Some(Ok(Event::Synced)) = e {
             break;
         }
     }
     let _ = agent.child.kill();
     let _ = agent.child.wait();
-    let expired = tokio::time::timeout(WAIT, async {
+    let expired = within("NODE_EXPIRED after the agent was killed", async {
         while let Some(e) = events.next().await {
             if let Ok(Event::NodeExpired(node)) = e {
                 return node;
@@ -156,8 +145,7 @@ async fn a_killed_agent_leaves_its_node_to_expire() {
         }
         panic!("watch ended");
     })
-    .await
-    .expect("no NODE_EXPIRED after the agent was killed");
+    .await;
     assert_eq!(expired.node_name, "n1");
     assert_eq!(expired.ip, n.ip);
 }
@@ -168,7 +156,7 @@ async fn a_rolling_restart_keeps_the_successors_node() {
     let first = agent(s.port, "n1");
     let n1 = wait_for_node(&s.client, "n1", "agent 1's node").await;
     let _second = agent(s.port, "n1");
-    let n2 = eventually("agent 2 to take the node over", WAIT, || {
+    let n2 = eventually("agent 2 to take the node over", || {
         let client = s.client.clone();
         let old = n1.instance_id.clone();
         async move { node(&client, "n1").await.filter(|n| n.instance_id != old) }
@@ -189,7 +177,7 @@ async fn an_agent_whose_node_was_taken_over_stops_renewing_it() {
     let first = agent(s.port, "n1");
     let n1 = wait_for_node(&s.client, "n1", "agent 1's node").await;
     let mut second = agent(s.port, "n1");
-    eventually("agent 2 to take the node over", WAIT, || {
+    eventually("agent 2 to take the node over", || {
         let client = s.client.clone();
         let old = n1.instance_id.clone();
         async move { node(&client, "n1").await.filter(|n| n.instance_id != old) }
@@ -238,9 +226,7 @@ async fn an_outage_is_logged_once_however_many_retries_it_takes() {
 
     // Down for longer than the TTL: the agent retries several times (its
     // backoff is capped at TTL/3) and the node is gone when it comes back.
-    drop(s.server.take());
-    tokio::time::sleep(Duration::from_secs(TTL + 1)).await;
-    s.server = Some(serve(&s.redis, s.port));
+    s.restart_server_after_the_ttl().await;
     wait_for_node(&s.client, "n1", "the node after the server came back").await;
 
     agent.signal("TERM");
@@ -254,12 +240,12 @@ async fn an_outage_is_logged_once_however_many_retries_it_takes() {
     assert_eq!(stderr.matches("node registered").count(), 2, "{stderr}");
 }
 
-/// Reads events until one matches, failing after [`WAIT`].
+/// Reads events until one matches, failing after [`WAIT`](crate::common::WAIT).
 async fn until(
     events: &mut (impl futures::Stream<Item = discovered::client::ClientResult<Event>> + Unpin),
     want: impl Fn(&Event) -> bool,
 ) -> Event {
-    tokio::time::timeout(WAIT, async {
+    within("the awaited event", async {
         while let Some(e) = events.next().await {
             match e {
                 Ok(e) if want(&e) => return e,
@@ -270,7 +256,6 @@ async fn until(
         panic!("watch ended");
     })
     .await
-    .expect("the awaited event did not come")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,10 +265,8 @@ async fn the_node_comes_back_after_the_server_and_after_redis_restart() {
     wait_for_node(&s.client, "n1", "the agent's node").await;
 
     // The server dies long enough for the node to expire, then returns.
-    drop(s.server.take());
-    tokio::time::sleep(Duration::from_secs(TTL + 1)).await;
-    s.server = Some(serve(&s.redis, s.port));
-    wait_for_node(&s.client, "n1", "the node after a server restart").await;
+    s.restart_server_after_the_ttl().await;
+    wait_for_node(&s.client, "n1", "the node after the server came back").await;
 
     // Redis restarts empty: the agent's heartbeat gets NOT_FOUND and it
     // registers again.
@@ -294,16 +277,13 @@ async fn the_node_comes_back_after_the_server_and_after_redis_restart() {
 #[test]
 fn a_bad_or_missing_agent_flag_is_one_line_and_exit_code_two() {
     for (args, names) in [
-        (vec!["agent", "--service", "x", "--ttl", "0"], "--ttl"),
-        (vec!["agent", "--service", "x", "--ttl", "soon"], "--ttl"),
-        (vec!["agent", "--ttl", "30"], "--service"),
-        (
-            vec!["agent", "--service", "x", "--meta", "novalue"],
-            "--meta",
-        ),
-        (vec!["agent", "--service", "x", "--port", "70000"], "--port"),
+        ("agent --service x --ttl 0", "--ttl"),
+        ("agent --service x --ttl soon", "--ttl"),
+        ("agent --ttl 30", "--service"),
+        ("agent --service x --meta novalue", "--meta"),
+        ("agent --service x --port 70000", "--port"),
     ] {
-        let (status, stderr) = Proc::spawn(&args, &[]).wait();
+        let (status, stderr) = Proc::spawn(args, &[]).wait();
         assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{args:?}: want one line, got {stderr:?}");

@@ -1,7 +1,12 @@
-//! Test harness: real `redis-server` processes on free ports, killed on
-//! drop, and in-process `discovered` servers reached through the generated
-//! gRPC client.
-#![allow(dead_code)]
+//! The support kit of the integration tests: real `redis-server`
+//! processes on free ports, killed on drop; in-process `discovered` servers
+//! reached through the generated gRPC client; the real binary as a child
+//! process; and one way to wait for anything ([`WAIT`], [`eventually`],
+//! [`within`], [`wait_past`]).
+//!
+//! - [`requests`]: request builders with every field set.
+//! - [`calls`]: the gRPC calls as tests make them, and status checks.
+//! - [`watch`]: [`Watch`], a watch stream whose every event is checked.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
@@ -15,10 +20,18 @@ use discovered::server::{Defaults, RunningServer};
 use discovered::store::{Hub, MemoryRegistry, RedisConfig, RedisRegistry, Registry};
 use tonic::transport::Channel;
 
+pub mod calls;
 pub mod requests;
-// Not every test file builds requests.
-#[allow(unused_imports)]
+pub mod watch;
+
+pub use calls::*;
 pub use requests::*;
+pub use watch::*;
+
+/// How long anything a test waits for may take: an event, a state, a
+/// process, the clock. Generous: every wait ends as soon as what it waits
+/// for is there, so this only bounds how long a failing test hangs.
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Finds `redis-server`, or fails the test saying how to get it.
 pub fn redis_server_binary() -> PathBuf {
@@ -86,14 +99,14 @@ impl RedisServer {
             .spawn()
             .expect("cannot spawn redis-server");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + WAIT;
         loop {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "redis-server on port {} did not start within 10 s",
+                "redis-server on port {} did not start within {WAIT:?}",
                 self.port
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -147,8 +160,48 @@ impl Drop for RedisServer {
     }
 }
 
+/// A registry of its own on `redis`, checked to answer: another server
+/// process, as far as Redis can tell (its own connections).
+pub async fn redis_registry(redis: &RedisServer) -> RedisRegistry {
+    let config = RedisConfig::from_url(&redis.url(), "discovered").expect("config");
+    let registry = RedisRegistry::new(config).expect("redis registry");
+    registry.check().await.expect("test redis answers");
+    registry
+}
+
 /// The `discovered` binary of this build.
 pub const BIN: &str = env!("CARGO_BIN_EXE_discovered");
+
+/// Splits a command line into arguments at whitespace. An argument that
+/// contains spaces is written in single quotes: `--description 'Takes
+/// money'`.
+pub fn argv(line: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut rest = line.trim_start();
+    while !rest.is_empty() {
+        let (arg, after) = match rest.strip_prefix('\'') {
+            Some(quoted) => quoted
+                .split_once('\'')
+                .unwrap_or_else(|| panic!("unclosed quote in {line:?}")),
+            None => rest.split_at(rest.find(char::is_whitespace).unwrap_or(rest.len())),
+        };
+        args.push(arg.to_string());
+        rest = after.trim_start();
+    }
+    args
+}
+
+/// Keeps the developer's environment (`RUST_LOG`, `DISCOVERED_*`) from
+/// configuring a `discovered` child process.
+pub fn scrub_env(cmd: &mut Command) -> &mut Command {
+    cmd.env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DISCOVERED_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
 
 /// A `discovered` child process, killed if the test ends early.
 pub struct Proc {
@@ -156,19 +209,15 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Self {
+    /// Runs `discovered` with the arguments of `line` (see [`argv`]) and
+    /// the extra environment `envs`.
+    pub fn spawn(line: &str, envs: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(BIN);
-        cmd.args(args)
+        scrub_env(&mut cmd)
+            .args(argv(line))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env_remove("RUST_LOG");
-        // Keep the developer's environment from configuring the server.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("DISCOVERED_") {
-                cmd.env_remove(k);
-            }
-        }
+            .stderr(Stdio::piped());
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -177,17 +226,17 @@ impl Proc {
         }
     }
 
-    /// Waits for the process to exit (at most 15 s) and returns its status
-    /// and stderr.
+    /// Waits for the process to exit (at most [`WAIT`]) and returns its
+    /// status and stderr.
     pub fn wait(mut self) -> (ExitStatus, String) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + WAIT;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 break status;
             }
             assert!(
                 Instant::now() < deadline,
-                "discovered did not exit within 15 s"
+                "discovered did not exit within {WAIT:?}"
             );
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -237,7 +286,6 @@ pub struct TestServer {
     pub client: DiscoveryClient<Channel>,
     pub channel: Channel,
     pub redis: Option<RedisServer>,
-    pub registry: Arc<dyn Registry>,
     /// The registry's fan-out: counts the open watch streams.
     pub hub: Hub,
 }
@@ -258,14 +306,20 @@ impl TestServer {
             }
             Backend::Redis => {
                 let redis = RedisServer::start();
-                let config = RedisConfig::from_url(&redis.url(), "discovered").expect("config");
-                let registry = RedisRegistry::new(config).expect("redis registry");
-                registry.check().await.expect("test redis answers");
+                let registry = redis_registry(&redis).await;
                 let hub = registry.hub();
                 ((Arc::new(registry), hub), Some(redis))
             }
         };
         Self::on(store, redis, defaults).await
+    }
+
+    /// A server with default settings and a registry of its own on a
+    /// `redis` that other servers share.
+    pub async fn sharing(redis: &RedisServer) -> Self {
+        let registry = redis_registry(redis).await;
+        let hub = registry.hub();
+        Self::on((Arc::new(registry), hub), None, Defaults::default()).await
     }
 
     /// A server over an existing registry.
@@ -275,7 +329,7 @@ impl TestServer {
         defaults: Defaults,
     ) -> Self {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        let server = RunningServer::start(registry.clone(), defaults, addr)
+        let server = RunningServer::start(registry, defaults, addr)
             .await
             .expect("start server");
         let channel = Channel::from_shared(server.url())
@@ -289,7 +343,6 @@ impl TestServer {
             client: DiscoveryClient::new(channel.clone()),
             channel,
             redis,
-            registry,
             hub,
         }
     }
@@ -315,22 +368,38 @@ pub fn ms(t: &Option<prost_types::Timestamp>) -> i64 {
     t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
 }
 
+/// Waits (polling the clock) until the wall clock is past `t` ms.
+pub async fn wait_past(t: i64) {
+    eventually(&format!("the clock to pass {t} ms"), || async move {
+        (now_ms() > t).then_some(())
+    })
+    .await
+}
+
+/// Awaits `fut`, or panics saying that `what` did not happen within
+/// [`WAIT`]: for a call that must not hang, or an event that must come.
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or panics with
-/// `what` after `timeout`. For waiting on time-based behaviour without
+/// `what` after [`WAIT`]. For waiting on time-based behaviour without
 /// assuming how fast the machine is.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Some(v) = check().await {
             return v;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
+            "timed out after {WAIT:?} waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -341,7 +410,6 @@ where
 /// a multi-threaded runtime as in production: the server's tasks (the Redis
 /// subscriber, each stream) run in parallel with the test's clients, so an
 /// ordering that only holds when they take turns fails here.
-#[macro_export]
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -362,3 +430,4 @@ macro_rules! conformance {
         }
     };
 }
+pub(crate) use conformance;

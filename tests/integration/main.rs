@@ -1,0 +1,21 @@
+//! The integration tests, as one test binary (one link step instead of one
+//! per file; cargo finds `tests/integration/main.rs` by itself). Each module
+//! is what used to be a file of its own under `tests/`; `common` is the
+//! support kit they share.
+//!
+//! A new test file goes next to this one, as `mod name;` below, and takes
+//! the kit with `use crate::common::*;` (not `mod common;`).
+
+mod common;
+
+mod agent;
+mod binary;
+mod cli;
+mod client;
+mod conformance;
+mod heartbeat;
+mod host_facts;
+mod redis_store;
+mod side_services;
+mod watch;
+mod watch_faults;
