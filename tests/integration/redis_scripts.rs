@@ -3,9 +3,7 @@
 //! ones the scripts read, and the arguments the typed calls push are the
 //! ones the scripts take.
 
-mod common;
-
-use common::RedisServer;
+use crate::common::RedisServer;
 use discovered::model::{NodeSpec, ServiceKey};
 use discovered::store::redis::Keys;
 use discovered::store::redis::record::{self, NODE_RECORD_HEAD};
