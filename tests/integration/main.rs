@@ -17,6 +17,7 @@ mod heartbeat;
 mod host_facts;
 mod redis_scripts;
 mod redis_store;
+mod sentinel;
 mod side_services;
 mod watch;
 mod watch_faults;

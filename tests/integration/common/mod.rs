@@ -7,6 +7,8 @@
 //! - [`requests`]: request builders with every field set.
 //! - [`calls`]: the gRPC calls as tests make them, and status checks.
 //! - [`watch`]: [`Watch`], a watch stream whose every event is checked.
+//! - [`sentinel`]: [`SentinelFixture`], a master, two replicas and three
+//!   sentinels.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
@@ -22,10 +24,12 @@ use tonic::transport::Channel;
 
 pub mod calls;
 pub mod requests;
+pub mod sentinel;
 pub mod watch;
 
 pub use calls::*;
 pub use requests::*;
+pub use sentinel::*;
 pub use watch::*;
 
 /// How long anything a test waits for may take: an event, a state, a call,
@@ -173,6 +177,20 @@ pub async fn redis_registry(redis: &RedisServer) -> RedisRegistry {
     registry
 }
 
+/// A registry of its own on the Sentinel deployment `fixture`, through
+/// its `redis+sentinel://` URL, checked to answer.
+pub async fn sentinel_registry(fixture: &SentinelFixture) -> RedisRegistry {
+    let url = fixture.url();
+    let config = RedisConfig::from_url(&url, "discovered")
+        .unwrap_or_else(|e| panic!("RedisConfig::from_url({url:?}): {e}"));
+    let registry = RedisRegistry::new(config).expect("redis registry");
+    registry
+        .check()
+        .await
+        .unwrap_or_else(|e| panic!("the Sentinel deployment answers through {url}: {e}"));
+    registry
+}
+
 /// The `discovered` binary of this build.
 pub const BIN: &str = env!("CARGO_BIN_EXE_discovered");
 
@@ -281,6 +299,8 @@ impl Drop for Proc {
 pub enum Backend {
     Memory,
     Redis,
+    /// A [`SentinelFixture`], reached through its `redis+sentinel://` URL.
+    Sentinel,
 }
 
 /// An in-process `discovered` server on 127.0.0.1 with a client, and the
@@ -290,6 +310,9 @@ pub struct TestServer {
     pub client: DiscoveryClient<Channel>,
     pub channel: Channel,
     pub redis: Option<RedisServer>,
+    /// The Sentinel deployment behind the server, for
+    /// [`Backend::Sentinel`].
+    pub sentinel: Option<SentinelFixture>,
     /// The registry's fan-out: counts the open watch streams.
     pub hub: Hub,
 }
@@ -313,6 +336,14 @@ impl TestServer {
                 let registry = redis_registry(&redis).await;
                 let hub = registry.hub();
                 ((Arc::new(registry), hub), Some(redis))
+            }
+            Backend::Sentinel => {
+                let fixture = SentinelFixture::start().await;
+                let registry = sentinel_registry(&fixture).await;
+                let hub = registry.hub();
+                let mut t = Self::on((Arc::new(registry), hub), None, defaults).await;
+                t.sentinel = Some(fixture);
+                return t;
             }
         };
         Self::on(store, redis, defaults).await
@@ -347,6 +378,7 @@ impl TestServer {
             client: DiscoveryClient::new(channel.clone()),
             channel,
             redis,
+            sentinel: None,
             hub,
         }
     }
@@ -354,6 +386,14 @@ impl TestServer {
     /// The Redis behind the server; panics for the memory backend.
     pub fn redis(&mut self) -> &mut RedisServer {
         self.redis.as_mut().expect("this test server has no Redis")
+    }
+
+    /// The Sentinel deployment behind the server; panics for the other
+    /// backends.
+    pub fn sentinel(&mut self) -> &mut SentinelFixture {
+        self.sentinel
+            .as_mut()
+            .expect("this test server has no Sentinel deployment")
     }
 }
 
@@ -413,7 +453,7 @@ where
     }
 }
 
-/// Generates `mod memory` and `mod redis`, each running the listed async
+/// Generates `mod memory`, `mod redis` and `mod sentinel`, each running the listed async
 /// test bodies (`async fn name(backend: Backend)`) against its backend, on
 /// a multi-threaded runtime as in production: the server's tasks (the Redis
 /// subscriber, each stream) run in parallel with the test's clients, so an
@@ -433,6 +473,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::Backend::Redis).await;
+                }
+            )*
+        }
+        mod sentinel {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sentinel).await;
                 }
             )*
         }

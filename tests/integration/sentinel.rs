@@ -1,0 +1,824 @@
+//! Redis Sentinel: the fixture on its own, start-up errors of the real
+//! binary, and failovers under load with watchers and agents attached.
+//!
+//! Each failover test runs a steady RegisterNode load (every call recorded:
+//! start, duration, result, the node's `updated_at`), three watch streams
+//! (a group watch and two service watches) and three real agents, then
+//! fails the master over and checks what clients saw. Every check is
+//! collected first and reported together with the timeline, so one run
+//! tells everything that went wrong.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use discovered::proto::v1::*;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+// ---------------------------------------------------------------------------
+// The fixture on its own (needs nothing from the server)
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixture_fails_over_by_itself() {
+    let started = Instant::now();
+    let mut f = SentinelFixture::start().await;
+    f.wait_ready().await;
+    let ready = started.elapsed();
+    let old = f.current_master_port().await;
+    assert_eq!(
+        old, f.nodes[0].port,
+        "the first node is the master at start"
+    );
+
+    let killed = f.kill_master().await;
+    assert_eq!(killed, old);
+    let t_kill = Instant::now();
+    let t_new = f.wait_new_master(old).await;
+    let new = f.current_master_port().await;
+    assert_ne!(new, old);
+    assert!(
+        f.nodes[1..].iter().any(|n| n.port == new),
+        "the new master {new} is one of the replicas"
+    );
+    let t_role = SentinelFixture::wait_role(new, "master", WAIT).await;
+    eprintln!(
+        "fixture: ready after {ready:?}; after the kill the sentinels agreed on {new} at \
+         +{:?}, it answered ROLE master by +{:?}",
+        t_new - t_kill,
+        t_role.saturating_duration_since(t_kill)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixture_fails_over_on_request() {
+    let f = SentinelFixture::start().await;
+    f.wait_ready().await;
+    let old = f.manual_failover().await;
+    let t_asked = Instant::now();
+    let t_new = f.wait_new_master(old).await;
+    let new = f.current_master_port().await;
+    assert_ne!(new, old);
+    SentinelFixture::wait_role(new, "master", WAIT).await;
+    // The old master lives on, and is turned into a replica of the new one
+    // (Sentinel's 10 s INFO period, see the notes: about 10-11 s).
+    let t_demoted = SentinelFixture::wait_role(old, "slave", 2 * WAIT).await;
+    eprintln!(
+        "fixture: SENTINEL FAILOVER: the sentinels agreed on {new} at +{:?}; the old master \
+         {old} became a replica at +{:?}",
+        t_new - t_asked,
+        t_demoted - t_asked
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Start-up through the real binary
+// ---------------------------------------------------------------------------
+
+/// Checks that `discovered serve ...` exits 1 with one line on stderr,
+/// starting `error: `, that contains each of `needles`.
+#[track_caller]
+fn assert_one_error_line(
+    what: &str,
+    (status, stderr): (std::process::ExitStatus, String),
+    needles: &[&str],
+) {
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "{what}: exit status; stderr: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{what}: one line on stderr, got {stderr:?}");
+    assert!(
+        lines[0].starts_with("error: "),
+        "{what}: the line starts with `error: `: {stderr:?}"
+    );
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "{what}: the line names {n}: {stderr:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_sentinel_listening_is_one_error_line_naming_the_addresses() {
+    // Ports nothing listens on.
+    let addrs = [
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    let needles: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let listen = format!("127.0.0.1:{}", free_port());
+
+    let url = format!("redis+sentinel://{}/mymaster", addrs.join(","));
+    let p = Proc::spawn(&format!("serve --listen {listen} --redis-url {url}"), &[]);
+    assert_one_error_line("--redis-url", p.wait_async().await, &needles);
+
+    let p = Proc::spawn(
+        &format!(
+            "serve --listen {listen} --redis-sentinels {} --redis-master-name mymaster",
+            addrs.join(",")
+        ),
+        &[],
+    );
+    assert_one_error_line("--redis-sentinels", p.wait_async().await, &needles);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_master_name_is_one_error_line_naming_it() {
+    let f = SentinelFixture::start().await;
+    let addrs = f.sentinel_addrs();
+    let mut needles: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    needles.push("no-such-master");
+    let listen = format!("127.0.0.1:{}", free_port());
+
+    let url = format!("redis+sentinel://{}/no-such-master", addrs.join(","));
+    let p = Proc::spawn(&format!("serve --listen {listen} --redis-url {url}"), &[]);
+    assert_one_error_line("--redis-url", p.wait_async().await, &needles);
+
+    let sentinels = addrs.join(",");
+    let p = Proc::spawn(
+        &format!("serve --listen {listen}"),
+        &[
+            ("DISCOVERED_REDIS_SENTINELS", sentinels.as_str()),
+            ("DISCOVERED_REDIS_MASTER_NAME", "no-such-master"),
+        ],
+    );
+    assert_one_error_line("DISCOVERED_REDIS_SENTINELS", p.wait_async().await, &needles);
+}
+
+/// A gRPC client of the server listening on `port`, once it listens.
+async fn client_of(port: u16) -> Client {
+    eventually("the server to listen", || async move {
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        Some(Client::new(channel))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sentinel_flags_serve() {
+    let f = SentinelFixture::start().await;
+    let port = free_port();
+    let _server = Proc::spawn(
+        &format!(
+            "serve --listen 127.0.0.1:{port} --redis-sentinels {} --redis-master-name {}",
+            f.sentinel_addrs().join(","),
+            f.master_name()
+        ),
+        &[],
+    );
+    let mut c = client_of(port).await;
+    let node = register_node_eventually(&c, bare_node("", "payments", "n1", None)).await;
+    assert_eq!(get_nodes(&mut c, "", "payments").await, [node]);
+    // And it is stored on the master the sentinels name.
+    let master = f.current_master_port().await;
+    let keys: Vec<String> = command_on(master, redis::cmd("KEYS").arg("discovered:*"))
+        .await
+        .expect("KEYS on the master");
+    assert!(!keys.is_empty(), "nothing stored on the master {master}");
+}
+
+// ---------------------------------------------------------------------------
+// Failover under load
+// ---------------------------------------------------------------------------
+
+/// The group every failover test works in.
+const GROUP: &str = "ha";
+/// The service the load registers into.
+const LOAD_SERVICE: &str = "payments";
+/// The service the agents register into.
+const AGENT_SERVICE: &str = "agents";
+/// The agents' TTL (seconds); they heartbeat every third of it.
+const AGENT_TTL: u64 = 3;
+/// How long after the new master first serves a write every agent's node
+/// must be in GetNodes: one heartbeat period (ttl/3 = 1 s) plus 2 s for
+/// the agent's backoff (capped at ttl/3 itself) and its retry. Not WAIT:
+/// an agent that needs longer has a node missing for longer than its
+/// users would accept.
+const AGENT_BOUND: Duration = Duration::from_secs(AGENT_TTL / 3 + 2);
+/// The longest any call may take, failover or not: calls fail with
+/// UNAVAILABLE within about 2 s, never hang.
+const CALL_BOUND: Duration = Duration::from_secs(3);
+/// How soon after the sentinels agree on the new master a write must
+/// succeed again.
+const FIRST_WRITE_BOUND: Duration = Duration::from_secs(2);
+/// Pause between two calls of the load.
+const LOAD_PAUSE: Duration = Duration::from_millis(20);
+
+/// One RegisterNode call of the load.
+#[derive(Debug, Clone)]
+struct Call {
+    node: String,
+    start: Instant,
+    took: Duration,
+    /// The node's `updated_at` (ms) on success; the status otherwise.
+    result: Result<i64, String>,
+}
+
+impl Call {
+    fn end(&self) -> Instant {
+        self.start + self.took
+    }
+}
+
+/// A task registering nodes `w-0`, `w-1`... one after the other.
+struct Load {
+    calls: Arc<Mutex<Vec<Call>>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Load {
+    fn start(client: &Client) -> Self {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let (stop, mut stopped) = oneshot::channel();
+        let (mut c, record) = (client.clone(), calls.clone());
+        let task = tokio::spawn(async move {
+            // Bounded: a test runs for well under a minute.
+            for i in 0..5000 {
+                if stopped.try_recv().is_ok() {
+                    return;
+                }
+                let node = format!("w-{i}");
+                let start = Instant::now();
+                let r = tokio::time::timeout(
+                    WAIT,
+                    c.register_node(bare_node(GROUP, LOAD_SERVICE, &node, None)),
+                )
+                .await;
+                let took = start.elapsed();
+                let result = match r {
+                    Err(_) => Err(format!("no answer within {WAIT:?}")),
+                    Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+                    Ok(Ok(n)) => Ok(ms(&n.into_inner().updated_at)),
+                };
+                record.lock().unwrap().push(Call {
+                    node,
+                    start,
+                    took,
+                    result,
+                });
+                tokio::time::sleep(LOAD_PAUSE).await;
+            }
+        });
+        Self {
+            calls,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// The first call acknowledged (Ok) at or after `t`, waiting for it at
+    /// most [`WAIT`] after `t`.
+    async fn first_ok_after(&self, t: Instant) -> Option<Call> {
+        while Instant::now() < t + WAIT {
+            let found = self
+                .calls()
+                .into_iter()
+                .filter(|c| c.result.is_ok() && c.end() >= t)
+                .min_by_key(|c| c.end());
+            if found.is_some() {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
+    async fn finish(mut self) -> Vec<Call> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("the load task");
+        self.calls()
+    }
+}
+
+/// What one watcher has put together from its events.
+#[derive(Debug, Default)]
+struct WatcherState {
+    /// The state: (service, node) -> node, as the events tell it.
+    nodes: BTreeMap<(String, String), Node>,
+    /// Between a RESYNC (or the stream's start) and its SYNCED: the state
+    /// being rebuilt from INITIAL events.
+    rebuilding: Option<BTreeMap<(String, String), Node>>,
+    /// When each RESYNC arrived.
+    resyncs: Vec<Instant>,
+    /// When the last SYNCED after a RESYNC arrived.
+    last_resynced: Option<Instant>,
+    /// The highest revision seen so far.
+    max_revision: u64,
+    /// Broken promises (a revision going down, INITIAL outside a resync).
+    problems: Vec<String>,
+    events: u64,
+}
+
+impl WatcherState {
+    fn apply(&mut self, e: &WatchEvent) {
+        self.events += 1;
+        let t = kind(e);
+        if !matches!(t, EventType::Resync | EventType::Synced) {
+            if e.revision < self.max_revision {
+                self.problems.push(format!(
+                    "revision went down from {} to {} at sequence {}: {:?} {}/{}",
+                    self.max_revision,
+                    e.revision,
+                    e.sequence,
+                    t,
+                    e.service_name,
+                    e.node.as_ref().map(|n| n.node_name.as_str()).unwrap_or("")
+                ));
+            }
+            self.max_revision = self.max_revision.max(e.revision);
+        }
+        let key = |n: &Node| (n.service_name.clone(), n.node_name.clone());
+        match t {
+            EventType::Resync => {
+                if e.revision != 0 {
+                    self.problems
+                        .push(format!("RESYNC with revision {}: {e:?}", e.revision));
+                }
+                self.resyncs.push(Instant::now());
+                self.rebuilding = Some(BTreeMap::new());
+            }
+            EventType::Initial => {
+                let n = node_of(e);
+                match self.rebuilding.as_mut() {
+                    Some(state) => {
+                        state.insert(key(n), n.clone());
+                    }
+                    None => self
+                        .problems
+                        .push(format!("INITIAL outside a (re)start: {e:?}")),
+                }
+            }
+            EventType::Synced => match self.rebuilding.take() {
+                Some(state) => {
+                    self.nodes = state;
+                    if !self.resyncs.is_empty() {
+                        self.last_resynced = Some(Instant::now());
+                    }
+                }
+                None => self
+                    .problems
+                    .push(format!("SYNCED outside a (re)start: {e:?}")),
+            },
+            EventType::NodeAdded | EventType::NodeUpdated => {
+                let n = node_of(e);
+                self.nodes.insert(key(n), n.clone());
+            }
+            EventType::NodeRemoved | EventType::NodeExpired => {
+                let n = node_of(e);
+                self.nodes.remove(&key(n));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One watch stream, read by a task of its own into a [`WatcherState`].
+struct Watcher {
+    what: String,
+    services: Vec<&'static str>,
+    state: Arc<Mutex<WatcherState>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+    // The client must live as long as its stream.
+    _client: Client,
+}
+
+impl Watcher {
+    /// Opens a watch of `service` (`""`: the whole group) in [`GROUP`] on
+    /// a connection of its own.
+    async fn open(url: &str, service: &'static str) -> Self {
+        let channel = Channel::from_shared(url.to_string())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect a watcher");
+        let mut client = Client::new(channel);
+        let mut w = Watch::open(&mut client, GROUP, service, None).await;
+        let state = Arc::new(Mutex::new(WatcherState {
+            rebuilding: Some(BTreeMap::new()),
+            ..Default::default()
+        }));
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let record = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    e = w.next() => record.lock().unwrap().apply(&e),
+                }
+            }
+        });
+        Self {
+            what: format!("watch of {GROUP}/{service:?}"),
+            services: if service.is_empty() {
+                vec![LOAD_SERVICE, AGENT_SERVICE]
+            } else {
+                vec![service]
+            },
+            state,
+            stop: Some(stop),
+            task,
+            _client: client,
+        }
+    }
+
+    /// Stops reading; a panic of the reading task (the stream failed or
+    /// ended, an event broke what every event promises, nothing for WAIT)
+    /// is returned as a problem.
+    async fn finish(&mut self) -> Option<String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(()) => None,
+            Err(e) if e.is_panic() => {
+                let p = e.into_panic();
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Some(format!("{}: the reader failed: {msg}", self.what))
+            }
+            Err(e) => Some(format!("{}: the reader: {e}", self.what)),
+        }
+    }
+}
+
+/// A node without `expires_at`, which heartbeats renew without an event.
+fn comparable(n: &Node) -> Node {
+    Node {
+        expires_at: None,
+        ..n.clone()
+    }
+}
+
+/// How the master is failed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failover {
+    /// SIGKILL the master.
+    KillMaster,
+    /// `SENTINEL FAILOVER`: the old master lives on and is demoted later.
+    Manual,
+    /// SIGKILL sentinel 0 (the first of the URL), then the master.
+    KillSentinelThenMaster,
+}
+
+/// The names of the agents' nodes present in GetNodes now (None when the
+/// call fails).
+async fn agent_nodes(c: &Client) -> Option<Vec<String>> {
+    let r = tokio::time::timeout(
+        CALL_BOUND,
+        c.clone().get_nodes(GetNodesRequest {
+            service_group: GROUP.into(),
+            service_name: AGENT_SERVICE.into(),
+        }),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    Some(node_names(&r.into_inner().nodes))
+}
+
+fn agent(url: &str, i: usize) -> Proc {
+    Proc::spawn(
+        &format!(
+            "agent --server {url} --group {GROUP} --service {AGENT_SERVICE} --node agent-{i} \
+             --port 9000 --ttl {AGENT_TTL}"
+        ),
+        &[],
+    )
+}
+
+async fn failover_under_load(how: Failover) {
+    let mut t = TestServer::start(Backend::Sentinel).await;
+    t.sentinel().wait_ready().await;
+    let url = t.server.url();
+    let c = t.client.clone();
+
+    // Three agents, their nodes registered.
+    let agents: Vec<Proc> = (0..3).map(|i| agent(&url, i)).collect();
+    eventually("the three agents' nodes", || async {
+        agent_nodes(&c).await.filter(|n| n.len() == 3)
+    })
+    .await;
+
+    // Watchers, then the load; a second of steady state.
+    let mut watchers = vec![
+        Watcher::open(&url, "").await,
+        Watcher::open(&url, LOAD_SERVICE).await,
+        Watcher::open(&url, LOAD_SERVICE).await,
+    ];
+    let load = Load::start(&c);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The failover.
+    let t_fail = Instant::now();
+    let old = match how {
+        Failover::KillMaster => t.sentinel().kill_master().await,
+        Failover::Manual => t.sentinel().manual_failover().await,
+        Failover::KillSentinelThenMaster => {
+            t.sentinel().kill_sentinel(0);
+            // The server keeps serving with one sentinel gone.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            t.sentinel().kill_master().await
+        }
+    };
+    let t_failed = Instant::now();
+    let t_new = t.sentinel().wait_new_master(old).await;
+    let new = t.sentinel().current_master_port().await;
+    let first_ok = load.first_ok_after(t_new).await;
+    let mut problems: Vec<String> = Vec::new();
+    let mut timeline: Vec<String> = vec![format!(
+        "{how:?}: old master {old}, new master {new}; sentinels agreed at +{:?} after the {}",
+        t_new - t_failed,
+        if how == Failover::Manual {
+            "SENTINEL FAILOVER"
+        } else {
+            "kill"
+        }
+    )];
+    let t_serves = match &first_ok {
+        Some(call) => {
+            let after = call.end() - t_new;
+            timeline.push(format!(
+                "first acknowledged write after that: {} at +{after:?} (started {:?} before the \
+                 agreement)",
+                call.node,
+                t_new.saturating_duration_since(call.start)
+            ));
+            if after > FIRST_WRITE_BOUND {
+                problems.push(format!(
+                    "the first write acknowledged after the sentinels agreed came {after:?} later \
+                     (bound {FIRST_WRITE_BOUND:?})"
+                ));
+            }
+            call.end()
+        }
+        None => {
+            problems.push(format!(
+                "no write acknowledged within {WAIT:?} after the sentinels agreed"
+            ));
+            t_new
+        }
+    };
+
+    // Every agent's node present within AGENT_BOUND of the new master
+    // serving (polled until WAIT to tell how late it is otherwise).
+    let mut agents_back = None;
+    while Instant::now() < t_serves + WAIT {
+        if agent_nodes(&c).await.is_some_and(|n| n.len() == 3) {
+            agents_back = Some(Instant::now());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match agents_back {
+        Some(at) => {
+            let after = at.saturating_duration_since(t_serves);
+            timeline.push(format!("all three agents' nodes in GetNodes at +{after:?}"));
+            if after > AGENT_BOUND {
+                problems.push(format!(
+                    "the agents' nodes were back {after:?} after the new master served \
+                     (bound {AGENT_BOUND:?})"
+                ));
+            }
+        }
+        None => problems.push(format!(
+            "the agents' nodes were not all back within {WAIT:?}: {:?}",
+            agent_nodes(&c).await
+        )),
+    }
+
+    // A manual failover leaves the old master up and writable until
+    // Sentinel demotes it: what it acknowledged meanwhile is dropped
+    // then, so the checks below wait for that.
+    if how == Failover::Manual {
+        let demoted = SentinelFixture::wait_role(old, "slave", 2 * WAIT).await;
+        timeline.push(format!(
+            "the old master answered ROLE slave at +{:?}",
+            demoted.saturating_duration_since(t_new)
+        ));
+    }
+    // Some more steady load on the new master.
+    let until = t_new + Duration::from_secs(3);
+    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+    let calls = load.finish().await;
+
+    // No call took longer than CALL_BOUND.
+    let slow: Vec<&Call> = calls.iter().filter(|c| c.took > CALL_BOUND).collect();
+    if !slow.is_empty() {
+        problems.push(format!(
+            "{} calls took longer than {CALL_BOUND:?}: {:?}",
+            slow.len(),
+            slow.iter()
+                .take(5)
+                .map(|c| (
+                    &c.node,
+                    c.start.saturating_duration_since(t_fail),
+                    c.took,
+                    &c.result
+                ))
+                .collect::<Vec<_>>()
+        ));
+    }
+    let failed: Vec<&Call> = calls.iter().filter(|c| c.result.is_err()).collect();
+    let mut errors: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in &failed {
+        let e = c.result.as_ref().unwrap_err();
+        *errors.entry(e.split(':').next().unwrap_or("")).or_default() += 1;
+    }
+    timeline.push(format!(
+        "load: {} calls, {} failed {errors:?}, longest {:?}, failures from +{:?} to +{:?} after \
+         the failover began",
+        calls.len(),
+        failed.len(),
+        calls.iter().map(|c| c.took).max().unwrap_or_default(),
+        failed
+            .first()
+            .map(|c| c.start.saturating_duration_since(t_fail)),
+        failed
+            .last()
+            .map(|c| c.end().saturating_duration_since(t_fail)),
+    ));
+    if let Some(e) = failed
+        .iter()
+        .find(|c| !c.result.as_ref().unwrap_err().starts_with("Unavailable"))
+    {
+        problems.push(format!(
+            "a call failed with something other than UNAVAILABLE: {} {:?}",
+            e.node, e.result
+        ));
+    }
+
+    // No write acknowledged after the switch is missing.
+    let mut c2 = c.clone();
+    let stored: Vec<String> = node_names(&get_nodes(&mut c2, GROUP, LOAD_SERVICE).await);
+    let lost_after: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.result.is_ok() && c.end() >= t_new && !stored.contains(&c.node))
+        .collect();
+    let lost_before = calls
+        .iter()
+        .filter(|c| c.result.is_ok() && c.end() < t_new && !stored.contains(&c.node))
+        .count();
+    timeline.push(format!(
+        "acknowledged writes missing at the end: {} acknowledged after the sentinels agreed, \
+         {lost_before} before",
+        lost_after.len()
+    ));
+    if !lost_after.is_empty() {
+        problems.push(format!(
+            "{} writes acknowledged after the sentinels agreed are missing, e.g. {:?}",
+            lost_after.len(),
+            lost_after
+                .iter()
+                .take(5)
+                .map(|c| (&c.node, c.end().saturating_duration_since(t_new), &c.result))
+                .collect::<Vec<_>>()
+        ));
+    }
+
+    // Every watcher: a RESYNC after the failover began, then (eventually)
+    // the state GetNodes returns; revisions never went down.
+    let deadline = Instant::now() + WAIT;
+    for w in &watchers {
+        let mut last_diff = String::new();
+        let matched = loop {
+            let mut want = BTreeMap::new();
+            let mut ok = true;
+            for s in &w.services {
+                match tokio::time::timeout(
+                    CALL_BOUND,
+                    c.clone().get_nodes(GetNodesRequest {
+                        service_group: GROUP.into(),
+                        service_name: s.to_string(),
+                    }),
+                )
+                .await
+                {
+                    Ok(Ok(r)) => {
+                        for n in r.into_inner().nodes {
+                            want.insert(
+                                (n.service_name.clone(), n.node_name.clone()),
+                                comparable(&n),
+                            );
+                        }
+                    }
+                    _ => ok = false,
+                }
+            }
+            {
+                let st = w.state.lock().unwrap();
+                let have: BTreeMap<_, _> = st
+                    .nodes
+                    .iter()
+                    .map(|(k, n)| (k.clone(), comparable(n)))
+                    .collect();
+                let resynced = st.last_resynced.is_some_and(|at| at >= t_fail);
+                if ok && resynced && st.rebuilding.is_none() && have == want {
+                    break true;
+                }
+                let missing: Vec<_> = want
+                    .keys()
+                    .filter(|k| !have.contains_key(*k))
+                    .take(5)
+                    .collect();
+                let extra: Vec<_> = have
+                    .keys()
+                    .filter(|k| !want.contains_key(*k))
+                    .take(5)
+                    .collect();
+                let differ: Vec<_> = want
+                    .iter()
+                    .filter(|(k, n)| have.get(*k).is_some_and(|h| h != *n))
+                    .map(|(k, _)| k)
+                    .take(3)
+                    .collect();
+                last_diff = format!(
+                    "RESYNCs at {:?} after the failover began, resynced {resynced}, rebuilding {}, \
+                     GetNodes answered {ok}; {} nodes vs {} in GetNodes; missing {missing:?}, extra \
+                     {extra:?}, different {differ:?}",
+                    st.resyncs
+                        .iter()
+                        .map(|r| r.saturating_duration_since(t_fail))
+                        .collect::<Vec<_>>(),
+                    st.rebuilding.is_some(),
+                    have.len(),
+                    want.len()
+                );
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let st = w.state.lock().unwrap();
+        timeline.push(format!(
+            "{}: {} events, RESYNC at {:?} after the failover began",
+            w.what,
+            st.events,
+            st.resyncs
+                .iter()
+                .map(|r| r.saturating_duration_since(t_fail))
+                .collect::<Vec<_>>()
+        ));
+        if !matched {
+            problems.push(format!(
+                "{}: no RESYNC then the state of GetNodes within {WAIT:?}: {last_diff}",
+                w.what
+            ));
+        }
+        for p in &st.problems {
+            problems.push(format!("{}: {p}", w.what));
+        }
+    }
+    for w in &mut watchers {
+        if let Some(p) = w.finish().await {
+            problems.push(p);
+        }
+    }
+    drop(agents);
+
+    let report = timeline.join("\n  ");
+    eprintln!("failover timeline:\n  {report}");
+    assert!(
+        problems.is_empty(),
+        "{how:?}: {} problems:\n- {}\ntimeline:\n  {report}",
+        problems.len(),
+        problems.join("\n- ")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_master_under_load() {
+    failover_under_load(Failover::KillMaster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_under_load() {
+    failover_under_load(Failover::Manual).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_sentinel_then_the_master_under_load() {
+    failover_under_load(Failover::KillSentinelThenMaster).await;
+}
