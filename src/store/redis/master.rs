@@ -32,6 +32,9 @@ pub struct Master {
     generation: watch::Sender<u64>,
     /// The node the last connection went to, for the ROLE check.
     current: Mutex<Option<ConnectionInfo>>,
+    /// The new master of the last `+switch-master` (every sentinel
+    /// announces each switch; one is enough).
+    last_switch: Mutex<Option<String>>,
 }
 
 impl Master {
@@ -41,6 +44,7 @@ impl Master {
             target,
             generation: watch::Sender::new(0),
             current: Mutex::new(None),
+            last_switch: Mutex::new(None),
         }
     }
 
@@ -103,13 +107,28 @@ impl Master {
             return;
         };
         let master = self.clone();
-        let switched = move |payload: &str| master.moved(&format!("+switch-master {payload}"));
+        let switched = move |payload: &str| master.switched(payload);
         tokio::spawn(sentinel::watch_switches(
             sentinels.clone(),
             switched,
             stop.clone(),
         ));
         tokio::spawn(self.clone().check_roles(stop.clone()));
+    }
+
+    /// A sentinel announced `+switch-master` with `payload`
+    /// (`<name> <old-ip> <old-port> <new-ip> <new-port>`): a move, unless
+    /// another sentinel already announced the same new master.
+    fn switched(&self, payload: &str) {
+        let new_master: Vec<&str> = payload.split_whitespace().skip(3).collect();
+        let new_master = new_master.join(":");
+        if let Ok(mut last) = self.last_switch.lock() {
+            if last.as_deref() == Some(new_master.as_str()) {
+                return;
+            }
+            *last = Some(new_master);
+        }
+        self.moved(&format!("+switch-master {payload}"));
     }
 
     /// The fallback when no sentinel can tell us: the node we use says it

@@ -160,9 +160,14 @@ impl Subscriber {
                     failed_before = true;
                     let wait = BACKOFF.delay(attempt);
                     attempt = attempt.saturating_add(1);
+                    let mut moves = self.master.moves();
+                    moves.mark_unchanged();
                     tokio::select! {
                         _ = self.stop.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
+                        // A new master is known: try it now, not after the
+                        // backoff that the outage built up.
+                        _ = moves.changed() => attempt = 0,
                     }
                 }
             }
