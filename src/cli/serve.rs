@@ -12,7 +12,7 @@ use super::runtime::{self, Threads};
 
 use crate::model::{InvalidField, validate_name, validate_ttl};
 use crate::server::{self, Defaults, ServeError};
-use crate::store::redis::{CheckError, ConfigError};
+use crate::store::redis::{CheckError, ConfigError, DataNode};
 use crate::store::{MemoryRegistry, RedisConfig, RedisRegistry, Registry, StoreError};
 
 /// Why `discovered serve` stopped with an error: printed as one line,
@@ -51,11 +51,41 @@ pub struct ServeArgs {
     #[arg(long, env = "DISCOVERED_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
 
-    /// Redis to keep the registry in, as a redis:// or rediss:// URL.
-    /// Without it (and without any --redis-* flag) the registry is kept in
-    /// memory, for this process only.
-    #[arg(long, env = "DISCOVERED_REDIS_URL", conflicts_with_all = ["redis_host", "redis_port", "redis_db", "redis_username", "redis_password"])]
+    /// Redis to keep the registry in, as a redis:// or rediss:// URL, or
+    /// redis+sentinel://[user:password@]host1:port1,host2:port2/<master-name>[/<db>]
+    /// (rediss+sentinel:// for TLS to the data nodes) for the master that
+    /// Redis Sentinel names. Without it (and without any --redis-* flag)
+    /// the registry is kept in memory, for this process only.
+    #[arg(long, env = "DISCOVERED_REDIS_URL", conflicts_with_all = ["redis_host", "redis_port", "redis_db", "redis_username", "redis_password", "redis_sentinels", "redis_master_name"])]
     redis_url: Option<String>,
+
+    /// Redis Sentinel addresses, host:port,... (port 26379 when left out):
+    /// the registry lives on the master they name, and follows failovers.
+    #[arg(long, env = "DISCOVERED_REDIS_SENTINELS", value_delimiter = ',', conflicts_with_all = ["redis_host", "redis_port"])]
+    redis_sentinels: Vec<String>,
+
+    /// The name the sentinels monitor the master under [default with
+    /// --redis-sentinels: mymaster].
+    #[arg(
+        long,
+        env = "DISCOVERED_REDIS_MASTER_NAME",
+        requires = "redis_sentinels"
+    )]
+    redis_master_name: Option<String>,
+
+    /// The sentinels' own ACL user, if they require one (--redis-username
+    /// is the data nodes').
+    #[arg(long, env = "DISCOVERED_REDIS_SENTINEL_USERNAME")]
+    redis_sentinel_username: Option<String>,
+
+    /// The sentinels' own password, if they require one (--redis-password
+    /// is the data nodes'); prefer the environment variable.
+    #[arg(
+        long,
+        env = "DISCOVERED_REDIS_SENTINEL_PASSWORD",
+        hide_env_values = true
+    )]
+    redis_sentinel_password: Option<String>,
 
     /// Redis host [default when another --redis-* flag is given: localhost].
     #[arg(long, env = "DISCOVERED_REDIS_HOST")]
@@ -123,8 +153,30 @@ impl ServeArgs {
     }
 
     fn redis_parts(&self) -> Result<Option<RedisConfig>, ConfigError> {
+        let sentinel_auth = (
+            self.redis_sentinel_username.as_deref(),
+            self.redis_sentinel_password.as_deref(),
+        );
         if let Some(url) = &self.redis_url {
-            return RedisConfig::from_url(url, &self.key_prefix).map(Some);
+            let config = RedisConfig::from_url(url, &self.key_prefix)?;
+            return config.with_sentinel_auth(sentinel_auth).map(Some);
+        }
+        if !self.redis_sentinels.is_empty() {
+            let data = DataNode {
+                db: self.redis_db.unwrap_or(0),
+                username: self.redis_username.as_deref(),
+                password: self.redis_password.as_deref(),
+                sentinel_username: sentinel_auth.0,
+                sentinel_password: sentinel_auth.1,
+            };
+            let name = self.redis_master_name.as_deref().unwrap_or("mymaster");
+            return RedisConfig::from_sentinels(
+                &self.redis_sentinels,
+                name,
+                data,
+                &self.key_prefix,
+            )
+            .map(Some);
         }
         let any_part = self.redis_host.is_some()
             || self.redis_port.is_some()
@@ -141,7 +193,8 @@ impl ServeArgs {
             self.redis_username.as_deref(),
             self.redis_password.as_deref(),
             &self.key_prefix,
-        )
+        )?
+        .with_sentinel_auth(sentinel_auth)
         .map(Some)
     }
 }

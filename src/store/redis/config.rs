@@ -1,6 +1,9 @@
-//! Where the registry lives in Redis, from a URL or from separate settings.
+//! Where the registry lives in Redis, from a URL or from separate settings:
+//! one Redis at a fixed address, or the master that Redis Sentinel names.
 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, RedisError};
+
+use super::sentinel::{self, Sentinels};
 
 /// Why Redis settings were refused.
 #[derive(Debug, thiserror::Error)]
@@ -11,13 +14,55 @@ pub enum ConfigError {
     /// The host and port make no Redis address.
     #[error("bad Redis address: {0}")]
     Address(#[source] RedisError),
+    /// The Sentinel settings are incomplete or do not parse.
+    #[error("bad Sentinel settings: {0}")]
+    Sentinel(String),
+}
+
+/// Which Redis the registry's commands go to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One Redis at a fixed address.
+    Direct(ConnectionInfo),
+    /// The master that the sentinels name, wherever it is now.
+    Sentinel {
+        /// The sentinels and the master's name.
+        sentinels: Sentinels,
+        /// How to log in to the data nodes (database, user, password, TLS);
+        /// the address is the master's, filled in when it is found.
+        data: ConnectionInfo,
+    },
+}
+
+impl Target {
+    /// The database our keys live in.
+    pub fn db(&self) -> i64 {
+        match self {
+            Target::Direct(info) | Target::Sentinel { data: info, .. } => {
+                info.redis_settings().db()
+            }
+        }
+    }
+
+    /// Where the registry lives, for messages: `host:port`, or the master
+    /// name and the sentinels.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Direct(info) => super::pool::display_addr(info),
+            Target::Sentinel { sentinels, .. } => format!(
+                "master {:?} of the sentinels at {}",
+                sentinels.master_name,
+                sentinels.addrs_text()
+            ),
+        }
+    }
 }
 
 /// Where the registry lives in Redis.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// The server and how to log in.
-    pub info: ConnectionInfo,
+    /// The server (or the sentinels) and how to log in.
+    pub target: Target,
     /// First part of every key (`discovered` by default).
     pub key_prefix: String,
     /// Whether the server may add the keyspace-notification flags it needs
@@ -26,10 +71,34 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// From a `redis://` or `rediss://` URL.
+    /// From a `redis://` or `rediss://` URL, or a Sentinel URL
+    /// `redis+sentinel://[user:password@]host1[:port1],host2[:port2],.../<master-name>[/<db>]`
+    /// (`rediss+sentinel://` for TLS to the data nodes; user and password
+    /// are the data nodes'; the sentinels' own go in the query as
+    /// `sentinel_username` and `sentinel_password`).
     pub fn from_url(url: &str, key_prefix: &str) -> Result<Self, ConfigError> {
+        if let Some((tls, rest)) = sentinel_scheme(url) {
+            return parse_sentinel_url(tls, rest).map(|t| Self::with_target(t, key_prefix));
+        }
         let info = url.into_connection_info().map_err(ConfigError::Url)?;
         Ok(Self::new(info, key_prefix))
+    }
+
+    /// From separate Sentinel settings: sentinel addresses `host[:port]`
+    /// (port 26379 when left out), the master's name, and the data nodes'
+    /// database and credentials.
+    pub fn from_sentinels(
+        addrs: &[String],
+        master_name: &str,
+        data: DataNode<'_>,
+        key_prefix: &str,
+    ) -> Result<Self, ConfigError> {
+        let addrs = addrs
+            .iter()
+            .map(|a| parse_host_port(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let target = sentinel_target(addrs, master_name, data, false)?;
+        Ok(Self::with_target(target, key_prefix))
     }
 
     /// From the original library's parameters.
@@ -55,11 +124,262 @@ impl RedisConfig {
         Ok(Self::new(info, key_prefix))
     }
 
+    /// The sentinels' own user and password, given apart from the URL (from
+    /// the environment, say): refused unless the target is Sentinel.
+    pub fn with_sentinel_auth(
+        mut self,
+        (username, password): (Option<&str>, Option<&str>),
+    ) -> Result<Self, ConfigError> {
+        if username.is_none() && password.is_none() {
+            return Ok(self);
+        }
+        let Target::Sentinel { sentinels, .. } = &mut self.target else {
+            return Err(ConfigError::Sentinel(
+                "a sentinel username or password needs a Sentinel setup (--redis-sentinels or a redis+sentinel:// URL)".into(),
+            ));
+        };
+        if let Some(u) = username {
+            sentinels.username = Some(u.into());
+        }
+        if let Some(p) = password {
+            sentinels.password = Some(p.into());
+        }
+        Ok(self)
+    }
+
     fn new(info: ConnectionInfo, key_prefix: &str) -> Self {
+        Self::with_target(Target::Direct(info), key_prefix)
+    }
+
+    fn with_target(target: Target, key_prefix: &str) -> Self {
         Self {
-            info,
+            target,
             key_prefix: key_prefix.into(),
             config_set: true,
+        }
+    }
+}
+
+/// The data nodes' settings behind Sentinel, and the sentinels' own login.
+#[derive(Debug, Clone, Default)]
+pub struct DataNode<'a> {
+    /// The database of our keys.
+    pub db: i64,
+    /// The data nodes' user.
+    pub username: Option<&'a str>,
+    /// The data nodes' password.
+    pub password: Option<&'a str>,
+    /// The sentinels' user, if they require one.
+    pub sentinel_username: Option<&'a str>,
+    /// The sentinels' password, if they require one.
+    pub sentinel_password: Option<&'a str>,
+}
+
+fn sentinel_target(
+    addrs: Vec<(String, u16)>,
+    master_name: &str,
+    data: DataNode<'_>,
+    tls: bool,
+) -> Result<Target, ConfigError> {
+    if addrs.is_empty() {
+        return Err(ConfigError::Sentinel("no sentinel address given".into()));
+    }
+    crate::model::validate_name("master name", master_name)
+        .map_err(|e| ConfigError::Sentinel(e.to_string()))?;
+    let mut settings = RedisConnectionInfo::default().set_db(data.db);
+    if let Some(u) = data.username {
+        settings = settings.set_username(u);
+    }
+    if let Some(p) = data.password {
+        settings = settings.set_password(p);
+    }
+    // The address is a placeholder until the master is found.
+    let addr = if tls {
+        ConnectionAddr::TcpTls {
+            host: String::new(),
+            port: 0,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(String::new(), 0)
+    };
+    let data_info = addr
+        .into_connection_info()
+        .map_err(ConfigError::Address)?
+        .set_redis_settings(settings);
+    Ok(Target::Sentinel {
+        sentinels: Sentinels {
+            addrs,
+            master_name: master_name.into(),
+            username: data.sentinel_username.map(str::to_string),
+            password: data.sentinel_password.map(str::to_string),
+        },
+        data: data_info,
+    })
+}
+
+/// `Some(tls, rest)` for a `redis+sentinel://` or `rediss+sentinel://` URL.
+fn sentinel_scheme(url: &str) -> Option<(bool, &str)> {
+    if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+        Some((false, rest))
+    } else {
+        url.strip_prefix("rediss+sentinel://")
+            .map(|rest| (true, rest))
+    }
+}
+
+/// The part of a Sentinel URL after its scheme.
+fn parse_sentinel_url(tls: bool, rest: &str) -> Result<Target, ConfigError> {
+    let bad = |why: &str| {
+        ConfigError::Sentinel(format!(
+            "{why} (want redis+sentinel://[user:password@]host[:port],.../<master-name>[/<db>])"
+        ))
+    };
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = rest.split_once('/').ok_or_else(|| bad("no master name"))?;
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let (username, password) = match userinfo {
+        Some(u) => match u.split_once(':') {
+            Some((user, pass)) => (decode(user)?, decode(pass)?),
+            None => (decode(u)?, String::new()),
+        },
+        None => (String::new(), String::new()),
+    };
+    let addrs = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(parse_host_port)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut path = path.trim_end_matches('/').splitn(2, '/');
+    let master = path.next().unwrap_or_default();
+    if master.is_empty() {
+        return Err(bad("no master name"));
+    }
+    let db = match path.next() {
+        Some(db) => db
+            .parse()
+            .map_err(|_| bad(&format!("database {db:?} is not a number")))?,
+        None => 0,
+    };
+    let (mut sentinel_username, mut sentinel_password) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sentinel_username", v)) => sentinel_username = Some(decode(v)?),
+            Some(("sentinel_password", v)) => sentinel_password = Some(decode(v)?),
+            _ => return Err(bad(&format!("unknown parameter {pair:?}"))),
+        }
+    }
+    fn some(s: &str) -> Option<&str> {
+        (!s.is_empty()).then_some(s)
+    }
+    let data = DataNode {
+        db,
+        username: some(&username),
+        password: some(&password),
+        sentinel_username: sentinel_username.as_deref(),
+        sentinel_password: sentinel_password.as_deref(),
+    };
+    sentinel_target(addrs, &decode(master)?, data, tls)
+}
+
+/// `host[:port]` or `[v6]:port`; the sentinel port when none is given.
+fn parse_host_port(s: &str) -> Result<(String, u16), ConfigError> {
+    let bad = || ConfigError::Sentinel(format!("bad sentinel address {s:?}"));
+    let (host, port) = if let Some(v6) = s.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse().map_err(|_| bad())?,
+        None => sentinel::DEFAULT_PORT,
+    };
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Percent-decodes one URL part.
+fn decode(s: &str) -> Result<String, ConfigError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| ConfigError::Sentinel(format!("bad percent-encoding in {s:?}")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ConfigError::Sentinel(format!("{s:?} is not UTF-8")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sentinel(url: &str) -> (Sentinels, ConnectionInfo) {
+        match RedisConfig::from_url(url, "p").expect(url).target {
+            Target::Sentinel { sentinels, data } => (sentinels, data),
+            Target::Direct(_) => panic!("{url} is no Sentinel URL"),
+        }
+    }
+
+    #[test]
+    fn a_sentinel_url_names_the_sentinels_the_master_and_the_data_nodes() {
+        let (s, data) = sentinel(
+            "redis+sentinel://app:p%40ss@10.0.0.1:26380,10.0.0.2,[::1]:5/mymaster/3?sentinel_password=sp",
+        );
+        assert_eq!(
+            s.addrs,
+            [
+                ("10.0.0.1".to_string(), 26380),
+                ("10.0.0.2".to_string(), 26379),
+                ("::1".to_string(), 5)
+            ]
+        );
+        assert_eq!(s.master_name, "mymaster");
+        assert_eq!(s.password.as_deref(), Some("sp"));
+        assert_eq!(s.username, None);
+        assert_eq!(data.redis_settings().db(), 3);
+        assert_eq!(data.redis_settings().username(), Some("app"));
+        assert_eq!(data.redis_settings().password(), Some("p@ss"));
+        assert!(matches!(data.addr(), ConnectionAddr::Tcp(..)));
+        let (_, data) = sentinel("rediss+sentinel://h/m");
+        assert!(matches!(data.addr(), ConnectionAddr::TcpTls { .. }));
+        assert_eq!(data.redis_settings().db(), 0);
+    }
+
+    #[test]
+    fn bad_sentinel_urls_say_why() {
+        for url in [
+            "redis+sentinel://h1,h2",
+            "redis+sentinel://h1/",
+            "redis+sentinel:///m",
+            "redis+sentinel://h:x/m",
+            "redis+sentinel://h/m/zero",
+            "redis+sentinel://h/m?other=1",
+        ] {
+            let e = RedisConfig::from_url(url, "p").expect_err(url);
+            assert!(
+                e.to_string().starts_with("bad Sentinel settings"),
+                "{url}: {e}"
+            );
         }
     }
 }

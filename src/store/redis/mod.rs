@@ -38,6 +38,7 @@
 mod changes;
 mod config;
 mod keys;
+mod master;
 mod pool;
 // Public only for tests/redis_scripts.rs, which runs the scripts on
 // records the Rust side encoded: not part of the crate's API.
@@ -46,10 +47,12 @@ pub mod record;
 mod registry;
 #[doc(hidden)]
 pub mod scripts;
+mod sentinel;
 mod subscriber;
 mod sweeper;
 
-pub use config::{ConfigError, RedisConfig};
+pub use config::{ConfigError, DataNode, RedisConfig, Target};
 pub use keys::Keys;
 pub use pool::RedisPool;
 pub use registry::{CheckError, RedisRegistry};
+pub use sentinel::{ResolveError, Sentinels};

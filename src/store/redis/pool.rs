@@ -1,48 +1,60 @@
 //! The connection layer: every request-path Redis command goes through
 //! [`RedisPool`].
 //!
-//! It wraps a bb8 pool of multiplexed connections (made by `bb8-redis`)
-//! with what a server needs on top: a bound on every call, so a dead Redis
-//! turns into UNAVAILABLE instead of a hang; retirement of connections that
-//! failed, so the pool heals by itself after Redis restarts; and reloading
-//! of Lua scripts that a restarted Redis has forgotten. Sentinel and
-//! Cluster support belong here too: callers only see [`RedisPool::query`].
+//! It wraps a bb8 pool of multiplexed connections to the [`Master`] with
+//! what a server needs on top: a bound on every call, so a dead Redis turns
+//! into UNAVAILABLE instead of a hang; retirement of connections that
+//! failed or that a failover left on the old master (an older generation,
+//! or a node that answers READONLY, NOREPLICAS, MASTERDOWN or LOADING), so
+//! the pool heals by itself; and reloading of Lua scripts that a restarted
+//! or newly promoted Redis does not have. Callers only see
+//! [`RedisPool::query`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bb8::{ManageConnection, Pool, RunError};
-use bb8_redis::RedisConnectionManager;
 use redis::aio::MultiplexedConnection;
 use redis::{
     ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValue, Pipeline, RedisError, Script,
     ServerErrorKind,
 };
 
+use super::master::Master;
 use crate::store::{StoreError, StoreResult};
 
 /// How long a caller waits for a pooled connection.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one pipeline may take, connection wait excluded.
+/// How long one pipeline may take, connection wait excluded. Ours, not
+/// redis-rs's (whose default of 500 ms would end a large but healthy
+/// reply and retire its connection): connections are made without one.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most connections in the pool. Each is multiplexed and shared by every
 /// caller that draws it, so two suffice; the second keeps one slow reply
 /// from holding up everything.
 const POOL_SIZE: u32 = 2;
 
-/// A pooled connection and whether it has failed. The flag is shared with
-/// the clones handed to callers, so a failure seen by any of them retires
-/// the connection.
+/// A pooled connection, whether it has failed, and the generation of the
+/// master it was made in. The flag is shared with the clones handed to
+/// callers, so a failure seen by any of them retires the connection.
 pub struct PooledConn {
     conn: MultiplexedConnection,
     broken: Arc<AtomicBool>,
+    generation: u64,
 }
 
-/// Makes pooled connections with `bb8-redis` and retires the ones that
-/// failed (bb8-redis alone never reports a connection as broken).
+/// Makes pooled connections to the current master and retires the ones
+/// that failed or belong to an older generation.
 pub struct Manager {
-    inner: RedisConnectionManager,
+    master: Arc<Master>,
+}
+
+impl Manager {
+    /// Whether `conn` must not be used again.
+    fn retired(&self, conn: &PooledConn) -> bool {
+        conn.broken.load(Ordering::Relaxed) || conn.generation < self.master.generation()
+    }
 }
 
 impl ManageConnection for Manager {
@@ -50,19 +62,23 @@ impl ManageConnection for Manager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<PooledConn, RedisError> {
-        let conn = self.inner.connect().await?;
+        let (conn, generation) = self.master.connect().await?;
         Ok(PooledConn {
             conn,
             broken: Arc::new(AtomicBool::new(false)),
+            generation,
         })
     }
 
     async fn is_valid(&self, conn: &mut PooledConn) -> Result<(), RedisError> {
-        self.inner.is_valid(&mut conn.conn).await
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn.conn)
+            .await
+            .map(drop)
     }
 
     fn has_broken(&self, conn: &mut PooledConn) -> bool {
-        conn.broken.load(Ordering::Relaxed)
+        self.retired(conn)
     }
 }
 
@@ -70,7 +86,7 @@ impl ManageConnection for Manager {
 #[derive(Clone)]
 pub struct RedisPool {
     pool: Pool<Manager>,
-    addr: String,
+    master: Arc<Master>,
     scripts: &'static [&'static Script],
 }
 
@@ -85,29 +101,30 @@ pub fn display_addr(info: &ConnectionInfo) -> String {
 }
 
 impl RedisPool {
-    /// A pool for `info`. Connects lazily; see [`RedisPool::check`] to fail
-    /// fast at start. `scripts` are reloaded when Redis says it lost them.
-    pub fn new(info: ConnectionInfo, scripts: &'static [&'static Script]) -> StoreResult<Self> {
-        let addr = display_addr(&info);
-        let inner = RedisConnectionManager::new(info)
-            .map_err(|e| StoreError::Internal(format!("bad Redis settings: {e}")))?;
+    /// A pool of connections to `master`. Connects lazily; see
+    /// [`RedisPool::check`] to fail fast at start. `scripts` are reloaded
+    /// when Redis says it lacks them.
+    pub fn new(master: Arc<Master>, scripts: &'static [&'static Script]) -> Self {
+        let manager = Manager {
+            master: master.clone(),
+        };
         let pool = Pool::builder()
             .max_size(POOL_SIZE)
             .connection_timeout(CONNECTION_TIMEOUT)
             // A PING before every use would double the round trips; failed
             // connections are retired through `has_broken` instead.
             .test_on_check_out(false)
-            .build_unchecked(Manager { inner });
-        Ok(Self {
+            .build_unchecked(manager);
+        Self {
             pool,
-            addr,
+            master,
             scripts,
-        })
+        }
     }
 
-    /// `host:port` of the Redis server, for messages.
-    pub fn addr(&self) -> &str {
-        &self.addr
+    /// Where the pool connects, for messages.
+    pub fn addr(&self) -> String {
+        self.master.describe()
     }
 
     /// Connects once and sends PING, returning the error as Redis gave it:
@@ -160,8 +177,12 @@ impl RedisPool {
         match tokio::time::timeout(QUERY_TIMEOUT, pipe.query_async::<T>(&mut conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                if is_connection_error(&e) {
+                if is_connection_error(&e) || is_busy_loading(&e) {
                     broken.store(true, Ordering::Relaxed);
+                }
+                if is_not_master(&e) {
+                    // Every connection to this node is stale, not just ours.
+                    self.master.moved(&format!("Redis answered {e}"));
                 }
                 Err(QueryError::Redis(e))
             }
@@ -183,6 +204,9 @@ impl RedisPool {
                 RunError::User(e) => QueryError::Redis(e),
                 RunError::TimedOut => QueryError::Timeout,
             })?;
+            if pooled.generation < self.master.generation() {
+                pooled.broken.store(true, Ordering::Relaxed);
+            }
             if !pooled.broken.load(Ordering::Relaxed) {
                 return Ok((pooled.conn.clone(), pooled.broken.clone()));
             }
@@ -192,12 +216,12 @@ impl RedisPool {
     fn store_error(&self, e: QueryError) -> StoreError {
         match e {
             QueryError::Timeout => {
-                StoreError::Unavailable(format!("Redis at {} did not answer in time", self.addr))
+                StoreError::Unavailable(format!("Redis at {} did not answer in time", self.addr()))
             }
             QueryError::Redis(e) if is_unavailable(&e) => {
-                StoreError::Unavailable(format!("Redis at {}: {e}", self.addr))
+                StoreError::Unavailable(format!("Redis at {}: {e}", self.addr()))
             }
-            QueryError::Redis(e) => StoreError::Internal(format!("Redis at {}: {e}", self.addr)),
+            QueryError::Redis(e) => StoreError::Internal(format!("Redis at {}: {e}", self.addr())),
         }
     }
 }
@@ -216,9 +240,26 @@ fn is_connection_error(e: &RedisError) -> bool {
         || e.is_unrecoverable_error()
 }
 
+/// Whether the node no longer takes writes as the master: demoted to a
+/// replica (READONLY), cut off from its replicas under
+/// `min-replicas-to-write` (NOREPLICAS), or a replica whose master is down
+/// (MASTERDOWN). The master has moved, or is about to.
+fn is_not_master(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+    ) || e.code() == Some("NOREPLICAS")
+}
+
+/// Whether the node is loading its data (just restarted or resynced).
+fn is_busy_loading(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::BusyLoading)
+}
+
 /// Whether the error means "Redis is not there right now" rather than a bug.
 fn is_unavailable(e: &RedisError) -> bool {
     is_connection_error(e)
+        || is_not_master(e)
         || matches!(
             e.kind(),
             ErrorKind::Server(

@@ -10,12 +10,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::RedisConfig;
 use super::keys::{Keys, deadline_member};
-use super::pool::RedisPool;
+use super::master::Master;
+use super::pool::{self, RedisPool};
 use super::record::{self, live_nodes, node_record, service_record};
 use super::scripts::{
     self, Heartbeat, ListingAdd, ListingRemove, NodeRemoval, NodeRenewal, RegisterNode,
     RegisterService, RemoveNode, RemoveService, RemovedService, ScriptCall,
 };
+use super::sentinel::{self, ResolveError};
 use super::subscriber::{self, Subscriber};
 use super::sweeper::Sweeper;
 use crate::model::{
@@ -29,11 +31,17 @@ use crate::store::{
 
 /// How long [`RedisRegistry::check`] waits for the change subscription.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`RedisRegistry::check`] waits to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why [`RedisRegistry::check`] found Redis unusable; each says where
 /// (`host:port`), for a one-line message at start.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
+    /// Sentinel could not name a master: no sentinel answered, they do not
+    /// know the name, or none names a master that is up.
+    #[error("{0}")]
+    Master(#[from] ResolveError),
     /// Redis refused the username or password.
     #[error("Redis at {addr} refused the credentials: {source}")]
     Credentials {
@@ -59,7 +67,7 @@ pub enum CheckError {
         /// `host:port` of Redis.
         addr: String,
         /// What went wrong.
-        source: StoreError,
+        source: redis::RedisError,
     },
     /// The change subscription did not come up in time.
     #[error("cannot subscribe to change notifications on Redis at {addr}")]
@@ -91,6 +99,7 @@ pub struct RedisRegistry {
 }
 
 struct Inner {
+    master: Arc<Master>,
     pool: RedisPool,
     keys: Keys,
     db: i64,
@@ -170,17 +179,15 @@ impl RedisRegistry {
     /// Spawns the expiry sweeper on the current Tokio runtime; it ends when
     /// the last clone of the registry is dropped.
     pub fn new(config: RedisConfig) -> StoreResult<Self> {
-        let db = config.info.redis_settings().db();
-        let client = redis::Client::open(config.info.clone())
-            .map_err(|e| StoreError::Internal(format!("bad Redis settings: {e}")))?;
-        let pool = RedisPool::new(config.info, scripts::all())?;
+        let master = Arc::new(Master::new(config.target));
+        let db = master.db();
+        let pool = RedisPool::new(master.clone(), scripts::all());
         let keys = Keys::new(&config.key_prefix);
         let hub = Hub::new();
         let stop = CancellationToken::new();
         let (subscribed_tx, subscribed) = tokio::sync::watch::channel(false);
         let subscriber = Subscriber {
-            client,
-            pool: pool.clone(),
+            master: master.clone(),
             keys: keys.clone(),
             db,
             config_set: config.config_set,
@@ -188,6 +195,7 @@ impl RedisRegistry {
             stop: stop.clone(),
             subscribed: subscribed_tx,
         };
+        master.follow(&stop);
         tokio::spawn(
             Sweeper {
                 pool: pool.clone(),
@@ -198,6 +206,7 @@ impl RedisRegistry {
         );
         Ok(Self {
             inner: Arc::new(Inner {
+                master,
                 pool,
                 keys,
                 db,
@@ -210,19 +219,25 @@ impl RedisRegistry {
         })
     }
 
-    /// Connects once and sends PING, enables keyspace notifications
-    /// (unless told not to) and waits for the change subscription.
+    /// Finds the master (through the sentinels, for Sentinel), connects
+    /// once and sends PING, enables keyspace notifications (unless told
+    /// not to) and waits for the change subscription.
     pub async fn check(&self) -> Result<(), CheckError> {
-        let addr = || self.pool().addr().to_string();
-        self.pool()
-            .check()
+        let info = self.inner.master.resolve().await?;
+        let addr = pool::display_addr(&info);
+        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, sentinel::connect(&info))
             .await
-            .map_err(|source| CheckError::connecting(addr(), source))?;
+            .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "timed out connecting").into()))
+            .map_err(|source| CheckError::connecting(addr.clone(), source))?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(|source| CheckError::connecting(addr.clone(), source))?;
         if self.inner.config_set {
-            subscriber::ensure_notifications(self.pool())
+            subscriber::ensure_notifications(&mut conn)
                 .await
                 .map_err(|source| CheckError::Notifications {
-                    addr: addr(),
+                    addr: addr.clone(),
                     source,
                 })?;
         }
@@ -236,7 +251,7 @@ impl RedisRegistry {
         let mut subscribed = self.inner.subscribed.clone();
         match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribed.wait_for(|up| *up)).await {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(CheckError::NotSubscribed { addr: addr() }),
+            _ => Err(CheckError::NotSubscribed { addr }),
         }
     }
 

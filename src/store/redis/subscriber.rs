@@ -9,21 +9,26 @@
 //! something other than `discovered` changed the registry (an operator's
 //! EXPIRE, a maxmemory eviction), and watchers resync.
 //!
-//! When the subscription drops, it reconnects with a backoff capped at 2 s,
-//! adds the notification flags again (a restarted Redis or a promoted
-//! replica has forgotten them), resubscribes, and only then tells every
-//! watcher to resync: from that moment no change can be missed.
+//! When the subscription drops, or the master moves (a failover: see
+//! [`Master`]), it finds the master again, reconnects with a backoff capped
+//! at 2 s, adds the notification flags again on that same node (a restarted
+//! Redis or a promoted replica has forgotten them), resubscribes, and only
+//! then tells every watcher to resync: from that moment no change can be
+//! missed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::changes;
 use super::keys::Keys;
-use super::pool::RedisPool;
+use super::master::Master;
+use super::sentinel::{self, ResolveError};
 use crate::backoff::Backoff;
-use crate::store::{Hub, StoreError, StoreEvent};
+use crate::store::{Hub, StoreEvent};
 
 /// The keyspace-notification flags the server needs: keyspace events (K)
 /// for expired (x) and evicted (e) keys.
@@ -41,9 +46,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why an attempt to subscribe failed; the subscriber retries.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
-    /// The keyspace-notification flags could not be added.
+    /// No master could be found.
     #[error("{0}")]
-    Notifications(#[from] StoreError),
+    Master(#[from] ResolveError),
     /// Connecting or subscribing failed.
     #[error("{0}")]
     Redis(#[from] redis::RedisError),
@@ -55,10 +60,8 @@ pub enum SubscribeError {
 /// The subscription task and what it needs, until [`Subscriber::run`]
 /// starts it.
 pub struct Subscriber {
-    /// Opens the dedicated subscription connection.
-    pub client: redis::Client,
-    /// For CONFIG GET/SET.
-    pub pool: RedisPool,
+    /// Where to subscribe, and when to move.
+    pub master: Arc<Master>,
     /// Our key layout.
     pub keys: Keys,
     /// The database our keys live in (keyspace channels name it).
@@ -82,20 +85,21 @@ pub fn merged_flags(current: &str) -> Option<String> {
     (!missing.is_empty()).then(|| format!("{current}{missing}"))
 }
 
-/// Adds [`REQUIRED_FLAGS`] to `notify-keyspace-events`, keeping the flags
-/// already set.
-pub async fn ensure_notifications(pool: &RedisPool) -> Result<(), StoreError> {
-    let mut pipe = redis::pipe();
-    pipe.cmd("CONFIG").arg("GET").arg("notify-keyspace-events");
-    let ((_, current),): ((String, String),) = pool.query(&pipe).await?;
+/// Adds [`REQUIRED_FLAGS`] to `notify-keyspace-events` of the node behind
+/// `conn`, keeping the flags already set.
+pub async fn ensure_notifications(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    let (_, current): (String, String) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(conn)
+        .await?;
     if let Some(flags) = merged_flags(&current) {
-        let mut pipe = redis::pipe();
-        pipe.cmd("CONFIG")
+        redis::cmd("CONFIG")
             .arg("SET")
             .arg("notify-keyspace-events")
             .arg(&flags)
-            .ignore();
-        pool.query::<()>(&pipe).await?;
+            .query_async::<()>(conn)
+            .await?;
         tracing::info!(from = %current, to = %flags, "set notify-keyspace-events");
     }
     Ok(())
@@ -107,6 +111,8 @@ enum Ended {
     Stopped,
     /// The connection dropped or stopped answering: subscribe again.
     Lost,
+    /// The master moved: subscribe again on the new one.
+    Moved,
 }
 
 impl Subscriber {
@@ -127,7 +133,7 @@ impl Subscriber {
                 Ok(pubsub) => {
                     attempt = 0;
                     if failed_before {
-                        tracing::info!(addr = %self.pool.addr(), "Redis subscription restored; watchers resync");
+                        tracing::info!(addr = %self.master.describe(), "Redis subscription restored; watchers resync");
                         // Subscribed: from here on nothing is missed, so
                         // watchers may take a fresh snapshot. The first
                         // subscription comes before the server serves (see
@@ -135,23 +141,33 @@ impl Subscriber {
                         self.hub.send(StoreEvent::Resync);
                     }
                     self.subscribed.send_replace(true);
-                    if let Ended::Stopped = self.listen(pubsub).await {
-                        return;
+                    match self.listen(pubsub).await {
+                        Ended::Stopped => return,
+                        Ended::Lost => {
+                            tracing::warn!(addr = %self.master.describe(), "Redis subscription lost; reconnecting")
+                        }
+                        Ended::Moved => {
+                            tracing::warn!(addr = %self.master.describe(), "Redis master moved; subscribing on the new one")
+                        }
                     }
-                    tracing::warn!(addr = %self.pool.addr(), "Redis subscription lost; reconnecting");
                     failed_before = true;
                     self.subscribed.send_replace(false);
                 }
                 Err(e) => {
                     if !failed_before {
-                        tracing::warn!(addr = %self.pool.addr(), error = %e, "cannot subscribe to Redis; retrying");
+                        tracing::warn!(addr = %self.master.describe(), error = %e, "cannot subscribe to Redis; retrying");
                     }
                     failed_before = true;
                     let wait = BACKOFF.delay(attempt);
                     attempt = attempt.saturating_add(1);
+                    let mut moves = self.master.moves();
+                    moves.mark_unchanged();
                     tokio::select! {
                         _ = self.stop.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
+                        // A new master is known: try it now, not after the
+                        // backoff that the outage built up.
+                        _ = moves.changed() => attempt = 0,
                     }
                 }
             }
@@ -161,10 +177,13 @@ impl Subscriber {
     /// Adds the notification flags (unless told not to) and subscribes on a
     /// new connection.
     async fn subscribe(&self) -> Result<redis::aio::PubSub, SubscribeError> {
+        // The flags and the subscription must be on the same node: the
+        // master found now (a promoted replica has no flags set).
+        let info = self.master.resolve().await?;
         if self.config_set {
-            ensure_notifications(&self.pool).await?;
+            ensure_notifications(&mut sentinel::connect(&info).await?).await?;
         }
-        let mut pubsub = self.client.get_async_pubsub().await?;
+        let mut pubsub = redis::Client::open(info)?.get_async_pubsub().await?;
         pubsub.subscribe(self.keys.changes_channel()).await?;
         pubsub
             .psubscribe(self.keys.keyspace_pattern(self.db))
@@ -177,9 +196,12 @@ impl Subscriber {
         let (mut sink, mut messages) = pubsub.split();
         let mut liveness = tokio::time::interval(LIVENESS_INTERVAL);
         liveness.reset();
+        let mut moves = self.master.moves();
+        moves.mark_unchanged();
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return Ended::Stopped,
+                _ = moves.changed() => return Ended::Moved,
                 msg = messages.next() => match msg {
                     Some(msg) => self.handle(&msg),
                     None => return Ended::Lost,

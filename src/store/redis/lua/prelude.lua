@@ -17,16 +17,16 @@ local CHANGE = {
   service = ARGV[4],
 }
 
+-- The next revision: past the stored one, and never behind the clock
+-- (microseconds). A failover that lost the last writes, or a Redis that
+-- restarted empty, rolls the stored counter back; taking the clock as a
+-- floor keeps revisions above every one already handed out, because a
+-- failover takes longer than the clocks of the nodes drift apart.
 local function next_revision()
-  local rev = redis.call('INCR', CHANGE.revision)
-  if rev == 1 then
-    -- The counter is new: a fresh registry, or a Redis that restarted
-    -- empty. Start it from the clock (microseconds), so revisions keep
-    -- increasing for watchers that saw the old ones.
-    local t = redis.call('TIME')
-    rev = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    redis.call('SET', CHANGE.revision, string.format('%.0f', rev))
-  end
+  local stored = tonumber(redis.call('GET', CHANGE.revision) or '0') or 0
+  local t = redis.call('TIME')
+  local rev = math.max(stored + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  redis.call('SET', CHANGE.revision, string.format('%.0f', rev))
   return rev
 end
 
