@@ -322,6 +322,8 @@ struct WatcherState {
     last_resynced: Option<Instant>,
     /// The highest revision seen so far.
     max_revision: u64,
+    /// The revision of the last event that came in below the highest.
+    dropped_to: Option<u64>,
     /// Broken promises (a revision going down, INITIAL outside a resync).
     problems: Vec<String>,
     events: u64,
@@ -333,15 +335,21 @@ impl WatcherState {
         let t = kind(e);
         if !matches!(t, EventType::Resync | EventType::Synced) {
             if e.revision < self.max_revision {
-                self.problems.push(format!(
-                    "revision went down from {} to {} at sequence {}: {:?} {}/{}",
-                    self.max_revision,
-                    e.revision,
-                    e.sequence,
-                    t,
-                    e.service_name,
-                    e.node.as_ref().map(|n| n.node_name.as_str()).unwrap_or("")
-                ));
+                // One problem per drop (a snapshot's INITIAL events share
+                // one revision): the first event at the lower revision.
+                if self.dropped_to != Some(e.revision) {
+                    self.problems.push(format!(
+                        "revision went down from {} to {} ({} lower) at sequence {}: {:?} {}/{}",
+                        self.max_revision,
+                        e.revision,
+                        self.max_revision - e.revision,
+                        e.sequence,
+                        t,
+                        e.service_name,
+                        e.node.as_ref().map(|n| n.node_name.as_str()).unwrap_or("")
+                    ));
+                }
+                self.dropped_to = Some(e.revision);
             }
             self.max_revision = self.max_revision.max(e.revision);
         }

@@ -437,7 +437,6 @@ impl SentinelFixture {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-
 }
 
 impl Drop for SentinelFixture {
