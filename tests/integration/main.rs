@@ -15,6 +15,7 @@ mod client;
 mod conformance;
 mod heartbeat;
 mod host_facts;
+mod large;
 mod redis_scripts;
 mod redis_store;
 mod sentinel;

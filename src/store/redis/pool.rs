@@ -24,8 +24,11 @@ use redis::{
 use super::master::Master;
 use crate::store::{StoreError, StoreResult};
 
-/// How long a caller waits for a pooled connection.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a caller waits for a pooled connection. Pooled connections are
+/// shared, so a healthy pool answers at once; a wait means a connection is
+/// being made, which during a failover includes finding the new master.
+/// With [`QUERY_TIMEOUT`] it bounds a call at 3 s.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one pipeline may take, connection wait excluded. Ours, not
 /// redis-rs's (whose default of 500 ms would end a large but healthy
 /// reply and retire its connection): connections are made without one.

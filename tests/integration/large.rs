@@ -1,0 +1,94 @@
+//! Slow but healthy: calls on a large registry (a 50,000-node service)
+//! take longer than redis-rs's default response timeout of 500 ms in a debug
+//! build, and must neither fail nor cost a connection (a timed-out reply
+//! retires its connection).
+
+use discovered::model::ServiceKey;
+use discovered::proto::v1::*;
+use discovered::store::redis::Keys;
+
+use crate::common::*;
+
+const NODES: usize = 50_000;
+
+/// Writes `NODES` nodes of `g/big` straight into Redis (the scripts' own
+/// record layout, see `lua/record.lua`), with the listings that make the
+/// service and its group known: registering them one call at a time would
+/// take most of the test's time.
+async fn seed(redis: &RedisServer) {
+    let keys = Keys::new("discovered");
+    let service = ServiceKey::new("g", "big");
+    let mut conn = redis.connection().await;
+    let fill = r#"
+        local now = ARGV[1]
+        for i = 1, tonumber(ARGV[2]) do
+          redis.call('HSET', KEYS[1], 'n' .. i, '{"registered_at":' .. now .. ',"updated_at":' .. now
+            .. ',"expires_at":null,"record":{"instance_id":"i' .. i .. '","ip":["10.1.0.1"],"port":8080,'
+            .. '"fqdn":"host-' .. i .. '.example.org","os":"Debian GNU/Linux 12","metadata":{"zone":"a"}}}')
+        end
+        redis.call('ZADD', KEYS[2], 0, 'g')
+        redis.call('ZADD', KEYS[3], 0, 'big')
+        redis.call('SET', KEYS[4], now * 1000)
+    "#;
+    let _: () = redis::Script::new(fill)
+        .key(keys.nodes(&service))
+        .key(keys.groups())
+        .key(keys.group_services("g"))
+        .key(keys.revision())
+        .arg(now_ms())
+        .arg(NODES)
+        .invoke_async(&mut conn)
+        .await
+        .expect("seeding 50,000 nodes");
+}
+
+/// Connections Redis has accepted since it started.
+async fn connections_received(redis: &RedisServer) -> u64 {
+    let mut conn = redis.connection().await;
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO stats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_connections_received in INFO stats")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_service_is_read_watched_and_removed_without_errors_or_new_connections() {
+    let mut t = TestServer::start(Backend::Redis).await;
+    seed(t.redis()).await;
+    // Warm the pool: both of its connections exist from here on.
+    for _ in 0..4 {
+        assert!(get_nodes(&mut t.client, "g", "small").await.is_empty());
+    }
+    let before = connections_received(t.redis()).await;
+
+    // (GetNodes of all 50,000 is some 6 MB: past gRPC's default 4 MB
+    // message limit of clients; a watch sends one node per event.)
+    let mut w = Watch::open(&mut t.client, "g", "", None).await;
+    let initial = w.initial("g", "").await;
+    assert_eq!(initial.len(), NODES);
+    let removed = within(
+        "RemoveServiceGroup of 50,000 nodes",
+        t.client.remove_service_group(RemoveServiceGroupRequest {
+            service_group: "g".into(),
+            allow_missing: false,
+        }),
+    )
+    .await
+    .expect("RemoveServiceGroup of a large group")
+    .into_inner();
+    assert_eq!(removed.services_removed, 1);
+    assert!(get_nodes(&mut t.client, "g", "big").await.is_empty());
+
+    // Our own connections in between: this test's two INFO calls only.
+    let after = connections_received(t.redis()).await;
+    assert_eq!(
+        after - before,
+        1,
+        "the server opened new Redis connections during slow calls"
+    );
+}
