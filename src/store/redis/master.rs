@@ -10,7 +10,7 @@
 //! an open connection).
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionInfo, ErrorKind, RedisError};
@@ -23,6 +23,10 @@ use super::sentinel::{self, ResolveError};
 /// How often the master in use is asked its ROLE, in case every sentinel
 /// is out of reach when it is demoted.
 const ROLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often errors from the node in use may start a new generation: a
+/// master refusing every write (NOREPLICAS) must not cost a master lookup
+/// per call.
+const SUSPECT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// The Redis that commands go to; shared by the pool, the subscriber and
 /// the sweeper of one registry.
@@ -35,6 +39,8 @@ pub struct Master {
     /// The new master of the last `+switch-master` (every sentinel
     /// announces each switch; one is enough).
     last_switch: Mutex<Option<String>>,
+    /// When the last generation started.
+    last_move: Mutex<Option<Instant>>,
 }
 
 impl Master {
@@ -45,6 +51,7 @@ impl Master {
             generation: watch::Sender::new(0),
             current: Mutex::new(None),
             last_switch: Mutex::new(None),
+            last_move: Mutex::new(None),
         }
     }
 
@@ -68,8 +75,25 @@ impl Master {
         self.generation.subscribe()
     }
 
+    /// The node in use answered as no master would (READONLY, NOREPLICAS,
+    /// MASTERDOWN): a move, unless one started moments ago.
+    pub fn suspect(&self, why: &str) {
+        let recent = self
+            .last_move
+            .lock()
+            .ok()
+            .and_then(|last| *last)
+            .is_some_and(|at| at.elapsed() < SUSPECT_INTERVAL);
+        if !recent {
+            self.moved(why);
+        }
+    }
+
     /// The master may have moved: every connection made so far is retired.
     pub fn moved(&self, why: &str) {
+        if let Ok(mut last) = self.last_move.lock() {
+            *last = Some(Instant::now());
+        }
         let mut generation = 0;
         self.generation.send_modify(|g| {
             *g += 1;

@@ -185,7 +185,7 @@ impl RedisPool {
                 }
                 if is_not_master(&e) {
                     // Every connection to this node is stale, not just ours.
-                    self.master.moved(&format!("Redis answered {e}"));
+                    self.master.suspect(&format!("Redis answered {e}"));
                 }
                 Err(QueryError::Redis(e))
             }
