@@ -18,6 +18,7 @@ mod host_facts;
 mod large;
 mod redis_scripts;
 mod redis_store;
+mod refused_writes;
 mod sentinel;
 mod side_services;
 mod watch;

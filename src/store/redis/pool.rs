@@ -117,6 +117,11 @@ impl RedisPool {
             // A PING before every use would double the round trips; failed
             // connections are retired through `has_broken` instead.
             .test_on_check_out(false)
+            // A failed connect fails the call that waits for it (UNAVAILABLE,
+            // at once) instead of being retried inside bb8 with a backoff
+            // of its own: the first call after a failover connects to the
+            // new master straight away.
+            .retry_connection(false)
             .build_unchecked(manager);
         Self {
             pool,
@@ -243,34 +248,50 @@ fn is_connection_error(e: &RedisError) -> bool {
         || e.is_unrecoverable_error()
 }
 
+/// Whether Redis answered with one of `codes`, for the command itself or
+/// for any command of a failed pipeline or transaction (where redis-rs
+/// reports the first one's kind, or EXECABORT).
+fn has_code(e: &RedisError, codes: &[&str]) -> bool {
+    e.clone()
+        .into_server_errors()
+        .is_some_and(|errors| errors.iter().any(|(_, s)| codes.contains(&s.code())))
+}
+
 /// Whether the node no longer takes writes as the master: demoted to a
 /// replica (READONLY), cut off from its replicas under
 /// `min-replicas-to-write` (NOREPLICAS), or a replica whose master is down
 /// (MASTERDOWN). The master has moved, or is about to.
 fn is_not_master(e: &RedisError) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
-    ) || e.code() == Some("NOREPLICAS")
+    has_code(e, &["READONLY", "NOREPLICAS", "MASTERDOWN"])
 }
 
 /// Whether the node is loading its data (just restarted or resynced).
 fn is_busy_loading(e: &RedisError) -> bool {
-    e.kind() == ErrorKind::Server(ServerErrorKind::BusyLoading)
+    has_code(e, &["LOADING"])
 }
 
 /// Whether the error means "Redis is not there right now" rather than a bug.
 fn is_unavailable(e: &RedisError) -> bool {
     is_connection_error(e)
         || is_not_master(e)
-        || matches!(
-            e.kind(),
-            ErrorKind::Server(
-                ServerErrorKind::BusyLoading
-                    | ServerErrorKind::MasterDown
-                    | ServerErrorKind::ReadOnly
-                    | ServerErrorKind::TryAgain
-                    | ServerErrorKind::ClusterDown
-            )
-        )
+        || has_code(e, &["LOADING", "TRYAGAIN", "CLUSTERDOWN"])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(code: &str) -> RedisError {
+        redis::make_extension_error(code.into(), Some("refused".into()))
+    }
+
+    #[test]
+    fn refusals_of_a_node_that_is_no_master_are_unavailable() {
+        for code in ["NOREPLICAS", "READONLY", "MASTERDOWN"] {
+            assert!(is_not_master(&refusal(code)), "{code}");
+            assert!(is_unavailable(&refusal(code)), "{code}");
+        }
+        assert!(is_busy_loading(&refusal("LOADING")));
+        assert!(!is_unavailable(&refusal("ERR")));
+    }
 }
