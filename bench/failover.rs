@@ -141,14 +141,13 @@ fn free_ports(n: usize) -> Res<Vec<u16>> {
 
 /// A connection to the Redis server or sentinel on 127.0.0.1:`port`.
 async fn connect(port: u16) -> Res<MultiplexedConnection> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ctx(port)?;
-    let conn = timeout(
-        Duration::from_secs(2),
-        client.get_multiplexed_async_connection(),
-    );
-    conn.await
-        .ctx(format!("127.0.0.1:{port}"))?
-        .ctx(format!("127.0.0.1:{port}"))
+    let addr = format!("127.0.0.1:{port}");
+    let client = redis::Client::open(format!("redis://{addr}/")).ctx(&addr)?;
+    let conn = client.get_multiplexed_async_connection();
+    timeout(Duration::from_secs(2), conn)
+        .await
+        .ctx(&addr)?
+        .ctx(addr)
 }
 
 /// `command` (split at spaces) on `conn`, bounded to 2 s.
@@ -163,18 +162,18 @@ async fn ask<T: redis::FromRedisValue>(conn: &mut MultiplexedConnection, command
 
 /// `command` on a fresh connection to 127.0.0.1:`port`.
 async fn query<T: redis::FromRedisValue>(port: u16, command: &str) -> Res<T> {
-    ask(&mut connect(port).await?, command)
-        .await
-        .ctx(format!("127.0.0.1:{port}"))
+    let reply = ask(&mut connect(port).await?, command).await;
+    reply.ctx(format!("127.0.0.1:{port}"))
 }
 
 /// Calls `check` every 100 ms until it holds; fails after `limit` seconds.
 async fn wait<F: Future<Output = bool>>(what: &str, limit: f64, check: impl Fn() -> F) -> Res<()> {
     let holds = || async { check().await.then_some(()) };
     let answers = poll((100, now(), limit, true), holds).await;
-    let held = answers.last().is_some_and(|a| a.1.is_some());
-    held.then_some(())
-        .ok_or(format!("{what}: not within {limit} s"))
+    match answers.last() {
+        Some((_, Some(()))) => Ok(()),
+        _ => Err(format!("{what}: not within {limit} s")),
+    }
 }
 
 /// Whether the sentinel on `port` counts 3 usable sentinels and sees both
