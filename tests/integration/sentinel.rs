@@ -3,10 +3,10 @@
 //!
 //! Each failover test runs a steady RegisterNode load (every call recorded:
 //! start, duration, result, the node's `updated_at`), three watch streams
-//! (a group watch and two service watches) and three real agents, then
-//! fails the master over and checks what clients saw. Every check is
-//! collected first and reported together with the timeline, so one run
-//! tells everything that went wrong.
+//! (a group watch and two service watches), three real agents and a poll
+//! of the server's health, then fails the master over and checks what
+//! clients saw. Every check is collected first and reported together with
+//! the timeline, so one run tells everything that went wrong.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,7 @@ use discovered::proto::v1::*;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 // ---------------------------------------------------------------------------
 // The fixture on its own (needs nothing from the server)
@@ -916,6 +917,132 @@ async fn diff_with_get_nodes(c: &Client, w: &Watcher, t_fail: Instant) -> Option
     ))
 }
 
+/// How often health is polled during a failover.
+const HEALTH_POLL: Duration = Duration::from_millis(50);
+
+/// A status of the overall server's health (None: the Check call failed
+/// or took [`CALL_BOUND`]) and when it was first seen.
+type HealthChange = (Instant, Option<ServingStatus>);
+
+/// A task calling `grpc.health.v1.Health/Check` of the overall server
+/// (`""`) every [`HEALTH_POLL`], recording each change of status.
+struct HealthPoll {
+    changes: Arc<Mutex<Vec<HealthChange>>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl HealthPoll {
+    fn start(channel: &Channel) -> Self {
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let (stop, mut stopped) = oneshot::channel();
+        let (channel, record) = (channel.clone(), changes.clone());
+        let task = tokio::spawn(async move {
+            // Bounded: 2000 polls are well over how long a test runs.
+            for _ in 0..2000 {
+                if stopped.try_recv().is_ok() {
+                    return;
+                }
+                let status = tokio::time::timeout(CALL_BOUND, health_on(&channel, ""))
+                    .await
+                    .ok()
+                    .flatten();
+                {
+                    let mut changes = record.lock().unwrap();
+                    if changes.last().is_none_or(|(_, s)| *s != status) {
+                        changes.push((Instant::now(), status));
+                    }
+                }
+                tokio::time::sleep(HEALTH_POLL).await;
+            }
+        });
+        Self {
+            changes,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn changes(&self) -> Vec<HealthChange> {
+        self.changes.lock().unwrap().clone()
+    }
+
+    /// Waits until the changes so far satisfy `done`, at most until
+    /// `until`.
+    async fn wait_for(&self, until: Instant, done: impl Fn(&[HealthChange]) -> bool) {
+        while Instant::now() < until && !done(&self.changes()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn finish(mut self) -> Vec<HealthChange> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("the health task");
+        self.changes()
+    }
+}
+
+/// Each change of health as `STATUS at +time` after the failover began
+/// (`STATUS from before` for the status it began with).
+fn health_changes(changes: &[HealthChange], t_fail: Instant) -> String {
+    let line: Vec<String> = changes
+        .iter()
+        .map(|(at, status)| {
+            let name = status.map_or("no answer", |s| s.as_str_name());
+            match at.checked_duration_since(t_fail) {
+                Some(after) => format!("{name} at +{after:?}"),
+                None => format!("{name} from before"),
+            }
+        })
+        .collect();
+    line.join(", ")
+}
+
+/// Health of the overall server (`""`), polled all along: after a kill
+/// NOT_SERVING while no master answers (a manual failover leaves the old
+/// master answering, so it need not be), and after any failover SERVING
+/// again within WAIT of the sentinels agreeing.
+async fn check_health(f: &mut Findings, health: HealthPoll, s: &Switch) {
+    let must_go_down = s.how != Failover::Manual;
+    let went_down = |ch: &[HealthChange]| {
+        ch.iter()
+            .any(|(at, st)| *at >= s.t_fail && *st == Some(ServingStatus::NotServing))
+    };
+    let serving = |ch: &[HealthChange]| {
+        ch.last()
+            .is_some_and(|(_, st)| *st == Some(ServingStatus::Serving))
+    };
+    let deadline = s.t_new + WAIT;
+    health
+        .wait_for(deadline, |ch| {
+            serving(ch) && (went_down(ch) || !must_go_down)
+        })
+        .await;
+    let changes = health.finish().await;
+    let seen: Vec<HealthChange> = changes
+        .into_iter()
+        .filter(|(at, _)| *at <= deadline)
+        .collect();
+    let told = health_changes(&seen, s.t_fail);
+    f.note(format!(
+        "health of \"\" from the failover's start: {told}; the sentinels agreed at +{:?}",
+        s.t_new - s.t_fail
+    ));
+    if must_go_down && !went_down(&seen) {
+        f.problem(format!(
+            "health of \"\" never NOT_SERVING after the kill (polled every {HEALTH_POLL:?}): \
+             {told}"
+        ));
+    }
+    if !serving(&seen) {
+        f.problem(format!(
+            "health of \"\" not SERVING again within {WAIT:?} after the sentinels agreed: {told}"
+        ));
+    }
+}
+
 /// Agents, watchers and a steady load on a Sentinel-backed server; the
 /// master failed over as `how` says; then every check, reported together.
 async fn failover_under_load(how: Failover) {
@@ -926,6 +1053,7 @@ async fn failover_under_load(how: Failover) {
     let agents = start_agents(&url, &c).await;
     let mut watchers = open_watchers(&url).await;
     let load = Load::start(&c);
+    let health = HealthPoll::start(&t.channel);
     // A second of steady state.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -940,6 +1068,7 @@ async fn failover_under_load(how: Failover) {
     let calls = load.finish().await;
     check_calls(&mut f, &calls, s.t_fail);
     check_lost_writes(&mut f, &c, &calls, s.t_new).await;
+    check_health(&mut f, health, &s).await;
     check_watchers(&mut f, &c, &mut watchers, s.t_fail).await;
     drop(agents);
     f.assert_clean(how);
