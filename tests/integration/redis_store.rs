@@ -7,9 +7,7 @@ use crate::common::*;
 use discovered::proto::v1::*;
 use redis::AsyncCommands;
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 async fn all_keys(t: &mut TestServer) -> Vec<String> {
     let mut conn = t.redis().connection().await;
@@ -194,17 +192,6 @@ async fn get_nodes_cost_does_not_grow_with_the_keyspace() {
         large, small,
         "GetNodes cost grew with 100,000 unrelated keys"
     );
-}
-
-async fn health(t: &TestServer, service: &str) -> Option<ServingStatus> {
-    let mut client = HealthClient::new(t.channel.clone());
-    let resp = client
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .ok()?;
-    ServingStatus::try_from(resp.into_inner().status).ok()
 }
 
 async fn wait_health(t: &TestServer, want: ServingStatus) {

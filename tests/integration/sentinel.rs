@@ -3,10 +3,10 @@
 //!
 //! Each failover test runs a steady RegisterNode load (every call recorded:
 //! start, duration, result, the node's `updated_at`), three watch streams
-//! (a group watch and two service watches) and three real agents, then
-//! fails the master over and checks what clients saw. Every check is
-//! collected first and reported together with the timeline, so one run
-//! tells everything that went wrong.
+//! (a group watch and two service watches), three real agents and a poll
+//! of the server's health, then fails the master over and checks what
+//! clients saw. Every check is collected first and reported together with
+//! the timeline, so one run tells everything that went wrong.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,7 @@ use discovered::proto::v1::*;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 // ---------------------------------------------------------------------------
 // The fixture on its own (needs nothing from the server)
@@ -516,29 +517,73 @@ fn agent(url: &str, i: usize) -> Proc {
     )
 }
 
-async fn failover_under_load(how: Failover) {
-    let mut t = TestServer::start(Backend::Sentinel).await;
-    t.sentinel().wait_ready().await;
-    let url = t.server.url();
-    let c = t.client.clone();
+/// What a failover test found: the timeline it tells and the problems,
+/// all reported together at the end.
+struct Findings {
+    timeline: Vec<String>,
+    problems: Vec<String>,
+}
 
-    // Three agents, their nodes registered.
-    let agents: Vec<Proc> = (0..3).map(|i| agent(&url, i)).collect();
-    eventually("the three agents' nodes", || async {
-        agent_nodes(&c).await.filter(|n| n.len() == 3)
-    })
-    .await;
+impl Findings {
+    /// Starts the timeline with what `s` saw of the switch.
+    fn of(s: &Switch) -> Self {
+        let mut f = Self {
+            timeline: Vec::new(),
+            problems: Vec::new(),
+        };
+        f.note(format!(
+            "{:?}: old master {}, new master {}; sentinels agreed at +{:?} after the {}",
+            s.how,
+            s.old,
+            s.new,
+            s.t_new - s.t_failed,
+            if s.how == Failover::Manual {
+                "SENTINEL FAILOVER"
+            } else {
+                "kill"
+            }
+        ));
+        f
+    }
 
-    // Watchers, then the load; a second of steady state.
-    let mut watchers = vec![
-        Watcher::open(&url, "").await,
-        Watcher::open(&url, LOAD_SERVICE).await,
-        Watcher::open(&url, LOAD_SERVICE).await,
-    ];
-    let load = Load::start(&c);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    fn note(&mut self, line: String) {
+        self.timeline.push(line);
+    }
 
-    // The failover.
+    fn problem(&mut self, problem: String) {
+        self.problems.push(problem);
+    }
+
+    /// Prints the timeline; fails the test listing every problem with it.
+    fn assert_clean(self, how: Failover) {
+        let report = self.timeline.join("\n  ");
+        eprintln!("failover timeline:\n  {report}");
+        assert!(
+            self.problems.is_empty(),
+            "{how:?}: {} problems:\n- {}\ntimeline:\n  {report}",
+            self.problems.len(),
+            self.problems.join("\n- ")
+        );
+    }
+}
+
+/// A failover as it happened: the masters, and when.
+struct Switch {
+    how: Failover,
+    old: u16,
+    new: u16,
+    /// The failover began (for [`Failover::KillSentinelThenMaster`]:
+    /// before the sentinel was killed).
+    t_fail: Instant,
+    /// The master was killed, or `SENTINEL FAILOVER` answered.
+    t_failed: Instant,
+    /// The sentinels agreed on the new master.
+    t_new: Instant,
+}
+
+/// Fails the master of `t` over as `how` says, and waits for the
+/// sentinels to agree on a new one.
+async fn fail_over(t: &mut TestServer, how: Failover) -> Switch {
     let t_fail = Instant::now();
     let old = match how {
         Failover::KillMaster => t.sentinel().kill_master().await,
@@ -553,47 +598,68 @@ async fn failover_under_load(how: Failover) {
     let t_failed = Instant::now();
     let t_new = t.sentinel().wait_new_master(old).await;
     let new = t.sentinel().current_master_port().await;
-    let first_ok = load.first_ok_after(t_new).await;
-    let mut problems: Vec<String> = Vec::new();
-    let mut timeline: Vec<String> = vec![format!(
-        "{how:?}: old master {old}, new master {new}; sentinels agreed at +{:?} after the {}",
-        t_new - t_failed,
-        if how == Failover::Manual {
-            "SENTINEL FAILOVER"
-        } else {
-            "kill"
-        }
-    )];
-    let t_serves = match &first_ok {
-        Some(call) => {
-            let after = call.end() - t_new;
-            timeline.push(format!(
-                "first acknowledged write after that: {} at +{after:?} (started {:?} before the \
-                 agreement)",
-                call.node,
-                t_new.saturating_duration_since(call.start)
-            ));
-            if after > FIRST_WRITE_BOUND {
-                problems.push(format!(
-                    "the first write acknowledged after the sentinels agreed came {after:?} later \
-                     (bound {FIRST_WRITE_BOUND:?})"
-                ));
-            }
-            call.end()
-        }
-        None => {
-            problems.push(format!(
-                "no write acknowledged within {WAIT:?} after the sentinels agreed"
-            ));
-            t_new
-        }
-    };
+    Switch {
+        how,
+        old,
+        new,
+        t_fail,
+        t_failed,
+        t_new,
+    }
+}
 
-    // Every agent's node present within AGENT_BOUND of the new master
-    // serving (polled until WAIT to tell how late it is otherwise).
+/// Three agents, once their nodes are registered.
+async fn start_agents(url: &str, c: &Client) -> Vec<Proc> {
+    let agents: Vec<Proc> = (0..3).map(|i| agent(url, i)).collect();
+    eventually("the three agents' nodes", || async {
+        agent_nodes(c).await.filter(|n| n.len() == 3)
+    })
+    .await;
+    agents
+}
+
+/// A group watch and two watches of the load's service.
+async fn open_watchers(url: &str) -> Vec<Watcher> {
+    vec![
+        Watcher::open(url, "").await,
+        Watcher::open(url, LOAD_SERVICE).await,
+        Watcher::open(url, LOAD_SERVICE).await,
+    ]
+}
+
+/// A write acknowledged within [`FIRST_WRITE_BOUND`] of the sentinels
+/// agreeing. Returns when the new master first served one (when they
+/// agreed if none came).
+async fn check_first_write(f: &mut Findings, load: &Load, s: &Switch) -> Instant {
+    let Some(call) = load.first_ok_after(s.t_new).await else {
+        f.problem(format!(
+            "no write acknowledged within {WAIT:?} after the sentinels agreed"
+        ));
+        return s.t_new;
+    };
+    let after = call.end() - s.t_new;
+    f.note(format!(
+        "first acknowledged write after that: {} at +{after:?} (started {:?} before the \
+         agreement)",
+        call.node,
+        s.t_new.saturating_duration_since(call.start)
+    ));
+    if after > FIRST_WRITE_BOUND {
+        f.problem(format!(
+            "the first write acknowledged after the sentinels agreed came {after:?} later \
+             (bound {FIRST_WRITE_BOUND:?})"
+        ));
+    }
+    call.end()
+}
+
+/// Every agent's node present within [`AGENT_BOUND`] of the new master
+/// serving at `t_serves` (polled until WAIT to tell how late it is
+/// otherwise).
+async fn check_agents_back(f: &mut Findings, c: &Client, t_serves: Instant) {
     let mut agents_back = None;
     while Instant::now() < t_serves + WAIT {
-        if agent_nodes(&c).await.is_some_and(|n| n.len() == 3) {
+        if agent_nodes(c).await.is_some_and(|n| n.len() == 3) {
             agents_back = Some(Instant::now());
             break;
         }
@@ -602,39 +668,41 @@ async fn failover_under_load(how: Failover) {
     match agents_back {
         Some(at) => {
             let after = at.saturating_duration_since(t_serves);
-            timeline.push(format!("all three agents' nodes in GetNodes at +{after:?}"));
+            f.note(format!("all three agents' nodes in GetNodes at +{after:?}"));
             if after > AGENT_BOUND {
-                problems.push(format!(
+                f.problem(format!(
                     "the agents' nodes were back {after:?} after the new master served \
                      (bound {AGENT_BOUND:?})"
                 ));
             }
         }
-        None => problems.push(format!(
+        None => f.problem(format!(
             "the agents' nodes were not all back within {WAIT:?}: {:?}",
-            agent_nodes(&c).await
+            agent_nodes(c).await
         )),
     }
+}
 
-    // A manual failover leaves the old master up and writable until
-    // Sentinel demotes it: what it acknowledged meanwhile is dropped
-    // then, so the checks below wait for that.
-    if how == Failover::Manual {
-        let demoted = SentinelFixture::wait_role(old, "slave", 2 * WAIT).await;
-        timeline.push(format!(
-            "the old master answered ROLE slave at +{:?}",
-            demoted.saturating_duration_since(t_new)
-        ));
+/// A manual failover leaves the old master up and writable until
+/// Sentinel demotes it: what it acknowledged meanwhile is dropped then, so
+/// the checks after this wait for that. Nothing to wait for after a kill.
+async fn wait_demoted(f: &mut Findings, s: &Switch) {
+    if s.how != Failover::Manual {
+        return;
     }
-    // Some more steady load on the new master.
-    let until = t_new + Duration::from_secs(3);
-    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
-    let calls = load.finish().await;
+    let demoted = SentinelFixture::wait_role(s.old, "slave", 2 * WAIT).await;
+    f.note(format!(
+        "the old master answered ROLE slave at +{:?}",
+        demoted.saturating_duration_since(s.t_new)
+    ));
+}
 
-    // No call took longer than CALL_BOUND.
+/// No call took longer than [`CALL_BOUND`]; every failed call failed with
+/// UNAVAILABLE. Times are from `t_fail`, when the failover began.
+fn check_calls(f: &mut Findings, calls: &[Call], t_fail: Instant) {
     let slow: Vec<&Call> = calls.iter().filter(|c| c.took > CALL_BOUND).collect();
     if !slow.is_empty() {
-        problems.push(format!(
+        f.problem(format!(
             "{} calls took longer than {CALL_BOUND:?}: {:?}",
             slow.len(),
             slow.iter()
@@ -654,7 +722,7 @@ async fn failover_under_load(how: Failover) {
         let e = c.result.as_ref().unwrap_err();
         *errors.entry(e.split(':').next().unwrap_or("")).or_default() += 1;
     }
-    timeline.push(format!(
+    f.note(format!(
         "load: {} calls, {} failed {errors:?}, longest {:?}, failures from +{:?} to +{:?} after \
          the failover began",
         calls.len(),
@@ -671,15 +739,17 @@ async fn failover_under_load(how: Failover) {
         .iter()
         .find(|c| !c.result.as_ref().unwrap_err().starts_with("Unavailable"))
     {
-        problems.push(format!(
+        f.problem(format!(
             "a call failed with something other than UNAVAILABLE: {} {:?}",
             e.node, e.result
         ));
     }
+}
 
-    // No write acknowledged after the switch is missing.
-    let mut c2 = c.clone();
-    let stored: Vec<String> = node_names(&get_nodes(&mut c2, GROUP, LOAD_SERVICE).await);
+/// No write acknowledged after the sentinels agreed (`t_new`) is missing
+/// from GetNodes; those acknowledged before and lost are only counted.
+async fn check_lost_writes(f: &mut Findings, c: &Client, calls: &[Call], t_new: Instant) {
+    let stored: Vec<String> = node_names(&get_nodes(&mut c.clone(), GROUP, LOAD_SERVICE).await);
     let lost_after: Vec<&Call> = calls
         .iter()
         .filter(|c| c.result.is_ok() && c.end() >= t_new && !stored.contains(&c.node))
@@ -688,13 +758,13 @@ async fn failover_under_load(how: Failover) {
         .iter()
         .filter(|c| c.result.is_ok() && c.end() < t_new && !stored.contains(&c.node))
         .count();
-    timeline.push(format!(
+    f.note(format!(
         "acknowledged writes missing at the end: {} acknowledged after the sentinels agreed, \
          {lost_before} before",
         lost_after.len()
     ));
     if !lost_after.is_empty() {
-        problems.push(format!(
+        f.problem(format!(
             "{} writes acknowledged after the sentinels agreed are missing, e.g. {:?}",
             lost_after.len(),
             lost_after
@@ -704,116 +774,304 @@ async fn failover_under_load(how: Failover) {
                 .collect::<Vec<_>>()
         ));
     }
+}
 
-    // Every watcher: a RESYNC after the failover began, then (eventually)
-    // the state GetNodes returns; revisions never went down.
+/// Every watcher: a RESYNC after the failover began (`t_fail`), then
+/// (eventually, all within WAIT) the state GetNodes returns; revisions
+/// never went down; its reader did not fail.
+async fn check_watchers(f: &mut Findings, c: &Client, watchers: &mut [Watcher], t_fail: Instant) {
     let deadline = Instant::now() + WAIT;
-    for w in &watchers {
-        let mut last_diff = String::new();
-        let matched = loop {
-            let mut want = BTreeMap::new();
-            let mut ok = true;
-            for s in &w.services {
-                match tokio::time::timeout(
-                    CALL_BOUND,
-                    c.clone().get_nodes(GetNodesRequest {
-                        service_group: GROUP.into(),
-                        service_name: s.to_string(),
-                    }),
-                )
-                .await
-                {
-                    Ok(Ok(r)) => {
-                        for n in r.into_inner().nodes {
-                            want.insert(
-                                (n.service_name.clone(), n.node_name.clone()),
-                                comparable(&n),
-                            );
-                        }
-                    }
-                    _ => ok = false,
-                }
-            }
-            {
-                let st = w.state.lock().unwrap();
-                let have: BTreeMap<_, _> = st
-                    .nodes
-                    .iter()
-                    .map(|(k, n)| (k.clone(), comparable(n)))
-                    .collect();
-                let resynced = st.last_resynced.is_some_and(|at| at >= t_fail);
-                if ok && resynced && st.rebuilding.is_none() && have == want {
-                    break true;
-                }
-                let missing: Vec<_> = want
-                    .keys()
-                    .filter(|k| !have.contains_key(*k))
-                    .take(5)
-                    .collect();
-                let extra: Vec<_> = have
-                    .keys()
-                    .filter(|k| !want.contains_key(*k))
-                    .take(5)
-                    .collect();
-                let differ: Vec<_> = want
-                    .iter()
-                    .filter(|(k, n)| have.get(*k).is_some_and(|h| h != *n))
-                    .map(|(k, _)| k)
-                    .take(3)
-                    .collect();
-                last_diff = format!(
-                    "RESYNCs at {:?} after the failover began, resynced {resynced}, rebuilding {}, \
-                     GetNodes answered {ok}; {} nodes vs {} in GetNodes; missing {missing:?}, extra \
-                     {extra:?}, different {differ:?}",
-                    st.resyncs
-                        .iter()
-                        .map(|r| r.saturating_duration_since(t_fail))
-                        .collect::<Vec<_>>(),
-                    st.rebuilding.is_some(),
-                    have.len(),
-                    want.len()
-                );
-            }
-            if Instant::now() >= deadline {
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let st = w.state.lock().unwrap();
-        timeline.push(format!(
-            "{}: {} events, RESYNC at {:?} after the failover began",
-            w.what,
-            st.events,
-            st.resyncs
-                .iter()
-                .map(|r| r.saturating_duration_since(t_fail))
-                .collect::<Vec<_>>()
-        ));
-        if !matched {
-            problems.push(format!(
-                "{}: no RESYNC then the state of GetNodes within {WAIT:?}: {last_diff}",
-                w.what
-            ));
-        }
-        for p in &st.problems {
-            problems.push(format!("{}: {p}", w.what));
-        }
+    for w in watchers.iter() {
+        check_watcher(f, c, w, t_fail, deadline).await;
     }
-    for w in &mut watchers {
+    for w in watchers.iter_mut() {
         if let Some(p) = w.finish().await {
-            problems.push(p);
+            f.problem(p);
         }
     }
-    drop(agents);
+}
 
-    let report = timeline.join("\n  ");
-    eprintln!("failover timeline:\n  {report}");
-    assert!(
-        problems.is_empty(),
-        "{how:?}: {} problems:\n- {}\ntimeline:\n  {report}",
-        problems.len(),
-        problems.join("\n- ")
-    );
+/// One watcher: its RESYNCs on the timeline; a problem if it did not
+/// match GetNodes after a RESYNC by `deadline`, and each of its own.
+async fn check_watcher(
+    f: &mut Findings,
+    c: &Client,
+    w: &Watcher,
+    t_fail: Instant,
+    deadline: Instant,
+) {
+    let matched = wait_matches_get_nodes(c, w, t_fail, deadline).await;
+    let st = w.state.lock().unwrap();
+    f.note(format!(
+        "{}: {} events, RESYNC at {:?} after the failover began",
+        w.what,
+        st.events,
+        st.resyncs
+            .iter()
+            .map(|r| r.saturating_duration_since(t_fail))
+            .collect::<Vec<_>>()
+    ));
+    if let Err(last_diff) = matched {
+        f.problem(format!(
+            "{}: no RESYNC then the state of GetNodes within {WAIT:?}: {last_diff}",
+            w.what
+        ));
+    }
+    for p in &st.problems {
+        f.problem(format!("{}: {p}", w.what));
+    }
+}
+
+/// Waits until `w` has resynced after `t_fail` and holds the state
+/// GetNodes returns, until `deadline`; the last difference otherwise.
+async fn wait_matches_get_nodes(
+    c: &Client,
+    w: &Watcher,
+    t_fail: Instant,
+    deadline: Instant,
+) -> Result<(), String> {
+    loop {
+        let Some(diff) = diff_with_get_nodes(c, w, t_fail).await else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            return Err(diff);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The state of `services` as GetNodes returns it now, comparable
+/// (see [`comparable`]), and whether every GetNodes answered.
+async fn get_nodes_state(
+    c: &Client,
+    services: &[&str],
+) -> (BTreeMap<(String, String), Node>, bool) {
+    let mut want = BTreeMap::new();
+    let mut ok = true;
+    for s in services {
+        match tokio::time::timeout(
+            CALL_BOUND,
+            c.clone().get_nodes(GetNodesRequest {
+                service_group: GROUP.into(),
+                service_name: s.to_string(),
+            }),
+        )
+        .await
+        {
+            Ok(Ok(r)) => {
+                for n in r.into_inner().nodes {
+                    want.insert(
+                        (n.service_name.clone(), n.node_name.clone()),
+                        comparable(&n),
+                    );
+                }
+            }
+            _ => ok = false,
+        }
+    }
+    (want, ok)
+}
+
+/// None when `w` has resynced after `t_fail`, is not rebuilding, and
+/// holds the state GetNodes returns; what differs otherwise.
+async fn diff_with_get_nodes(c: &Client, w: &Watcher, t_fail: Instant) -> Option<String> {
+    let (want, ok) = get_nodes_state(c, &w.services).await;
+    let st = w.state.lock().unwrap();
+    let have: BTreeMap<_, _> = st
+        .nodes
+        .iter()
+        .map(|(k, n)| (k.clone(), comparable(n)))
+        .collect();
+    let resynced = st.last_resynced.is_some_and(|at| at >= t_fail);
+    if ok && resynced && st.rebuilding.is_none() && have == want {
+        return None;
+    }
+    let missing: Vec<_> = want
+        .keys()
+        .filter(|k| !have.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = have
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .take(5)
+        .collect();
+    let differ: Vec<_> = want
+        .iter()
+        .filter(|(k, n)| have.get(*k).is_some_and(|h| h != *n))
+        .map(|(k, _)| k)
+        .take(3)
+        .collect();
+    Some(format!(
+        "RESYNCs at {:?} after the failover began, resynced {resynced}, rebuilding {}, \
+         GetNodes answered {ok}; {} nodes vs {} in GetNodes; missing {missing:?}, extra \
+         {extra:?}, different {differ:?}",
+        st.resyncs
+            .iter()
+            .map(|r| r.saturating_duration_since(t_fail))
+            .collect::<Vec<_>>(),
+        st.rebuilding.is_some(),
+        have.len(),
+        want.len()
+    ))
+}
+
+/// How often health is polled during a failover.
+const HEALTH_POLL: Duration = Duration::from_millis(50);
+
+/// A status of the overall server's health (None: the Check call failed
+/// or took [`CALL_BOUND`]) and when it was first seen.
+type HealthChange = (Instant, Option<ServingStatus>);
+
+/// A task calling `grpc.health.v1.Health/Check` of the overall server
+/// (`""`) every [`HEALTH_POLL`], recording each change of status.
+struct HealthPoll {
+    changes: Arc<Mutex<Vec<HealthChange>>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl HealthPoll {
+    fn start(channel: &Channel) -> Self {
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let (stop, mut stopped) = oneshot::channel();
+        let (channel, record) = (channel.clone(), changes.clone());
+        let task = tokio::spawn(async move {
+            // Bounded: 2000 polls are well over how long a test runs.
+            for _ in 0..2000 {
+                if stopped.try_recv().is_ok() {
+                    return;
+                }
+                let status = tokio::time::timeout(CALL_BOUND, health_on(&channel, ""))
+                    .await
+                    .ok()
+                    .flatten();
+                {
+                    let mut changes = record.lock().unwrap();
+                    if changes.last().is_none_or(|(_, s)| *s != status) {
+                        changes.push((Instant::now(), status));
+                    }
+                }
+                tokio::time::sleep(HEALTH_POLL).await;
+            }
+        });
+        Self {
+            changes,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn changes(&self) -> Vec<HealthChange> {
+        self.changes.lock().unwrap().clone()
+    }
+
+    /// Waits until the changes so far satisfy `done`, at most until
+    /// `until`.
+    async fn wait_for(&self, until: Instant, done: impl Fn(&[HealthChange]) -> bool) {
+        while Instant::now() < until && !done(&self.changes()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn finish(mut self) -> Vec<HealthChange> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("the health task");
+        self.changes()
+    }
+}
+
+/// Each change of health as `STATUS at +time` after the failover began
+/// (`STATUS from before` for the status it began with).
+fn health_changes(changes: &[HealthChange], t_fail: Instant) -> String {
+    let line: Vec<String> = changes
+        .iter()
+        .map(|(at, status)| {
+            let name = status.map_or("no answer", |s| s.as_str_name());
+            match at.checked_duration_since(t_fail) {
+                Some(after) => format!("{name} at +{after:?}"),
+                None => format!("{name} from before"),
+            }
+        })
+        .collect();
+    line.join(", ")
+}
+
+/// Health of the overall server (`""`), polled all along: after a kill
+/// NOT_SERVING while no master answers (a manual failover leaves the old
+/// master answering, so it need not be), and after any failover SERVING
+/// again within WAIT of the sentinels agreeing.
+async fn check_health(f: &mut Findings, health: HealthPoll, s: &Switch) {
+    let must_go_down = s.how != Failover::Manual;
+    let went_down = |ch: &[HealthChange]| {
+        ch.iter()
+            .any(|(at, st)| *at >= s.t_fail && *st == Some(ServingStatus::NotServing))
+    };
+    let serving = |ch: &[HealthChange]| {
+        ch.last()
+            .is_some_and(|(_, st)| *st == Some(ServingStatus::Serving))
+    };
+    let deadline = s.t_new + WAIT;
+    health
+        .wait_for(deadline, |ch| {
+            serving(ch) && (went_down(ch) || !must_go_down)
+        })
+        .await;
+    let changes = health.finish().await;
+    let seen: Vec<HealthChange> = changes
+        .into_iter()
+        .filter(|(at, _)| *at <= deadline)
+        .collect();
+    let told = health_changes(&seen, s.t_fail);
+    f.note(format!(
+        "health of \"\" from the failover's start: {told}; the sentinels agreed at +{:?}",
+        s.t_new - s.t_fail
+    ));
+    if must_go_down && !went_down(&seen) {
+        f.problem(format!(
+            "health of \"\" never NOT_SERVING after the kill (polled every {HEALTH_POLL:?}): \
+             {told}"
+        ));
+    }
+    if !serving(&seen) {
+        f.problem(format!(
+            "health of \"\" not SERVING again within {WAIT:?} after the sentinels agreed: {told}"
+        ));
+    }
+}
+
+/// Agents, watchers and a steady load on a Sentinel-backed server; the
+/// master failed over as `how` says; then every check, reported together.
+async fn failover_under_load(how: Failover) {
+    let mut t = TestServer::start(Backend::Sentinel).await;
+    t.sentinel().wait_ready().await;
+    let url = t.server.url();
+    let c = t.client.clone();
+    let agents = start_agents(&url, &c).await;
+    let mut watchers = open_watchers(&url).await;
+    let load = Load::start(&c);
+    let health = HealthPoll::start(&t.channel);
+    // A second of steady state.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let s = fail_over(&mut t, how).await;
+    let mut f = Findings::of(&s);
+    let t_serves = check_first_write(&mut f, &load, &s).await;
+    check_agents_back(&mut f, &c, t_serves).await;
+    wait_demoted(&mut f, &s).await;
+    // Some more steady load on the new master.
+    let until = s.t_new + Duration::from_secs(3);
+    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+    let calls = load.finish().await;
+    check_calls(&mut f, &calls, s.t_fail);
+    check_lost_writes(&mut f, &c, &calls, s.t_new).await;
+    check_health(&mut f, health, &s).await;
+    check_watchers(&mut f, &c, &mut watchers, s.t_fail).await;
+    drop(agents);
+    f.assert_clean(how);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,9 @@ use discovered::proto::v1::discovery_client::DiscoveryClient;
 use discovered::proto::v1::*;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// The generated gRPC client, over one channel.
 pub type Client = DiscoveryClient<Channel>;
@@ -174,6 +177,24 @@ pub async fn try_remove_group(
     })
     .await
     .map(|r| r.into_inner())
+}
+
+/// `grpc.health.v1.Health/Check` of `service` (`""`: the whole server) on
+/// `t`'s channel; None when the call fails or the status is unknown.
+pub async fn health(t: &super::TestServer, service: &str) -> Option<ServingStatus> {
+    health_on(&t.channel, service).await
+}
+
+/// [`health`] over `channel`: for a task that owns a clone of it.
+pub async fn health_on(channel: &Channel, service: &str) -> Option<ServingStatus> {
+    let mut client = HealthClient::new(channel.clone());
+    let resp = client
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(resp.into_inner().status).ok()
 }
 
 /// The names of `nodes`, in their order.

@@ -5,7 +5,8 @@
 //! [`within`], [`wait_past`]).
 //!
 //! - [`requests`]: request builders with every field set.
-//! - [`calls`]: the gRPC calls as tests make them, and status checks.
+//! - [`calls`]: the gRPC calls as tests make them (health too), and status
+//!   checks.
 //! - [`watch`]: [`Watch`], a watch stream whose every event is checked.
 //! - [`sentinel`]: [`SentinelFixture`], a master, two replicas and three
 //!   sentinels.
