@@ -44,6 +44,13 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Finds `redis-server`, or fails the test saying how to get it.
 pub fn redis_server_binary() -> PathBuf {
+    find_binary("redis-server", "these tests need a real Redis")
+}
+
+/// Finds the Debian package's binary `name` on PATH (or in /usr/bin,
+/// /usr/sbin), or fails the test saying why it is needed (`why`) and how to
+/// install it (the package has the binary's name).
+pub fn find_binary(name: &str, why: &str) -> PathBuf {
     let candidates = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();
@@ -51,14 +58,14 @@ pub fn redis_server_binary() -> PathBuf {
         .iter()
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")].iter())
     {
-        let path = dir.join("redis-server");
+        let path = dir.join(name);
         if path.is_file() {
             return path;
         }
     }
     panic!(
-        "redis-server not found on PATH: these tests need a real Redis. Install it with \
-         `apt-get install redis-server` (./scripts/test does this for you)"
+        "{name} not found on PATH: {why}. Install it with `apt-get install {name}` \
+         (./scripts/test does this for you)"
     );
 }
 
