@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::changes;
 use super::keys::Keys;
 use super::master::Master;
+use super::pool::display_addr;
 use super::sentinel::{self, ResolveError};
 use crate::backoff::Backoff;
 use crate::store::{Hub, StoreEvent};
@@ -130,7 +131,7 @@ impl Subscriber {
                 r = subscribing => r.unwrap_or(Err(SubscribeError::Timeout)),
             };
             match result {
-                Ok(pubsub) => {
+                Ok((pubsub, node)) => {
                     attempt = 0;
                     if failed_before {
                         tracing::info!(addr = %self.master.describe(), "Redis subscription restored; watchers resync");
@@ -141,7 +142,7 @@ impl Subscriber {
                         self.hub.send(StoreEvent::Resync);
                     }
                     self.subscribed.send_replace(true);
-                    match self.listen(pubsub).await {
+                    match self.listen(pubsub, &node).await {
                         Ended::Stopped => return,
                         Ended::Lost => {
                             tracing::warn!(addr = %self.master.describe(), "Redis subscription lost; reconnecting")
@@ -176,23 +177,36 @@ impl Subscriber {
 
     /// Adds the notification flags (unless told not to) and subscribes on a
     /// new connection.
-    async fn subscribe(&self) -> Result<redis::aio::PubSub, SubscribeError> {
+    /// Returns the subscription and the node it is on (`host:port`).
+    async fn subscribe(&self) -> Result<(redis::aio::PubSub, String), SubscribeError> {
         // The flags and the subscription must be on the same node: the
         // master found now (a promoted replica has no flags set).
         let info = self.master.resolve().await?;
         if self.config_set {
             ensure_notifications(&mut sentinel::connect(&info).await?).await?;
         }
+        let node = display_addr(&info);
         let mut pubsub = redis::Client::open(info)?.get_async_pubsub().await?;
         pubsub.subscribe(self.keys.changes_channel()).await?;
         pubsub
             .psubscribe(self.keys.keyspace_pattern(self.db))
             .await?;
-        Ok(pubsub)
+        Ok((pubsub, node))
+    }
+
+    /// Whether the master is still `node` after the pool suspected a move
+    /// (the pool retires its connections at every suspicion, which is
+    /// cheap; a new subscription costs every watcher a RESYNC, so it waits
+    /// for a real move).
+    async fn still_on(&self, node: &str) -> bool {
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.master.resolve()).await {
+            Ok(Ok(info)) => display_addr(&info) == node,
+            _ => false,
+        }
     }
 
     /// Feeds the hub from one subscription until it ends.
-    async fn listen(&self, pubsub: redis::aio::PubSub) -> Ended {
+    async fn listen(&self, pubsub: redis::aio::PubSub, node: &str) -> Ended {
         let (mut sink, mut messages) = pubsub.split();
         let mut liveness = tokio::time::interval(LIVENESS_INTERVAL);
         liveness.reset();
@@ -201,7 +215,9 @@ impl Subscriber {
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return Ended::Stopped,
-                _ = moves.changed() => return Ended::Moved,
+                _ = moves.changed() => if !self.still_on(node).await {
+                    return Ended::Moved;
+                },
                 msg = messages.next() => match msg {
                     Some(msg) => self.handle(&msg),
                     None => return Ended::Lost,
