@@ -90,7 +90,7 @@ impl Sentinels {
             .join(", ")
     }
 
-    /// How to reach sentinel `i`.
+    /// How to reach the sentinel at `host:port`.
     fn info(&self, (host, port): &(String, u16)) -> ConnectionInfo {
         let mut settings = redis::RedisConnectionInfo::default();
         if let Some(u) = &self.username {
@@ -135,8 +135,9 @@ impl Sentinels {
                 addrs: self.addrs_text(),
             });
         }
-        // The newest configuration wins.
-        candidates.sort_by_key(|c| std::cmp::Reverse(c.epoch));
+        // The newest configuration wins; each address is checked once.
+        candidates.sort_by(|a, b| (b.epoch, &a.host, a.port).cmp(&(a.epoch, &b.host, b.port)));
+        candidates.dedup_by(|a, b| (&a.host, a.port) == (&b.host, b.port));
         for c in candidates {
             let info = with_addr(data, &c.host, c.port);
             if is_master(&info).await {
