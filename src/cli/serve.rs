@@ -109,7 +109,9 @@ pub struct ServeArgs {
     redis_password: Option<String>,
 
     /// First part of every Redis key, so several registries can share one
-    /// Redis database.
+    /// Redis database: letters, digits, '.', '_' or '-' (1 to 128), like a
+    /// name, since a glob character would widen the keyspace-notification
+    /// pattern and a brace would break the keys' hash tags.
     #[arg(long, env = "DISCOVERED_KEY_PREFIX", default_value = "discovered")]
     key_prefix: String,
 
@@ -211,6 +213,9 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     // rediss:// needs a TLS crypto provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     validate_name("--service-group", &args.service_group)?;
+    // Checked even for the in-memory store, so a bad value is found before
+    // the day Redis is configured.
+    validate_name("--key-prefix", &args.key_prefix)?;
     let defaults = Defaults {
         service_group: args.service_group.clone(),
         node_ttl: match args.node_ttl {

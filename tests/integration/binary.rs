@@ -167,6 +167,41 @@ fn bad_flags_exit_with_code_two() {
     assert!(stderr.contains("--service-group"), "{stderr}");
 }
 
+#[test]
+fn a_bad_key_prefix_is_one_error_line_naming_the_flag() {
+    // A glob widens the keyspace-notification pattern, a brace breaks the
+    // hash tags, a newline breaks the protocol: all refused at start.
+    let bad = [
+        ("--key-prefix '*'", None),
+        ("--key-prefix a{b}", None),
+        ("--key-prefix a:b", None),
+        ("--key-prefix ''", None),
+        ("", Some("line\nbreak")),
+    ];
+    for (flag, env) in bad {
+        let line = format!("serve --listen 127.0.0.1:{} {flag}", free_port());
+        let envs: Vec<(&str, &str)> = env
+            .map(|v| ("DISCOVERED_KEY_PREFIX", v))
+            .into_iter()
+            .collect();
+        let (status, stderr) = Proc::spawn(&line, &envs).wait();
+        assert_eq!(status.code(), Some(1), "{flag:?} {env:?}: {stderr}");
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "{flag:?} {env:?}: {stderr}");
+        assert!(errors[0].contains("--key-prefix"), "{stderr}");
+    }
+    // A good one starts the server.
+    let port = free_port();
+    let mut proc = Proc::spawn(
+        &format!("serve --listen 127.0.0.1:{port} --key-prefix team-a.v2_x"),
+        &[],
+    );
+    wait_port(&mut proc, port, "server exited with a good --key-prefix");
+}
+
 #[tokio::test]
 async fn a_stuck_client_cannot_hold_shutdown_past_the_drain_time() {
     let port = free_port();
