@@ -11,7 +11,7 @@ use super::logging::{self, LogFormat};
 use super::runtime::{self, Threads};
 
 use crate::model::{InvalidField, validate_name, validate_ttl};
-use crate::server::{self, Defaults, ServeError};
+use crate::server::{self, Defaults, Limits, ServeError, Settings, limits};
 use crate::store::redis::{CheckError, ConfigError, DataNode};
 use crate::store::{MemoryRegistry, RedisConfig, RedisRegistry, Registry, StoreError};
 
@@ -139,12 +139,43 @@ pub struct ServeArgs {
     #[arg(long, env = "DISCOVERED_DRAIN_TIMEOUT", default_value_t = 10)]
     drain_timeout: u64,
 
+    /// Streams one HTTP/2 connection may have open at once (calls and
+    /// watches); a client past it waits for one of its streams to end.
+    #[arg(long, env = "DISCOVERED_MAX_CONCURRENT_STREAMS", default_value_t = limits::DEFAULT_MAX_CONCURRENT_STREAMS, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_streams: u32,
+
+    /// Watch streams the server keeps open over all connections; a new
+    /// watch beyond them is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "DISCOVERED_MAX_WATCH_STREAMS", default_value_t = limits::DEFAULT_MAX_WATCH_STREAMS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_watch_streams: u64,
+
+    /// Seconds between the server's HTTP/2 pings on each connection, which
+    /// find clients that are gone; 0 sends none.
+    #[arg(long, env = "DISCOVERED_HTTP2_KEEPALIVE_INTERVAL", default_value_t = limits::DEFAULT_HTTP2_KEEPALIVE_INTERVAL.as_secs())]
+    http2_keepalive_interval: u64,
+
+    /// Seconds a ping may go unanswered before the server closes the
+    /// connection (and every stream on it).
+    #[arg(long, env = "DISCOVERED_HTTP2_KEEPALIVE_TIMEOUT", default_value_t = limits::DEFAULT_HTTP2_KEEPALIVE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    http2_keepalive_timeout: u64,
+
     /// Log format (levels follow RUST_LOG, default info).
     #[arg(long, env = "DISCOVERED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
 
 impl ServeArgs {
+    /// The stream and connection bounds the flags set.
+    fn limits(&self) -> Limits {
+        Limits {
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_watch_streams: usize::try_from(self.max_watch_streams).unwrap_or(usize::MAX),
+            http2_keepalive_interval: (self.http2_keepalive_interval > 0)
+                .then(|| Duration::from_secs(self.http2_keepalive_interval)),
+            http2_keepalive_timeout: Duration::from_secs(self.http2_keepalive_timeout),
+        }
+    }
+
     /// The Redis settings, or `None` for the in-memory store.
     fn redis_config(&self) -> Result<Option<RedisConfig>, ConfigError> {
         let config = self.redis_parts()?;
@@ -237,6 +268,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             Arc::new(MemoryRegistry::new())
         }
     };
+    let limits = args.limits();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| Failure::Listen {
@@ -249,16 +281,18 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         default_group = %defaults.service_group,
         node_ttl = ?defaults.node_ttl,
         auto = defaults.auto,
+        max_concurrent_streams = limits.max_concurrent_streams,
+        max_watch_streams = limits.max_watch_streams,
+        http2_keepalive_interval = ?limits.http2_keepalive_interval,
+        http2_keepalive_timeout = ?limits.http2_keepalive_timeout,
         "discovered serving"
     );
-    server::serve(
-        registry,
+    let settings = Settings {
         defaults,
-        listener,
-        super::signal::shutdown(),
-        Duration::from_secs(args.drain_timeout),
-    )
-    .await?;
+        limits,
+        drain: Duration::from_secs(args.drain_timeout),
+    };
+    server::serve(registry, settings, listener, super::signal::shutdown()).await?;
     tracing::info!("stopped");
     Ok(())
 }

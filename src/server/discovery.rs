@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::status::{group_not_found, node_not_found, other_instance, service_not_found};
-use super::watch::{self, Filter, WatchStream};
+use super::watch::{self, Filter, WatchSlots, WatchStream};
 use crate::model::{
     InvalidField, NodeSpec, PageRequest, ServiceKey, ServiceSpec, validate_name,
     validate_page_size, validate_ttl,
@@ -49,6 +49,8 @@ pub struct DiscoveryService {
     defaults: Defaults,
     /// Cancelled when the server begins to shut down: watch streams end.
     shutdown: CancellationToken,
+    /// The open watch streams, against `--max-watch-streams`.
+    watch_slots: WatchSlots,
 }
 
 impl DiscoveryService {
@@ -63,6 +65,16 @@ impl DiscoveryService {
             registry,
             defaults,
             shutdown,
+            watch_slots: WatchSlots::new(watch::DEFAULT_MAX_WATCH_STREAMS),
+        }
+    }
+
+    /// Allows at most `max` open watch streams; a new one beyond them is
+    /// refused with RESOURCE_EXHAUSTED.
+    pub fn with_max_watch_streams(self, max: usize) -> Self {
+        Self {
+            watch_slots: WatchSlots::new(max),
+            ..self
         }
     }
 
@@ -137,11 +149,13 @@ impl Discovery for DiscoveryService {
         } else {
             Some(name("service_name", &r.service_name)?)
         };
+        let slot = self.watch_slots.acquire()?;
         Ok(Response::new(watch::start(
             self.registry.clone(),
             Filter { group, service },
             r.send_initial.unwrap_or(true),
             self.shutdown.clone(),
+            slot,
         )))
     }
 

@@ -1,6 +1,46 @@
-//! Message size limits and the status an oversized request gets.
+//! Message size limits and the status an oversized request gets; the
+//! limits on streams and connections an operator sets.
+
+use std::time::Duration;
 
 use http::{HeaderValue, Response};
+
+pub use super::watch::DEFAULT_MAX_WATCH_STREAMS;
+
+/// The default of `--max-concurrent-streams`: hyper's own default, which
+/// tonic drops (advertising no limit at all) unless one is set.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 200;
+/// The default of `--http2-keepalive-interval`.
+pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// The default of `--http2-keepalive-timeout`.
+pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bounds on what clients may hold open, and how the server finds
+/// connections whose client is gone.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Streams one HTTP/2 connection may have open at once (HTTP/2's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS): a client waits for a free one.
+    pub max_concurrent_streams: u32,
+    /// Watch streams the server keeps open over all connections; a new
+    /// one beyond them is refused with RESOURCE_EXHAUSTED.
+    pub max_watch_streams: usize,
+    /// How often the server pings each connection; `None` sends no pings.
+    pub http2_keepalive_interval: Option<Duration>,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub http2_keepalive_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_watch_streams: DEFAULT_MAX_WATCH_STREAMS,
+            http2_keepalive_interval: Some(DEFAULT_HTTP2_KEEPALIVE_INTERVAL),
+            http2_keepalive_timeout: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT,
+        }
+    }
+}
 
 /// Largest request the server decodes. The largest valid request (every
 /// string and 64 metadata entries at their 4 KiB bounds) is about 600 KiB.

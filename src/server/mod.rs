@@ -3,7 +3,7 @@
 
 mod discovery;
 mod health;
-mod limits;
+pub mod limits;
 mod status;
 mod watch;
 
@@ -18,12 +18,35 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 pub use discovery::{Defaults, DiscoveryService};
+pub use limits::Limits;
+pub use watch::{WatchSlot, WatchSlots};
 
 use crate::proto::v1::discovery_server::DiscoveryServer;
 use crate::store::Registry;
 
 /// How long in-flight calls may run after shutdown begins.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a server is set up with besides its registry.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// What a request that leaves a field out gets.
+    pub defaults: Defaults,
+    /// Bounds on streams and connections.
+    pub limits: Limits,
+    /// How long in-flight calls may run after shutdown begins.
+    pub drain: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            defaults: Defaults::default(),
+            limits: Limits::default(),
+            drain: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -40,14 +63,18 @@ pub enum ServeError {
 }
 
 /// Serves the registry on `listener` until `shutdown` completes, then stops
-/// accepting and lets in-flight calls finish for at most `drain`.
+/// accepting and lets in-flight calls finish for at most `settings.drain`.
 pub async fn serve(
     registry: Arc<dyn Registry>,
-    defaults: Defaults,
+    settings: Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    drain: Duration,
 ) -> Result<(), ServeError> {
+    let Settings {
+        defaults,
+        limits,
+        drain,
+    } = settings;
     let (reporter, health) = tonic_health::server::health_reporter();
     let monitor = tokio::spawn(health::monitor(registry.clone(), reporter));
 
@@ -55,10 +82,11 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let stopping = CancellationToken::new();
-    let discovery =
-        DiscoveryServer::new(DiscoveryService::new(registry, defaults, stopping.clone()))
-            .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
-            .max_encoding_message_size(limits::MAX_RESPONSE_BYTES);
+    let service = DiscoveryService::new(registry, defaults, stopping.clone())
+        .with_max_watch_streams(limits.max_watch_streams);
+    let discovery = DiscoveryServer::new(service)
+        .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
+        .max_encoding_message_size(limits::MAX_RESPONSE_BYTES);
 
     // Shutdown starts when `shutdown` completes; the drain clock starts then.
     let (started_tx, started_rx) = oneshot::channel::<()>();
@@ -70,6 +98,13 @@ pub async fn serve(
         let _ = started_tx.send(());
     };
     let server = tonic::transport::Server::builder()
+        // Unset, tonic advertises no limit: one connection could open
+        // streams until memory runs out.
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        // Pings find a client that vanished (or stopped reading) long
+        // before TCP keepalive would, and close its connection and streams.
+        .http2_keepalive_interval(limits.http2_keepalive_interval)
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
         .layer(tower::util::MapResponseLayer::new(
             limits::oversized_is_resource_exhausted,
         ))
@@ -135,18 +170,25 @@ impl RunningServer {
         defaults: Defaults,
         addr: SocketAddr,
     ) -> std::io::Result<Self> {
+        let settings = Settings {
+            defaults,
+            ..Settings::default()
+        };
+        Self::start_with(registry, settings, addr).await
+    }
+
+    /// Like [`RunningServer::start`], with every setting given.
+    pub async fn start_with(
+        registry: Arc<dyn Registry>,
+        settings: Settings,
+        addr: SocketAddr,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(
-            registry,
-            defaults,
-            listener,
-            async move {
-                let _ = stopped.await;
-            },
-            DEFAULT_DRAIN_TIMEOUT,
-        ));
+        let task = tokio::spawn(serve(registry, settings, listener, async move {
+            let _ = stopped.await;
+        }));
         Ok(Self {
             addr,
             stop: Some(stop),

@@ -6,6 +6,7 @@
 //! skipped. The same happens after every RESYNC.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
@@ -44,13 +45,97 @@ impl Filter {
     }
 }
 
+/// The default of `--max-watch-streams`: each open stream costs a task,
+/// a buffer of [`STREAM_BUFFER`] events and a fan-out receiver, so a bound
+/// keeps a client that opens streams without end from taking the memory.
+pub const DEFAULT_MAX_WATCH_STREAMS: usize = 10_000;
+
+/// Counts the open watch streams of one server against its limit.
+/// Clones share the count.
+#[derive(Debug, Clone)]
+pub struct WatchSlots {
+    inner: Arc<SlotCount>,
+}
+
+#[derive(Debug)]
+struct SlotCount {
+    open: AtomicUsize,
+    max: usize,
+    /// Set when a refusal has been logged; cleared once the count has
+    /// fallen back, so a server at its limit logs each crossing once and
+    /// not each refused watch.
+    warned: AtomicBool,
+}
+
+/// One open stream's place in [`WatchSlots`], given back when dropped.
+#[derive(Debug)]
+pub struct WatchSlot {
+    inner: Arc<SlotCount>,
+}
+
+impl WatchSlots {
+    /// Room for `max` open streams.
+    pub fn new(max: usize) -> Self {
+        Self {
+            inner: Arc::new(SlotCount {
+                open: AtomicUsize::new(0),
+                max,
+                warned: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Streams open now.
+    pub fn open(&self) -> usize {
+        self.inner.open.load(Ordering::Relaxed)
+    }
+
+    /// Takes a place for a new stream, or refuses it with
+    /// RESOURCE_EXHAUSTED when `max` are open.
+    pub fn acquire(&self) -> Result<WatchSlot, Status> {
+        let c = &self.inner;
+        let taken = c
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < c.max).then_some(n + 1)
+            });
+        if taken.is_ok() {
+            return Ok(WatchSlot { inner: c.clone() });
+        }
+        if !c.warned.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                max = c.max,
+                "watch streams at the limit (--max-watch-streams): refusing new ones with RESOURCE_EXHAUSTED"
+            );
+        }
+        Err(Status::resource_exhausted(format!(
+            "too many open watch streams: this server allows {} (--max-watch-streams); retry later or elsewhere",
+            c.max
+        )))
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let c = &self.inner;
+        let before = c.open.fetch_sub(1, Ordering::AcqRel);
+        // Re-arm the warning only once a tenth of the room is free again,
+        // so streams closing and opening at the edge do not log each time.
+        if before <= c.max - c.max / 10 {
+            c.warned.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// Starts a stream's task and returns the stream. The task ends when the
-/// client goes away, or with UNAVAILABLE when `shutdown` is cancelled.
+/// client goes away, or with UNAVAILABLE when `shutdown` is cancelled;
+/// `slot` is given back then.
 pub fn start(
     registry: Arc<dyn Registry>,
     filter: Filter,
     send_initial: bool,
     shutdown: CancellationToken,
+    slot: WatchSlot,
 ) -> WatchStream {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     // Subscribe before the task runs, so that the snapshot it takes cannot
@@ -62,6 +147,7 @@ pub fn start(
         tx,
         shutdown,
         sequence: 0,
+        _slot: slot,
     };
     tokio::spawn(watcher.run(events, send_initial));
     ReceiverStream::new(rx)
@@ -73,6 +159,8 @@ struct Watcher {
     tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
     shutdown: CancellationToken,
     sequence: u64,
+    /// Held for as long as the task runs, which is as long as the stream.
+    _slot: WatchSlot,
 }
 
 /// Why a stream's task stops.
@@ -220,5 +308,38 @@ fn change_event(event: &ChangeEvent, sequence: u64) -> pb::WatchEvent {
         sequence,
         revision: event.revision,
         time: Some(timestamp(event.time)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_refuse_past_the_limit_and_come_back_when_dropped() {
+        let slots = WatchSlots::new(2);
+        let a = slots.acquire().expect("first");
+        let _b = slots.acquire().expect("second");
+        let refused = slots.acquire().expect_err("third");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("--max-watch-streams"));
+        assert!(refused.message().contains('2'));
+        assert_eq!(slots.open(), 2);
+        drop(a);
+        assert_eq!(slots.open(), 1);
+        let _c = slots.acquire().expect("a freed place");
+    }
+
+    #[test]
+    fn the_warning_rearms_only_after_room_frees_up() {
+        let slots = WatchSlots::new(20);
+        let mut held: Vec<_> = (0..20).map(|_| slots.acquire().unwrap()).collect();
+        assert!(slots.acquire().is_err());
+        assert!(slots.inner.warned.load(Ordering::Acquire));
+        // One freed place, taken again at once: still the same crossing.
+        held.pop();
+        assert!(slots.inner.warned.load(Ordering::Acquire));
+        held.truncate(17);
+        assert!(!slots.inner.warned.load(Ordering::Acquire));
     }
 }
