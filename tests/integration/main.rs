@@ -16,6 +16,7 @@ mod conformance;
 mod heartbeat;
 mod host_facts;
 mod large;
+mod limits;
 mod redis_scripts;
 mod redis_store;
 mod refused_writes;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use discovered::proto::v1::discovery_client::DiscoveryClient;
-use discovered::server::{Defaults, RunningServer};
+use discovered::server::{Defaults, RunningServer, Settings};
 use discovered::store::{Hub, MemoryRegistry, RedisConfig, RedisRegistry, Registry};
 use tonic::transport::Channel;
 
@@ -371,8 +371,28 @@ impl TestServer {
         redis: Option<RedisServer>,
         defaults: Defaults,
     ) -> Self {
+        let settings = Settings {
+            defaults,
+            ..Settings::default()
+        };
+        Self::on_with((registry, hub), redis, settings).await
+    }
+
+    /// An in-memory server with every setting given (limits, say).
+    pub async fn memory_with(settings: Settings) -> Self {
+        let registry = MemoryRegistry::new();
+        let hub = registry.hub();
+        Self::on_with((Arc::new(registry), hub), None, settings).await
+    }
+
+    /// A server over an existing registry, with every setting given.
+    pub async fn on_with(
+        (registry, hub): (Arc<dyn Registry>, Hub),
+        redis: Option<RedisServer>,
+        settings: Settings,
+    ) -> Self {
         let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        let server = RunningServer::start(registry, defaults, addr)
+        let server = RunningServer::start_with(registry, settings, addr)
             .await
             .expect("start server");
         let channel = Channel::from_shared(server.url())
