@@ -1,6 +1,7 @@
 //! The gRPC server: the Discovery service, health, reflection, limits and
 //! graceful shutdown around one [`Registry`].
 
+pub mod codec;
 mod discovery;
 mod health;
 mod limits;

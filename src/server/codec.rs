@@ -1,0 +1,103 @@
+//! The codec the generated Discovery server decodes requests with.
+//!
+//! tonic's prost codec turns every protobuf decode error into INTERNAL,
+//! before any handler runs: a client sending random bytes, a wrong wire
+//! type or a string that is not UTF-8 then looks like a bug of ours, and
+//! nothing is logged. The gRPC status codes say a request the server cannot
+//! parse is the caller's error, so [`RequestCodec`] answers it with
+//! INVALID_ARGUMENT, naming the message and what is wrong, and logs it at
+//! debug. Encoding (our responses) is tonic's own.
+//!
+//! build.rs wires this in through tonic-prost-build's `codec_path`, for the
+//! server only: a client that cannot decode a response keeps INTERNAL.
+
+use std::marker::PhantomData;
+
+use prost::{Message, Name};
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic_prost::ProstEncoder;
+
+/// [`tonic_prost::ProstCodec`], except that a request body that does not
+/// decode as `U` is INVALID_ARGUMENT. `T` is the response, `U` the request.
+#[derive(Debug, Clone)]
+pub struct RequestCodec<T, U> {
+    _pd: PhantomData<(T, U)>,
+}
+
+impl<T, U> Default for RequestCodec<T, U> {
+    fn default() -> Self {
+        Self { _pd: PhantomData }
+    }
+}
+
+impl<T, U> Codec for RequestCodec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Name + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = RequestDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RequestDecoder { _pd: PhantomData }
+    }
+}
+
+/// Decodes one request message `U`; see [`RequestCodec`].
+#[derive(Debug, Clone)]
+pub struct RequestDecoder<U> {
+    _pd: PhantomData<U>,
+}
+
+impl<U: Message + Name + Default> Decoder for RequestDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        U::decode(buf)
+            .map(Some)
+            .map_err(|e| invalid_request(&U::full_name(), &e))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}
+
+/// INVALID_ARGUMENT for a body that is not a valid `message` (its full
+/// protobuf name), logged at debug: a client's mistake is no server error,
+/// but whoever debugs the client may want to see it from this side.
+fn invalid_request(message: &str, error: &prost::DecodeError) -> Status {
+    // prost's text starts "failed to decode Protobuf message: ", which the
+    // status says better; what follows is the field path and the problem.
+    let text = error.to_string();
+    let problem = text
+        .strip_prefix("failed to decode Protobuf message: ")
+        .unwrap_or(&text);
+    tracing::debug!(message, problem, "request body does not decode");
+    Status::invalid_argument(format!("request body is not a valid {message}: {problem}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_message_and_the_problem() {
+        let error = prost::DecodeError::new("invalid string value: data is not UTF-8 encoded");
+        let status = invalid_request("discovered.v1.RegisterNodeRequest", &error);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "request body is not a valid discovered.v1.RegisterNodeRequest: \
+             invalid string value: data is not UTF-8 encoded"
+        );
+    }
+}
