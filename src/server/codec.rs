@@ -90,14 +90,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_the_message_and_the_problem() {
-        let error = prost::DecodeError::new("invalid string value: data is not UTF-8 encoded");
-        let status = invalid_request("discovered.v1.RegisterNodeRequest", &error);
+    fn names_the_message_the_field_and_the_problem() {
+        // Field 1 (service_group) holding "\xC3(", which is not UTF-8.
+        let body: &[u8] = &[0x0a, 2, 0xC3, b'('];
+        let error = crate::proto::v1::GetNodesRequest::decode(body).unwrap_err();
+        let status = invalid_request("discovered.v1.GetNodesRequest", &error);
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert_eq!(
             status.message(),
-            "request body is not a valid discovered.v1.RegisterNodeRequest: \
-             invalid string value: data is not UTF-8 encoded"
+            "request body is not a valid discovered.v1.GetNodesRequest: \
+             GetNodesRequest.service_group: invalid string value: data is not UTF-8 encoded"
         );
     }
 }

@@ -13,6 +13,7 @@ mod binary;
 mod cli;
 mod client;
 mod conformance;
+mod decoding;
 mod heartbeat;
 mod host_facts;
 mod large;
