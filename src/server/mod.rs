@@ -2,6 +2,7 @@
 //! graceful shutdown around one [`Registry`].
 
 pub mod codec;
+mod content_type;
 mod discovery;
 mod health;
 mod limits;
@@ -71,6 +72,7 @@ pub async fn serve(
         let _ = started_tx.send(());
     };
     let server = tonic::transport::Server::builder()
+        .layer(content_type::GrpcOnlyLayer)
         .layer(tower::util::MapResponseLayer::new(
             limits::oversized_is_resource_exhausted,
         ))

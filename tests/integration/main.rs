@@ -14,6 +14,7 @@ mod cli;
 mod client;
 mod conformance;
 mod decoding;
+mod decoding_framing;
 mod heartbeat;
 mod host_facts;
 mod large;
