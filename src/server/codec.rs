@@ -5,18 +5,27 @@
 //! type or a string that is not UTF-8 then looks like a bug of ours, and
 //! nothing is logged. The gRPC status codes say a request the server cannot
 //! parse is the caller's error, so [`RequestCodec`] answers it with
-//! INVALID_ARGUMENT, naming the message and what is wrong, and logs it at
-//! debug. Encoding (our responses) is tonic's own.
+//! INVALID_ARGUMENT, naming the message and what is wrong. Encoding (our
+//! responses) is tonic's own. [`LogRefusedLayer`] logs each refusal at
+//! debug with the peer's address, which the codec does not see.
 //!
 //! build.rs wires this in through tonic-prost-build's `codec_path`, for the
 //! server only: a client that cannot decode a response keeps INTERNAL.
 
 use std::marker::PhantomData;
+use std::task::{Context, Poll};
 
+use futures::future::BoxFuture;
+use http::{Request, Response};
 use prost::{Message, Name};
-use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+use tonic::transport::server::TcpConnectInfo;
+use tonic::{Code, Status};
 use tonic_prost::ProstEncoder;
+use tower::{Layer, Service};
+
+/// How the message of every refusal by [`RequestCodec`] begins.
+const REFUSED: &str = "request body is not a valid ";
 
 /// [`tonic_prost::ProstCodec`], except that a request body that does not
 /// decode as `U` is INVALID_ARGUMENT. `T` is the response, `U` the request.
@@ -72,8 +81,7 @@ impl<U: Message + Name + Default> Decoder for RequestDecoder<U> {
 }
 
 /// INVALID_ARGUMENT for a body that is not a valid `message` (its full
-/// protobuf name), logged at debug: a client's mistake is no server error,
-/// but whoever debugs the client may want to see it from this side.
+/// protobuf name).
 fn invalid_request(message: &str, error: &prost::DecodeError) -> Status {
     // prost's text starts "failed to decode Protobuf message: ", which the
     // status says better; what follows is the field path and the problem.
@@ -81,8 +89,61 @@ fn invalid_request(message: &str, error: &prost::DecodeError) -> Status {
     let problem = text
         .strip_prefix("failed to decode Protobuf message: ")
         .unwrap_or(&text);
-    tracing::debug!(message, problem, "request body does not decode");
-    Status::invalid_argument(format!("request body is not a valid {message}: {problem}"))
+    Status::invalid_argument(format!("{REFUSED}{message}: {problem}"))
+}
+
+/// Wraps a service in [`LogRefused`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogRefusedLayer;
+
+impl<S> Layer<S> for LogRefusedLayer {
+    type Service = LogRefused<S>;
+
+    fn layer(&self, inner: S) -> LogRefused<S> {
+        LogRefused { inner }
+    }
+}
+
+/// Logs at debug each request [`RequestCodec`] refused, with the peer's
+/// address: a client's mistake is no server error, but whoever debugs the
+/// client may want to see it from this side. The refusal is read back from
+/// the answer's headers (a request that fails to decode gets a
+/// trailers-only answer), where the request's connection is still known.
+#[derive(Debug, Clone)]
+pub struct LogRefused<S> {
+    inner: S,
+}
+
+impl<S, B, R> Service<Request<B>> for LogRefused<S>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<R>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let peer = request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr);
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            if let Some(status) = Status::from_header_map(response.headers())
+                && status.code() == Code::InvalidArgument
+                && status.message().starts_with(REFUSED)
+            {
+                tracing::debug!(peer = ?peer, error = status.message(), "request refused");
+            }
+            Ok(response)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The gRPC server: the Discovery service, health, reflection, limits and
 //! graceful shutdown around one [`Registry`].
 
-pub mod codec;
+pub(crate) mod codec;
 mod content_type;
 mod discovery;
 mod health;
@@ -73,6 +73,7 @@ pub async fn serve(
     };
     let server = tonic::transport::Server::builder()
         .layer(content_type::GrpcOnlyLayer)
+        .layer(codec::LogRefusedLayer)
         .layer(tower::util::MapResponseLayer::new(
             limits::oversized_is_resource_exhausted,
         ))
