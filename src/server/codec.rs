@@ -28,7 +28,12 @@ use tower::{Layer, Service};
 const REFUSED: &str = "request body is not a valid ";
 
 /// [`tonic_prost::ProstCodec`], except that a request body that does not
-/// decode as `U` is INVALID_ARGUMENT. `T` is the response, `U` the request.
+/// decode as `U` is INVALID_ARGUMENT, and a second request message on the
+/// call is INTERNAL. `T` is the response, `U` the request.
+///
+/// For RPCs that take one request message only (unary and server
+/// streaming), which is all of `discovered.v1.Discovery`: a client-streaming
+/// RPC would need a decoder without the one-message check.
 #[derive(Debug, Clone)]
 pub struct RequestCodec<T, U> {
     _pd: PhantomData<(T, U)>,
@@ -55,13 +60,21 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        RequestDecoder { _pd: PhantomData }
+        RequestDecoder {
+            decoded: false,
+            _pd: PhantomData,
+        }
     }
 }
 
-/// Decodes one request message `U`; see [`RequestCodec`].
+/// Decodes the one request message `U` of a call; see [`RequestCodec`].
 #[derive(Debug, Clone)]
 pub struct RequestDecoder<U> {
+    /// Whether the call's message has been decoded. tonic makes a decoder
+    /// per call and, for a call that takes one message, decodes whatever
+    /// follows it before the handler runs (to reach the trailers), then
+    /// drops it: without this, a second message would pass unnoticed.
+    decoded: bool,
     _pd: PhantomData<U>,
 }
 
@@ -70,6 +83,12 @@ impl<U: Message + Name + Default> Decoder for RequestDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        if std::mem::replace(&mut self.decoded, true) {
+            // INTERNAL, as grpc-java answers this cardinality violation.
+            return Err(Status::internal(
+                "protocol error: more than one request message on a call that takes one",
+            ));
+        }
         U::decode(buf)
             .map(Some)
             .map_err(|e| invalid_request(&U::full_name(), &e))

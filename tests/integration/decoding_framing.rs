@@ -97,6 +97,13 @@ async fn decoding_bad_frames_and_non_grpc_requests() {
     let empty = post(&t, &GRPC, Vec::new()).await;
     assert_code(&empty, Code::Internal, "no frame");
 
+    // Every Discovery RPC takes one message: a second is a protocol
+    // error (the codec's INTERNAL, as grpc-java), not silently dropped.
+    let mut two = frame(0, msg.len(), &msg);
+    two.extend(frame(0, msg.len(), &msg));
+    let twice = post(&t, &GRPC, two).await;
+    assert_code(&twice, Code::Internal, "two messages on a unary call");
+
     // Not gRPC at all: HTTP 415, as the gRPC over HTTP/2 spec says.
     let json = [("content-type", "application/json")];
     for headers in [&json[..], &[]] {
