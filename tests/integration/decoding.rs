@@ -116,11 +116,14 @@ fn leak(s: String) -> &'static str {
 
 /// Every RPC of `discovered.v1.Discovery`.
 fn rpcs() -> Vec<Rpc> {
+    let mut all = writes();
+    all.extend(reads());
+    all
+}
+
+/// The RPCs that change the registry.
+fn writes() -> Vec<Rpc> {
     let (g, s, n) = (GROUP.to_string(), SERVICE.to_string(), NODE.to_string());
-    let list_groups = ListServiceGroupsRequest {
-        page_size: 10,
-        page_token: String::new(),
-    };
     vec![
         rpc("RegisterService", full_service(GROUP, SERVICE)),
         rpc("RegisterNode", full_node(GROUP, SERVICE, NODE, 1)),
@@ -133,6 +136,41 @@ fn rpcs() -> Vec<Rpc> {
                 ..Default::default()
             },
         ),
+        rpc(
+            "RemoveNode",
+            RemoveNodeRequest {
+                service_group: g.clone(),
+                service_name: s.clone(),
+                node_name: n,
+                ..Default::default()
+            },
+        ),
+        rpc(
+            "RemoveService",
+            RemoveServiceRequest {
+                service_group: g.clone(),
+                service_name: s,
+                allow_missing: false,
+            },
+        ),
+        rpc(
+            "RemoveServiceGroup",
+            RemoveServiceGroupRequest {
+                service_group: g,
+                allow_missing: false,
+            },
+        ),
+    ]
+}
+
+/// The RPCs that read the registry.
+fn reads() -> Vec<Rpc> {
+    let (g, s) = (GROUP.to_string(), SERVICE.to_string());
+    let list_groups = ListServiceGroupsRequest {
+        page_size: 10,
+        page_token: String::new(),
+    };
+    vec![
         rpc(
             "GetService",
             GetServiceRequest {
@@ -161,30 +199,6 @@ fn rpcs() -> Vec<Rpc> {
             string_field: 2,
             ..rpc("ListServiceGroups", list_groups)
         },
-        rpc(
-            "RemoveNode",
-            RemoveNodeRequest {
-                service_group: g.clone(),
-                service_name: s.clone(),
-                node_name: n,
-                ..Default::default()
-            },
-        ),
-        rpc(
-            "RemoveService",
-            RemoveServiceRequest {
-                service_group: g.clone(),
-                service_name: s.clone(),
-                allow_missing: false,
-            },
-        ),
-        rpc(
-            "RemoveServiceGroup",
-            RemoveServiceGroupRequest {
-                service_group: g.clone(),
-                allow_missing: false,
-            },
-        ),
         Rpc {
             streaming: true,
             ..rpc(
