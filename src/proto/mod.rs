@@ -11,6 +11,11 @@ pub use convert::{InvalidTimestamp, timestamp};
 pub mod v1 {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("discovered.v1");
+
+    // The server, generated apart (see build.rs) so that it decodes
+    // requests with `crate::server::codec::RequestCodec`.
+    #[cfg(feature = "server")]
+    include!(concat!(env!("OUT_DIR"), "/server/discovered.v1.rs"));
 }
 
 /// The encoded file descriptor set of our protos, for reflection.

@@ -1,6 +1,8 @@
 //! The gRPC server: the Discovery service, health, reflection, limits and
 //! graceful shutdown around one [`Registry`].
 
+pub(crate) mod codec;
+mod content_type;
 mod discovery;
 mod health;
 pub mod limits;
@@ -105,6 +107,8 @@ pub async fn serve(
         // before TCP keepalive would, and close its connection and streams.
         .http2_keepalive_interval(limits.http2_keepalive_interval)
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .layer(content_type::GrpcOnlyLayer)
+        .layer(codec::LogRefusedLayer)
         .layer(tower::util::MapResponseLayer::new(
             limits::oversized_is_resource_exhausted,
         ))

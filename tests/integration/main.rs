@@ -13,6 +13,8 @@ mod binary;
 mod cli;
 mod client;
 mod conformance;
+mod decoding;
+mod decoding_framing;
 mod heartbeat;
 mod host_facts;
 mod large;
