@@ -45,5 +45,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_protos(&protos, &includes)?;
 
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=build.rs");
     Ok(())
 }
