@@ -1,5 +1,8 @@
 //! Keeps `grpc.health.v1.Health` in step with the backend: SERVING while
-//! the registry answers, NOT_SERVING within a second of it failing.
+//! the registry answers, NOT_SERVING within about a second of it failing.
+//! One slow answer is no outage: a load balancer acting on health would
+//! pull a healthy server that is busy (a RESYNC of every watcher, say), so
+//! it takes [`FAILURES_TO_DOWN`] failed probes in a row.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,13 +17,19 @@ use super::discovery::DiscoveryService;
 
 /// How often the backend is pinged.
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
-/// How long one ping may take before the backend counts as down.
+/// How long one ping may take before it counts as failed.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Failed probes in a row that make the backend down. A Redis that is
+/// gone refuses at once, so three take about 0.5 s (two intervals); one
+/// that stops answering takes three timeouts and two intervals. One
+/// success makes it up again.
+const FAILURES_TO_DOWN: u32 = 3;
 
 /// Probes `registry` forever and reports its state for the overall server
 /// (`""`) and for `discovered.v1.Discovery`. Logs each change once.
 pub async fn monitor(registry: Arc<dyn Registry>, reporter: HealthReporter) {
     let mut last: Option<bool> = None;
+    let mut failures = 0;
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -29,8 +38,14 @@ pub async fn monitor(registry: Arc<dyn Registry>, reporter: HealthReporter) {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err("no answer within 500 ms".to_string()),
         };
-        let up = result.is_ok();
+        failures = if result.is_ok() { 0 } else { failures + 1 };
+        // Down only after FAILURES_TO_DOWN in a row (or at the first probe,
+        // when nothing has been reported yet).
+        let up = failures == 0 || (failures < FAILURES_TO_DOWN && last.is_some());
         if last == Some(up) {
+            if let Err(e) = &result {
+                tracing::debug!(error = %e, failures, "registry store probe failed");
+            }
             continue;
         }
         report(&reporter, up).await;

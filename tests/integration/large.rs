@@ -27,9 +27,15 @@ async fn connections_received(redis: &RedisServer) -> u64 {
 async fn a_large_service_is_read_watched_and_removed_without_errors_or_new_connections() {
     let mut t = TestServer::start(Backend::Redis).await;
     seed_nodes(t.redis(), "g", "big", NODES).await;
-    // Warm the pool: both of its connections exist from here on.
+    // Warm the pools: the request connections, and the large-read ones
+    // that snapshots and group removals use, exist from here on.
     for _ in 0..4 {
         assert!(get_nodes(&mut t.client, "g", "small").await.is_empty());
+        let mut w = Watch::open(&mut t.client, "g", "small", None).await;
+        assert!(w.initial("g", "small").await.is_empty());
+        try_remove_group(&mut t.client, "none", true)
+            .await
+            .expect("RemoveServiceGroup of a missing group");
     }
     let before = connections_received(t.redis()).await;
 

@@ -185,7 +185,14 @@ impl Drop for RedisServer {
 pub async fn seed_nodes(redis: &RedisServer, group: &str, service: &str, count: usize) {
     let keys = Keys::new("discovered");
     let key = ServiceKey::new(group, service);
-    let mut conn = redis.connection().await;
+    // No reply bound: tens of thousands of nodes take longer than
+    // redis-rs's default of 500 ms on a busy machine.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut conn = redis::Client::open(redis.url())
+        .expect("redis url")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect to test redis");
     let fill = r#"
         local now = ARGV[1]
         for i = 1, tonumber(ARGV[2]) do
