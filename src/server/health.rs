@@ -21,8 +21,8 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Failed probes in a row that make the backend down. A Redis that is
 /// gone refuses at once, so three take about 0.5 s (two intervals); one
-/// that stops answering takes three timeouts and two intervals. One
-/// success makes it up again.
+/// that stops answering takes three timeouts, 1.5 s (a late tick fires at
+/// once). One success makes it up again.
 const FAILURES_TO_DOWN: u32 = 3;
 
 /// Probes `registry` forever and reports its state for the overall server
@@ -39,9 +39,7 @@ pub async fn monitor(registry: Arc<dyn Registry>, reporter: HealthReporter) {
             Err(_) => Err("no answer within 500 ms".to_string()),
         };
         failures = if result.is_ok() { 0 } else { failures + 1 };
-        // Down only after FAILURES_TO_DOWN in a row (or at the first probe,
-        // when nothing has been reported yet).
-        let up = failures == 0 || (failures < FAILURES_TO_DOWN && last.is_some());
+        let up = is_up(failures, last.is_some());
         if last == Some(up) {
             if let Err(e) = &result {
                 tracing::debug!(error = %e, failures, "registry store probe failed");
@@ -60,6 +58,14 @@ pub async fn monitor(registry: Arc<dyn Registry>, reporter: HealthReporter) {
     }
 }
 
+/// Whether the backend counts as up after `failures` failed probes in a
+/// row: down only after [`FAILURES_TO_DOWN`] of them, or at once when
+/// nothing has been `reported` yet (a server that starts with Redis away
+/// says so at its first probe).
+fn is_up(failures: u32, reported: bool) -> bool {
+    failures == 0 || (reported && failures < FAILURES_TO_DOWN)
+}
+
 /// Sets the status of the overall server (`""`) and of the Discovery
 /// service.
 async fn report(reporter: &HealthReporter, up: bool) {
@@ -74,5 +80,22 @@ async fn report(reporter: &HealthReporter, up: bool) {
             .set_service_status("", ServingStatus::NotServing)
             .await;
         reporter.set_not_serving::<Discovery>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_failed_probe_is_no_outage_but_three_in_a_row_are() {
+        assert!(is_up(0, true));
+        assert!(is_up(1, true));
+        assert!(is_up(2, true));
+        assert!(!is_up(3, true));
+        assert!(!is_up(4, true));
+        // The first probe reports what it finds.
+        assert!(!is_up(1, false));
+        assert!(is_up(0, false));
     }
 }
