@@ -3,44 +3,11 @@
 //! build, and must neither fail nor cost a connection (a timed-out reply
 //! retires its connection).
 
-use discovered::model::ServiceKey;
 use discovered::proto::v1::*;
-use discovered::store::redis::Keys;
 
 use crate::common::*;
 
 const NODES: usize = 50_000;
-
-/// Writes `NODES` nodes of `g/big` straight into Redis (the scripts' own
-/// record layout, see `lua/record.lua`), with the listings that make the
-/// service and its group known: registering them one call at a time would
-/// take most of the test's time.
-async fn seed(redis: &RedisServer) {
-    let keys = Keys::new("discovered");
-    let service = ServiceKey::new("g", "big");
-    let mut conn = redis.connection().await;
-    let fill = r#"
-        local now = ARGV[1]
-        for i = 1, tonumber(ARGV[2]) do
-          redis.call('HSET', KEYS[1], 'n' .. i, '{"registered_at":' .. now .. ',"updated_at":' .. now
-            .. ',"expires_at":null,"record":{"instance_id":"i' .. i .. '","ip":["10.1.0.1"],"port":8080,'
-            .. '"fqdn":"host-' .. i .. '.example.org","os":"Debian GNU/Linux 12","metadata":{"zone":"a"}}}')
-        end
-        redis.call('ZADD', KEYS[2], 0, 'g')
-        redis.call('ZADD', KEYS[3], 0, 'big')
-        redis.call('SET', KEYS[4], now * 1000)
-    "#;
-    let _: () = redis::Script::new(fill)
-        .key(keys.nodes(&service))
-        .key(keys.groups())
-        .key(keys.group_services("g"))
-        .key(keys.revision())
-        .arg(now_ms())
-        .arg(NODES)
-        .invoke_async(&mut conn)
-        .await
-        .expect("seeding 50,000 nodes");
-}
 
 /// Connections Redis has accepted since it started.
 async fn connections_received(redis: &RedisServer) -> u64 {
@@ -59,10 +26,16 @@ async fn connections_received(redis: &RedisServer) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_service_is_read_watched_and_removed_without_errors_or_new_connections() {
     let mut t = TestServer::start(Backend::Redis).await;
-    seed(t.redis()).await;
-    // Warm the pool: both of its connections exist from here on.
+    seed_nodes(t.redis(), "g", "big", NODES).await;
+    // Warm the pools: the request connections, and the large-read ones
+    // that snapshots and group removals use, exist from here on.
     for _ in 0..4 {
         assert!(get_nodes(&mut t.client, "g", "small").await.is_empty());
+        let mut w = Watch::open(&mut t.client, "g", "small", None).await;
+        assert!(w.initial("g", "small").await.is_empty());
+        try_remove_group(&mut t.client, "none", true)
+            .await
+            .expect("RemoveServiceGroup of a missing group");
     }
     let before = connections_received(t.redis()).await;
 

@@ -24,5 +24,6 @@ mod redis_store;
 mod refused_writes;
 mod sentinel;
 mod side_services;
+mod storm;
 mod watch;
 mod watch_faults;

@@ -7,7 +7,7 @@
 //! | `keys.rs` | the key layout ([`Keys`]) |
 //! | `record.rs` | how records are stored: the envelope, and what the scripts rely on |
 //! | `scripts/` | one type per Lua script (`lua/`): its KEYS, ARGV and reply |
-//! | `pool.rs` | the request connections ([`RedisPool`]) |
+//! | `pool.rs` | a pool of connections ([`RedisPool`]): one for requests, one for large reads, one for the health probe (see `registry.rs`) |
 //! | `sweeper.rs` | removes the nodes whose deadline has passed |
 //! | `subscriber.rs` | the one subscription that feeds every watcher |
 //! | `changes.rs` | reads the change messages the scripts publish |
@@ -26,6 +26,11 @@
 //! | RemoveService | `remove_service` + `listing_remove` scripts (MULTI), then ZREM deadlines | 1-2 |
 //! | RemoveServiceGroup | ZRANGE, then the RemoveService work per service | 2-3 |
 //! | WatchService start | `snapshot` script (plus a ZRANGE for a whole group) | 1-2 |
+//!
+//! Snapshots and RemoveServiceGroup (large replies) run on connections of
+//! their own, a few at a time, and the health probe's PING on one of its
+//! own: a RESYNC of hundreds of watchers must not queue small calls or the
+//! probe behind hundreds of large replies (issue 11).
 //!
 //! Every script that changes what watchers see also takes the next
 //! revision and publishes the change (see `lua/prelude.lua`); one

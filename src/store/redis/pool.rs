@@ -33,9 +33,9 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
 /// redis-rs's (whose default of 500 ms would end a large but healthy
 /// reply and retire its connection): connections are made without one.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most connections in the pool. Each is multiplexed and shared by every
-/// caller that draws it, so two suffice; the second keeps one slow reply
-/// from holding up everything.
+/// Most connections in a request pool ([`RedisPool::new`]). Each is
+/// multiplexed and shared by every caller that draws it, so two suffice;
+/// the second keeps one slow reply from holding up everything.
 const POOL_SIZE: u32 = 2;
 
 /// A pooled connection, whether it has failed, and the generation of the
@@ -108,11 +108,19 @@ impl RedisPool {
     /// [`RedisPool::check`] to fail fast at start. `scripts` are reloaded
     /// when Redis says it lacks them.
     pub fn new(master: Arc<Master>, scripts: &'static [&'static Script]) -> Self {
+        Self::with_size(master, scripts, POOL_SIZE)
+    }
+
+    /// [`RedisPool::new`] with at most `size` connections: for traffic
+    /// kept apart from the request pool (large reads, the health probe),
+    /// so that it neither waits behind requests nor holds them up. Its
+    /// connections follow the master's generation all the same.
+    pub fn with_size(master: Arc<Master>, scripts: &'static [&'static Script], size: u32) -> Self {
         let manager = Manager {
             master: master.clone(),
         };
         let pool = Pool::builder()
-            .max_size(POOL_SIZE)
+            .max_size(size)
             .connection_timeout(CONNECTION_TIMEOUT)
             // A PING before every use would double the round trips; failed
             // connections are retired through `has_broken` instead.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::broadcast;
+use tokio::sync::{Semaphore, SemaphorePermit, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::config::RedisConfig;
@@ -33,6 +33,16 @@ use crate::store::{
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long [`RedisRegistry::check`] waits to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections for large reads (snapshots, group removals), apart from
+/// the request pool.
+const LARGE_READ_CONNECTIONS: u32 = 2;
+/// Large reads in flight at once. Redis runs the commands it has read
+/// from one connection back to back, so hundreds of snapshots sent at once
+/// (a RESYNC of every watcher) would hold every other client, the request
+/// and probe connections too, until all were done. A few at a time keep
+/// both large-read connections busy and let Redis serve the others in
+/// between; the rest wait here, in the process, where no reply bound runs.
+const LARGE_READS_IN_FLIGHT: usize = 4;
 
 /// Why [`RedisRegistry::check`] found Redis unusable; each says where
 /// (`host:port`), for a one-line message at start.
@@ -100,7 +110,16 @@ pub struct RedisRegistry {
 
 struct Inner {
     master: Arc<Master>,
+    /// The connections of every call but those below.
     pool: RedisPool,
+    /// The connections of large reads, so that small calls never queue
+    /// behind them (issue 11).
+    large: RedisPool,
+    /// Bounds the large reads in flight ([`LARGE_READS_IN_FLIGHT`]).
+    large_slots: Semaphore,
+    /// The health probe's connection: a PING queued behind other traffic
+    /// would report a slow answer as an outage.
+    probe: RedisPool,
     keys: Keys,
     db: i64,
     config_set: bool,
@@ -182,6 +201,8 @@ impl RedisRegistry {
         let master = Arc::new(Master::new(config.target));
         let db = master.db();
         let pool = RedisPool::new(master.clone(), scripts::all());
+        let large = RedisPool::with_size(master.clone(), scripts::all(), LARGE_READ_CONNECTIONS);
+        let probe = RedisPool::with_size(master.clone(), scripts::all(), 1);
         let keys = Keys::new(&config.key_prefix);
         let hub = Hub::new();
         let stop = CancellationToken::new();
@@ -208,6 +229,9 @@ impl RedisRegistry {
             inner: Arc::new(Inner {
                 master,
                 pool,
+                large,
+                large_slots: Semaphore::new(LARGE_READS_IN_FLIGHT),
+                probe,
                 keys,
                 db,
                 config_set: config.config_set,
@@ -299,10 +323,25 @@ impl RedisRegistry {
 
     /// Runs one script call on its own.
     async fn call<S: ScriptCall>(&self, call: S) -> StoreResult<S::Reply> {
+        self.call_on(self.pool(), call).await
+    }
+
+    /// Runs one script call on its own, on `pool`.
+    async fn call_on<S: ScriptCall>(&self, pool: &RedisPool, call: S) -> StoreResult<S::Reply> {
         let mut pipe = redis::pipe();
         call.add_to(&mut pipe, self.keys());
-        let (reply,): (S::Reply,) = self.pool().query(&pipe).await?;
+        let (reply,): (S::Reply,) = pool.query(&pipe).await?;
         Ok(reply)
+    }
+
+    /// Waits for a turn to run a large read on the large-read connections
+    /// (see [`LARGE_READS_IN_FLIGHT`]); the turn ends when the permit goes.
+    async fn large_read_slot(&self) -> StoreResult<SemaphorePermit<'_>> {
+        self.inner
+            .large_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Internal("the large-read semaphore closed".into()))
     }
 
     async fn list(&self, key: String, page: PageRequest) -> StoreResult<Page> {
@@ -316,11 +355,12 @@ impl RedisRegistry {
         Ok(Page::from_lookahead(names, page.size))
     }
 
-    /// The service names of a group.
+    /// The service names of a group, read on the large-read connections
+    /// (the caller holds a slot).
     async fn group_services(&self, group: &str) -> StoreResult<Vec<String>> {
         let mut pipe = redis::pipe();
         pipe.zrange(self.keys().group_services(group), 0, -1);
-        let (names,): (Vec<String>,) = self.pool().query(&pipe).await?;
+        let (names,): (Vec<String>,) = self.inner.large.query(&pipe).await?;
         Ok(names)
     }
 }
@@ -468,10 +508,13 @@ impl Registry for RedisRegistry {
     }
 
     async fn remove_group(&self, group: &str) -> StoreResult<Option<u32>> {
+        // The listing and the removal's reply (every node of the group) can
+        // be large: they go on the large-read connections.
+        let slot = self.large_read_slot().await?;
         let mut pipe = redis::pipe();
         pipe.zrange(self.keys().group_services(group), 0, -1)
             .zscore(self.keys().groups(), group);
-        let (services, listed): (Vec<String>, Option<f64>) = self.pool().query(&pipe).await?;
+        let (services, listed): (Vec<String>, Option<f64>) = self.inner.large.query(&pipe).await?;
         if services.is_empty() {
             if listed.is_some() {
                 // A group listed without services (left by a crash): unlist it.
@@ -489,7 +532,8 @@ impl Registry for RedisRegistry {
         for key in &keys {
             self.add_service_removal(&mut pipe, key);
         }
-        let replies: Vec<(RemovedService, bool)> = self.pool().query(&pipe).await?;
+        let replies: Vec<(RemovedService, bool)> = self.inner.large.query(&pipe).await?;
+        drop(slot);
         if replies.len() != keys.len() {
             return Err(StoreError::Internal("short remove_group reply".into()));
         }
@@ -507,6 +551,8 @@ impl Registry for RedisRegistry {
     }
 
     async fn snapshot(&self, group: &str, service: Option<&str>) -> StoreResult<Snapshot> {
+        // One turn for the whole snapshot, listing and retries included.
+        let _slot = self.large_read_slot().await?;
         let mut services = match service {
             Some(s) => vec![s.to_string()],
             None => self.group_services(group).await?,
@@ -518,7 +564,7 @@ impl Registry for RedisRegistry {
                 group,
                 services: &services,
             };
-            let reply = self.call(read).await?;
+            let reply = self.call_on(&self.inner.large, read).await?;
             if service.is_none() && reply.listing != services {
                 services = reply.listing;
                 continue;
@@ -542,7 +588,7 @@ impl Registry for RedisRegistry {
     async fn ping(&self) -> StoreResult<()> {
         let mut pipe = redis::pipe();
         pipe.cmd("PING");
-        self.pool().query::<(String,)>(&pipe).await.map(|_| ())
+        self.inner.probe.query::<(String,)>(&pipe).await.map(|_| ())
     }
 
     fn describe(&self) -> String {

@@ -18,8 +18,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use discovered::model::ServiceKey;
 use discovered::proto::v1::discovery_client::DiscoveryClient;
 use discovered::server::{Defaults, RunningServer, Settings};
+use discovered::store::redis::Keys;
 use discovered::store::{Hub, MemoryRegistry, RedisConfig, RedisRegistry, Registry};
 use tonic::transport::Channel;
 
@@ -174,6 +176,46 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Writes `count` nodes (`n1`, `n2`...) of `group`/`service` straight into
+/// `redis` (the scripts' own record layout, see `lua/record.lua`), with the
+/// listings that make the service and its group known, in one script:
+/// registering them one call at a time would take most of a test's time.
+pub async fn seed_nodes(redis: &RedisServer, group: &str, service: &str, count: usize) {
+    let keys = Keys::new("discovered");
+    let key = ServiceKey::new(group, service);
+    // No reply bound: tens of thousands of nodes take longer than
+    // redis-rs's default of 500 ms on a busy machine.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut conn = redis::Client::open(redis.url())
+        .expect("redis url")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect to test redis");
+    let fill = r#"
+        local now = ARGV[1]
+        for i = 1, tonumber(ARGV[2]) do
+          redis.call('HSET', KEYS[1], 'n' .. i, '{"registered_at":' .. now .. ',"updated_at":' .. now
+            .. ',"expires_at":null,"record":{"instance_id":"i' .. i .. '","ip":["10.1.0.1"],"port":8080,'
+            .. '"fqdn":"host-' .. i .. '.example.org","os":"Debian GNU/Linux 12","metadata":{"zone":"a"}}}')
+        end
+        redis.call('ZADD', KEYS[2], 0, ARGV[3])
+        redis.call('ZADD', KEYS[3], 0, ARGV[4])
+        redis.call('SET', KEYS[4], now * 1000)
+    "#;
+    let _: () = redis::Script::new(fill)
+        .key(keys.nodes(&key))
+        .key(keys.groups())
+        .key(keys.group_services(group))
+        .key(keys.revision())
+        .arg(now_ms())
+        .arg(count)
+        .arg(group)
+        .arg(service)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("seeding {count} nodes of {group}/{service}: {e}"));
 }
 
 /// A registry of its own on `redis`, checked to answer: another server
