@@ -8,6 +8,7 @@
 mod agent;
 mod commands;
 mod logging;
+mod nofile;
 mod output;
 mod runtime;
 mod serve;

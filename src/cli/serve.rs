@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::logging::{self, LogFormat};
+use super::nofile;
 use super::runtime::{self, Threads};
 
 use crate::model::{InvalidField, validate_name, validate_ttl};
@@ -235,6 +236,8 @@ impl ServeArgs {
 /// Runs the server until SIGINT or SIGTERM; returns the exit code.
 pub fn run(args: ServeArgs) -> ExitCode {
     logging::init(args.log_format);
+    // Before the runtime opens its descriptors, and once logs can say so.
+    nofile::raise();
     runtime::block_on(Threads::PerCore, async {
         runtime::finish(serve(args).await)
     })

@@ -1,6 +1,7 @@
 //! The gRPC server: the Discovery service, health, reflection, limits and
 //! graceful shutdown around one [`Registry`].
 
+mod accept;
 pub(crate) mod codec;
 mod content_type;
 mod discovery;
@@ -153,10 +154,14 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 /// Accepted connections with TCP_NODELAY: without it, Nagle's algorithm
 /// and delayed ACKs hold small responses back for tens of milliseconds.
 /// TCP keepalive finds clients that vanished without closing.
-fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)))
+/// [`accept::Accepting`] keeps accept errors (the open-file limit) from
+/// spinning the accept loop.
+fn incoming(listener: TcpListener) -> accept::Accepting {
+    accept::Accepting::new(
+        TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60))),
+    )
 }
 
 /// A server running in this process, for tests and embedding.

@@ -19,6 +19,7 @@ mod heartbeat;
 mod host_facts;
 mod large;
 mod limits;
+mod nofile;
 mod redis_scripts;
 mod redis_store;
 mod refused_writes;
