@@ -414,12 +414,7 @@ impl Watcher {
     /// Opens a watch of `service` (`""`: the whole group) in [`GROUP`] on
     /// a connection of its own.
     async fn open(url: &str, service: &'static str) -> Self {
-        let channel = Channel::from_shared(url.to_string())
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect a watcher");
-        let mut client = Client::new(channel);
+        let mut client = connect(url).await;
         let mut w = Watch::open(&mut client, GROUP, service, None).await;
         let state = Arc::new(Mutex::new(WatcherState {
             rebuilding: Some(BTreeMap::new()),

@@ -129,12 +129,7 @@ async fn poll_health(channel: Channel, stop: CancellationToken) -> Probes {
 async fn open_watchers(t: &TestServer) -> Vec<tokio::task::JoinHandle<Result<usize, String>>> {
     let mut clients = Vec::new();
     for _ in 0..CHANNELS {
-        let channel = Channel::from_shared(t.server.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        clients.push(Client::new(channel));
+        clients.push(connect(&t.server.url()).await);
     }
     let (ready_tx, mut ready) = mpsc::channel(WATCHERS);
     let watchers: Vec<_> = (0..WATCHERS)

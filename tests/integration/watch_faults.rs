@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use crate::common::*;
 use discovered::proto::v1::*;
-use tonic::transport::Channel;
 
 /// A watch of `payments` in the default group, which has no node yet: it
 /// starts with SYNCED.
@@ -106,12 +105,7 @@ async fn a_thousand_watchers_share_one_redis_subscription() {
     // HTTP/2 limits concurrent streams per connection: spread them.
     let mut clients = Vec::new();
     for _ in 0..10 {
-        let channel = Channel::from_shared(t.server.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        clients.push(Client::new(channel));
+        clients.push(connect(&t.server.url()).await);
     }
     let mut streams = Vec::new();
     for i in 0..1000 {
@@ -146,17 +140,10 @@ async fn a_slow_watcher_gets_a_resync_and_never_stalls_the_others() {
     let t = TestServer::start(Backend::Memory).await;
     // Separate connections: on one HTTP/2 connection an unread stream
     // would use up the connection's flow-control window in the client.
-    let connect = || async {
-        let channel = Channel::from_shared(t.server.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Client::new(channel)
-    };
+    let url = t.server.url();
     // The clients must live as long as their streams: a dropped channel
     // takes its connection with it.
-    let (mut slow_client, mut fast_client) = (connect().await, connect().await);
+    let (mut slow_client, mut fast_client) = (connect(&url).await, connect(&url).await);
     let mut slow = watch_empty(&mut slow_client).await;
     let mut fast = watch_empty(&mut fast_client).await;
 

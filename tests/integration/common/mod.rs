@@ -353,6 +353,19 @@ pub enum Backend {
     Sentinel,
 }
 
+/// A client on a connection of its own to the server at `url`: for tests
+/// that need streams on separate HTTP/2 connections (flow control and the
+/// concurrent-stream limit are per connection).
+pub async fn connect(url: &str) -> Client {
+    let channel = Channel::from_shared(url.to_string())
+        .expect("server url")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    Client::new(channel)
+}
+
 /// An in-process `discovered` server on 127.0.0.1 with a client, and the
 /// Redis behind it when the backend is Redis.
 pub struct TestServer {
