@@ -44,3 +44,44 @@ async fn a_master_without_its_replicas_gives_unavailable_not_internal() {
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert_eq!(get_nodes(&mut t.client, "", "payments").await, [node]);
 }
+
+/// Refused writes make the pool suspect the master moved, but the node is
+/// still the master: watchers keep their stream, with no RESYNC (a RESYNC
+/// every suspicion made every watcher reload its whole state every 250 ms
+/// for as long as the writes were refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_writes_cost_watchers_no_resync() {
+    let mut t = TestServer::start(Backend::Redis).await;
+    let mut w = Watch::open(&mut t.client, "default", "payments", None).await;
+    w.initial("default", "payments").await;
+    let mut conn = t.redis().connection().await;
+    let set_min_replicas = |n: &'static str| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET").arg("min-replicas-to-write").arg(n);
+        cmd
+    };
+    let _: () = set_min_replicas("1")
+        .query_async(&mut conn)
+        .await
+        .expect("CONFIG SET min-replicas-to-write 1");
+    // Refused writes over a second: several suspicions' worth.
+    for i in 0..6 {
+        let refused = within(
+            "RegisterNode while Redis refuses writes",
+            t.client
+                .register_node(bare_node("", "payments", &format!("r{i}"), None)),
+        )
+        .await
+        .expect_err("Redis refuses writes");
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let _: () = set_min_replicas("0")
+        .query_async(&mut conn)
+        .await
+        .expect("CONFIG SET min-replicas-to-write 0");
+    let node = register_node_eventually(&t.client, bare_node("", "payments", "n1", None)).await;
+    // The next event is the registration itself, not a RESYNC.
+    w.expect_node(discovered::proto::v1::EventType::NodeAdded, &node)
+        .await;
+}
