@@ -160,6 +160,17 @@ pub struct ServeArgs {
     #[arg(long, env = "DISCOVERED_HTTP2_KEEPALIVE_TIMEOUT", default_value_t = limits::DEFAULT_HTTP2_KEEPALIVE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     http2_keepalive_timeout: u64,
 
+    /// Seconds a new connection has to send the HTTP/2 preface before the
+    /// server closes it.
+    #[arg(long, env = "DISCOVERED_HANDSHAKE_TIMEOUT", default_value_t = limits::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    handshake_timeout: u64,
+
+    /// Seconds a connection may have no open call or watch before the
+    /// server closes it (with a GOAWAY, so clients reconnect cleanly);
+    /// 0 keeps idle connections for ever.
+    #[arg(long, env = "DISCOVERED_IDLE_TIMEOUT", default_value_t = limits::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    idle_timeout: u64,
+
     /// Log format (levels follow RUST_LOG, default info).
     #[arg(long, env = "DISCOVERED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -174,6 +185,8 @@ impl ServeArgs {
             http2_keepalive_interval: (self.http2_keepalive_interval > 0)
                 .then(|| Duration::from_secs(self.http2_keepalive_interval)),
             http2_keepalive_timeout: Duration::from_secs(self.http2_keepalive_timeout),
+            handshake_timeout: Duration::from_secs(self.handshake_timeout),
+            idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
         }
     }
 
@@ -288,6 +301,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         max_watch_streams = limits.max_watch_streams,
         http2_keepalive_interval = ?limits.http2_keepalive_interval,
         http2_keepalive_timeout = ?limits.http2_keepalive_timeout,
+        handshake_timeout = ?limits.handshake_timeout,
+        idle_timeout = ?limits.idle_timeout,
         "discovered serving"
     );
     let settings = Settings {

@@ -14,6 +14,13 @@ pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 200;
 pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// The default of `--http2-keepalive-timeout`.
 pub const DEFAULT_HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default of `--handshake-timeout`: far more than any client on a
+/// working network needs to send 24 bytes after connecting.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default of `--idle-timeout`. A client that calls every few minutes
+/// keeps its connection; one that went quiet gives its descriptor back,
+/// and gRPC clients reconnect on their next call without an error.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Bounds on what clients may hold open, and how the server finds
 /// connections whose client is gone.
@@ -29,6 +36,12 @@ pub struct Limits {
     pub http2_keepalive_interval: Option<Duration>,
     /// How long a ping may go unanswered before the connection is closed.
     pub http2_keepalive_timeout: Duration,
+    /// How long a new connection has to send the HTTP/2 preface before it
+    /// is closed.
+    pub handshake_timeout: Duration,
+    /// How long a connection may have no open call or watch before it is
+    /// sent a GOAWAY and closed; `None`: for ever.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -38,6 +51,8 @@ impl Default for Limits {
             max_watch_streams: DEFAULT_MAX_WATCH_STREAMS,
             http2_keepalive_interval: Some(DEFAULT_HTTP2_KEEPALIVE_INTERVAL),
             http2_keepalive_timeout: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         }
     }
 }

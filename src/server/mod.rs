@@ -3,6 +3,7 @@
 
 mod accept;
 pub(crate) mod codec;
+mod connection;
 mod content_type;
 mod discovery;
 mod health;
@@ -54,9 +55,6 @@ impl Default for Settings {
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The gRPC transport failed.
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
     /// The reflection service could not be built from our descriptors.
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -100,32 +98,25 @@ pub async fn serve(
         stopping.cancel();
         let _ = started_tx.send(());
     };
-    let server = tonic::transport::Server::builder()
-        // Unset, tonic advertises no limit: one connection could open
-        // streams until memory runs out.
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        // Pings find a client that vanished (or stopped reading) long
-        // before TCP keepalive would, and close its connection and streams.
-        .http2_keepalive_interval(limits.http2_keepalive_interval)
-        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
-        .layer(content_type::GrpcOnlyLayer)
-        .layer(codec::LogRefusedLayer)
-        .layer(tower::util::MapResponseLayer::new(
-            limits::oversized_is_resource_exhausted,
-        ))
-        .add_service(health)
+    let routes = tonic::service::Routes::new(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(discovery)
-        .serve_with_incoming_shutdown(incoming(listener), signal);
+        .prepare();
+    let service = tower::ServiceBuilder::new()
+        .layer(content_type::GrpcOnlyLayer)
+        .layer(codec::LogRefusedLayer)
+        .map_response(limits::oversized_is_resource_exhausted)
+        .service(routes);
+    let server = connection::serve(incoming(listener), service, limits, signal);
     tokio::pin!(server);
 
     let result = tokio::select! {
-        r = &mut server => r.map_err(ServeError::from),
+        () = &mut server => Ok(()),
         Ok(()) = started_rx => {
             tracing::info!(drain = ?drain, "shutting down: no new calls, draining in-flight ones");
             match tokio::time::timeout(drain, &mut server).await {
-                Ok(r) => r.map_err(ServeError::from),
+                Ok(()) => Ok(()),
                 Err(_) => {
                     // A planned stop all the same: the calls still open
                     // are cut, and the process exits normally.

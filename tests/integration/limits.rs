@@ -1,6 +1,7 @@
 //! The bounds on streams and connections (issue 11): per-connection
-//! HTTP/2 streams, open watch streams per server, and the server's HTTP/2
-//! keepalive, each against a real server.
+//! HTTP/2 streams, open watch streams per server, the server's HTTP/2
+//! keepalive, and its handshake and idle timeouts, each against a real
+//! server.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -202,4 +203,143 @@ async fn a_client_that_never_answers_pings_is_cut() {
         closed,
     )
     .await;
+}
+
+/// The client's half of an HTTP/2 start: the preface and an empty SETTINGS
+/// frame.
+const PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+/// The HTTP/2 frame type of GOAWAY.
+const GOAWAY: u8 = 0x7;
+
+/// The HTTP/2 frame type of PING.
+const PING: u8 = 0x6;
+
+/// Reads HTTP/2 frames until the server closes `conn`, answering its pings
+/// as any client does (a graceful close waits for one); returns the types
+/// of the frames it sent.
+async fn frames_until_closed(conn: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut header = [0u8; 9];
+    while conn.read_exact(&mut header).await.is_ok() {
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let (kind, flags) = (header[3], header[4]);
+        types.push(kind);
+        let mut payload = vec![0u8; len];
+        if conn.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        if kind == PING && flags & 0x1 == 0 {
+            let mut ack = vec![0, 0, 8, PING, 0x1, 0, 0, 0, 0];
+            ack.extend_from_slice(&payload);
+            if conn.write_all(&ack).await.is_err() {
+                break;
+            }
+        }
+    }
+    types
+}
+
+/// Reads until the server closes `conn`, discarding what it sends.
+async fn closed(conn: &mut tokio::net::TcpStream) {
+    let mut buf = [0u8; 4096];
+    while let Ok(1..) = conn.read(&mut buf).await {}
+}
+
+#[tokio::test]
+async fn a_connection_that_never_speaks_http2_is_closed() {
+    let handshake = Duration::from_secs(1);
+    let t = server_with(Limits {
+        handshake_timeout: handshake,
+        ..Limits::default()
+    })
+    .await;
+    // Silence after connecting: closed once the handshake time is up.
+    let started = tokio::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(t.server.addr)
+        .await
+        .expect("connect");
+    within("a silent connection to be closed", closed(&mut silent)).await;
+    assert!(
+        started.elapsed() >= handshake,
+        "closed before the handshake timeout"
+    );
+    // Half a preface, then silence: the same.
+    let mut partial = tokio::net::TcpStream::connect(t.server.addr)
+        .await
+        .expect("connect");
+    partial.write_all(b"PRI * HTTP").await.expect("write");
+    within(
+        "a half-started connection to be closed",
+        closed(&mut partial),
+    )
+    .await;
+    // Not HTTP/2 at all: closed at once, with nothing sent back.
+    let mut http1 = tokio::net::TcpStream::connect(t.server.addr)
+        .await
+        .expect("connect");
+    http1
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    within(
+        "an HTTP/1 request to be closed",
+        http1.read_to_end(&mut answer),
+    )
+    .await
+    .ok();
+    assert!(answer.is_empty(), "an HTTP/1 request got {answer:?}");
+    // The server goes on serving.
+    let mut client = t.client.clone();
+    assert!(
+        get_nodes(&mut client, "default", "payments")
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_gets_a_goaway_and_is_closed() {
+    let t = server_with(Limits {
+        idle_timeout: Some(Duration::from_secs(1)),
+        ..Limits::default()
+    })
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(t.server.addr)
+        .await
+        .expect("connect");
+    conn.write_all(PREFACE_AND_SETTINGS).await.expect("preface");
+    let types = within(
+        "an idle connection to be closed",
+        frames_until_closed(&mut conn),
+    )
+    .await;
+    assert_eq!(
+        types.last(),
+        Some(&GOAWAY),
+        "the server closes an idle connection with a GOAWAY (frame types sent: {types:?})"
+    );
+}
+
+#[tokio::test]
+async fn a_watch_keeps_its_connection_and_clients_reconnect_after_an_idle_close() {
+    let idle = Duration::from_secs(1);
+    let t = server_with(Limits {
+        idle_timeout: Some(idle),
+        ..Limits::default()
+    })
+    .await;
+    // A watch on a connection of its own outlives several idle timeouts.
+    let mut watcher = connect(&t.server.url()).await;
+    let mut w = Watch::open(&mut watcher, "default", "payments", None).await;
+    assert!(w.initial("default", "payments").await.is_empty());
+    tokio::time::sleep(idle * 3).await;
+    let mut writer = connect(&t.server.url()).await;
+    let node = register_node(&mut writer, full_node("default", "payments", "n1", 1)).await;
+    w.expect_node(EventType::NodeAdded, &node).await;
+    // The writer's connection went idle and was closed in between calls:
+    // its next call still succeeds, on a new connection.
+    tokio::time::sleep(idle * 3).await;
+    assert_eq!(get_nodes(&mut writer, "default", "payments").await.len(), 1);
 }

@@ -32,7 +32,7 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one pipeline may take, connection wait excluded. Ours, not
 /// redis-rs's (whose default of 500 ms would end a large but healthy
 /// reply and retire its connection): connections are made without one.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most connections in a request pool ([`RedisPool::new`]). Each is
 /// multiplexed and shared by every caller that draws it, so two suffice;
 /// the second keeps one slow reply from holding up everything.
@@ -91,6 +91,7 @@ pub struct RedisPool {
     pool: Pool<Manager>,
     master: Arc<Master>,
     scripts: &'static [&'static Script],
+    query_timeout: Duration,
 }
 
 /// `host:port` (or the socket path) of a connection, for messages.
@@ -108,14 +109,20 @@ impl RedisPool {
     /// [`RedisPool::check`] to fail fast at start. `scripts` are reloaded
     /// when Redis says it lacks them.
     pub fn new(master: Arc<Master>, scripts: &'static [&'static Script]) -> Self {
-        Self::with_size(master, scripts, POOL_SIZE)
+        Self::with_size(master, scripts, POOL_SIZE, QUERY_TIMEOUT)
     }
 
     /// [`RedisPool::new`] with at most `size` connections: for traffic
     /// kept apart from the request pool (large reads, the health probe),
     /// so that it neither waits behind requests nor holds them up. Its
-    /// connections follow the master's generation all the same.
-    pub fn with_size(master: Arc<Master>, scripts: &'static [&'static Script], size: u32) -> Self {
+    /// connections follow the master's generation all the same. Each
+    /// pipeline may take `query_timeout`.
+    pub fn with_size(
+        master: Arc<Master>,
+        scripts: &'static [&'static Script],
+        size: u32,
+        query_timeout: Duration,
+    ) -> Self {
         let manager = Manager {
             master: master.clone(),
         };
@@ -135,6 +142,7 @@ impl RedisPool {
             pool,
             master,
             scripts,
+            query_timeout,
         }
     }
 
@@ -190,7 +198,7 @@ impl RedisPool {
         // call would give each connection one caller at a time: more
         // connections, smaller writes, and about a third less throughput.
         let (mut conn, broken) = self.shared_connection().await?;
-        match tokio::time::timeout(QUERY_TIMEOUT, pipe.query_async::<T>(&mut conn)).await {
+        match tokio::time::timeout(self.query_timeout, pipe.query_async::<T>(&mut conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if is_connection_error(&e) || is_busy_loading(&e) {

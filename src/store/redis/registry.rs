@@ -36,6 +36,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections for large reads (snapshots, group removals), apart from
 /// the request pool.
 const LARGE_READ_CONNECTIONS: u32 = 2;
+/// How long one large read may take. Its time grows with the group (a
+/// 50,000-node removal takes over 2 s in a debug build on a busy machine),
+/// and a timeout here only fails the large call itself: small calls and
+/// the health probe have their own connections and the 2 s bound.
+const LARGE_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Large reads in flight at once. Redis runs the commands it has read
 /// from one connection back to back, so hundreds of snapshots sent at once
 /// (a RESYNC of every watcher) would hold every other client, the request
@@ -201,8 +206,13 @@ impl RedisRegistry {
         let master = Arc::new(Master::new(config.target));
         let db = master.db();
         let pool = RedisPool::new(master.clone(), scripts::all());
-        let large = RedisPool::with_size(master.clone(), scripts::all(), LARGE_READ_CONNECTIONS);
-        let probe = RedisPool::with_size(master.clone(), scripts::all(), 1);
+        let large = RedisPool::with_size(
+            master.clone(),
+            scripts::all(),
+            LARGE_READ_CONNECTIONS,
+            LARGE_READ_TIMEOUT,
+        );
+        let probe = RedisPool::with_size(master.clone(), scripts::all(), 1, pool::QUERY_TIMEOUT);
         let keys = Keys::new(&config.key_prefix);
         let hub = Hub::new();
         let stop = CancellationToken::new();

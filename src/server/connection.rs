@@ -1,0 +1,323 @@
+//! Serving accepted connections: one HTTP/2 connection per task, with the
+//! limits tonic's own server loop does not offer (issue 11).
+//!
+//! tonic 0.14's `Server` drives hyper for us but exposes neither an idle
+//! nor a handshake timeout, nor hyper's per-stream send buffer, and it
+//! switches off hyper's defence against reset floods unless configured.
+//! So the server runs tonic's routes on hyper directly:
+//! - **handshake timeout**: a connection must send the HTTP/2 client
+//!   preface within [`Limits::handshake_timeout`], or it is
+//!   closed. Otherwise a client that connects and says nothing holds a file
+//!   descriptor for good: keepalive pings start only once HTTP/2 has.
+//! - **idle timeout**: a connection with no open stream (call or watch)
+//!   for [`Limits::idle_timeout`] gets a GOAWAY and is closed.
+//!   GOAWAY, unlike a plain close, lets a client that was about to send
+//!   retry on a new connection. Pings do not count as activity.
+//! - **send buffer**: hyper buffers up to 400 KB per stream for a client
+//!   that does not take what is sent; [`SEND_BUFFER`] bounds it lower.
+//! - shutdown: on the signal every connection gets a GOAWAY, open calls
+//!   finish, and [`serve`] returns when the last connection has closed.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::StreamExt;
+use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::body::Body;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tower::Service;
+
+use super::accept::Accepting;
+use super::limits::Limits;
+
+/// The bytes an HTTP/2 client sends first (RFC 9113, section 3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long to wait for the rest of a preface that arrived in pieces.
+const PREFACE_POLL: Duration = Duration::from_millis(10);
+
+/// Bytes hyper may hold per stream for a client that does not read (its
+/// own default is 400 KB). A watch stream also holds its event buffer, so
+/// this is what keeps a frozen client's cost to tens of KB.
+pub(crate) const SEND_BUFFER: usize = 64 * 1024;
+
+/// The service every request goes to: tonic's routes with our layers.
+pub(crate) trait GrpcService:
+    Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> GrpcService for S where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
+/// Serves every connection `incoming` yields with `service` until
+/// `shutdown` completes; then stops accepting (the listening socket is
+/// closed at once), sends every connection a GOAWAY and returns once all
+/// of them have closed.
+pub(crate) async fn serve<S: GrpcService>(
+    mut incoming: Accepting,
+    service: S,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .keep_alive_interval(limits.http2_keepalive_interval)
+        .keep_alive_timeout(limits.http2_keepalive_timeout)
+        .max_send_buf_size(SEND_BUFFER);
+    let http2 = Arc::new(http2);
+    let stopping = CancellationToken::new();
+    let connections = TaskTracker::new();
+    {
+        let mut shutdown = pin!(shutdown);
+        loop {
+            let tcp = tokio::select! {
+                () = &mut shutdown => break,
+                tcp = incoming.next() => match tcp {
+                    Some(Ok(tcp)) => tcp,
+                    // `Accepting` yields no errors; an end is the end.
+                    Some(Err(_)) | None => break,
+                },
+            };
+            let conn = Connection {
+                http2: http2.clone(),
+                service: service.clone(),
+                limits: limits.clone(),
+                stopping: stopping.clone(),
+            };
+            connections.spawn(conn.run(tcp));
+        }
+        // Dropping the listener here refuses new clients during the drain
+        // instead of leaving them to hang in the backlog.
+        drop(incoming);
+    }
+    stopping.cancel();
+    connections.close();
+    connections.wait().await;
+}
+
+/// One accepted connection and what it is served with.
+struct Connection<S> {
+    http2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
+    service: S,
+    limits: Limits,
+    stopping: CancellationToken,
+}
+
+impl<S: GrpcService> Connection<S> {
+    async fn run(self, tcp: TcpStream) {
+        let info = tcp.connect_info();
+        let peer = info.remote_addr();
+        if let Err(why) = await_preface(&tcp, self.limits.handshake_timeout).await {
+            tracing::debug!(peer = ?peer, "closing a connection that {why}");
+            return;
+        }
+        let (streams, open) = watch::channel(0usize);
+        let service = Tracked {
+            inner: self.service,
+            info,
+            streams: Arc::new(streams),
+        };
+        let conn = self
+            .http2
+            .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service));
+        let mut conn = pin!(conn);
+        let mut idle = pin!(idle_for(open, self.limits.idle_timeout));
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                done = conn.as_mut() => {
+                    if let Err(e) = done {
+                        tracing::debug!(peer = ?peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = self.stopping.cancelled(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = &mut idle, if !closing => {
+                    closing = true;
+                    tracing::debug!(peer = ?peer, timeout = ?self.limits.idle_timeout, "closing an idle connection (--idle-timeout)");
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the HTTP/2 client preface without taking it off the socket
+/// (hyper reads it again). Err says what the client did instead.
+async fn await_preface(tcp: &TcpStream, within: Duration) -> Result<(), &'static str> {
+    let read = async {
+        let mut buf = [0u8; PREFACE.len()];
+        loop {
+            let n = tcp.peek(&mut buf).await.map_err(|_| "failed")?;
+            if n == 0 {
+                return Err("closed before speaking HTTP/2");
+            }
+            if buf[..n] != PREFACE[..n] {
+                return Err("does not speak HTTP/2 (gRPC needs it)");
+            }
+            if n == PREFACE.len() {
+                return Ok(());
+            }
+            // Part of the preface is here: peek would return at once
+            // again, so wait a moment for the rest instead of spinning.
+            tokio::time::sleep(PREFACE_POLL).await;
+        }
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .unwrap_or(Err("sent no HTTP/2 preface within --handshake-timeout"))
+}
+
+/// Completes once no stream has been open for `timeout`; never when
+/// `timeout` is `None`.
+async fn idle_for(mut open: watch::Receiver<usize>, timeout: Option<Duration>) {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
+    loop {
+        // The sender lives in the connection's service, so as long as the
+        // connection: an error means it is going anyway.
+        if open.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        let busy = tokio::time::timeout(timeout, open.wait_for(|n| *n > 0)).await;
+        if busy.is_err() {
+            return;
+        }
+    }
+}
+
+/// The connection's service: passes each request on with the connection's
+/// address (as tonic's own server does, for `Request::remote_addr`), and
+/// counts the request as an open stream until its response body is done.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    info: TcpConnectInfo,
+    streams: Arc<watch::Sender<usize>>,
+}
+
+impl<S: GrpcService> Service<Request<Incoming>> for Tracked<S> {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let open = OpenStream::new(self.streams.clone());
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(self.info.clone());
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| Body::new(Counted { body, _open: open })))
+        })
+    }
+}
+
+/// One open stream in its connection's count, taken back when dropped.
+struct OpenStream(Arc<watch::Sender<usize>>);
+
+impl OpenStream {
+    fn new(streams: Arc<watch::Sender<usize>>) -> Self {
+        streams.send_modify(|n| *n += 1);
+        Self(streams)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// A response body that keeps its stream counted as open until it is
+/// dropped: a watch stays open as long as its body does.
+struct Counted {
+    body: Body,
+    _open: OpenStream,
+}
+
+impl HttpBody for Counted {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_fires_only_after_a_whole_timeout_without_streams() {
+        let (tx, rx) = watch::channel(0usize);
+        let timeout = Duration::from_secs(10);
+        let mut idle = pin!(idle_for(rx, Some(timeout)));
+        // Busy before the timeout: the clock starts again when it ends.
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        tx.send_modify(|n| *n += 1);
+        assert!(futures::poll!(idle.as_mut()).is_pending());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(
+            futures::poll!(idle.as_mut()).is_pending(),
+            "a stream is open"
+        );
+        tx.send_modify(|n| *n -= 1);
+        assert!(futures::poll!(idle.as_mut()).is_pending());
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(futures::poll!(idle.as_mut()).is_pending());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(futures::poll!(idle.as_mut()).is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_idle_timeout_never_fires() {
+        let (_tx, rx) = watch::channel(0usize);
+        let mut idle = pin!(idle_for(rx, None));
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(futures::poll!(idle.as_mut()).is_pending());
+    }
+}
