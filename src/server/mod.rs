@@ -5,6 +5,7 @@ mod accept;
 pub(crate) mod codec;
 mod content_type;
 mod discovery;
+mod framing;
 mod health;
 pub mod limits;
 mod status;
@@ -109,6 +110,7 @@ pub async fn serve(
         .http2_keepalive_interval(limits.http2_keepalive_interval)
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
         .layer(content_type::GrpcOnlyLayer)
+        .layer(framing::FramingLayer)
         .layer(codec::LogRefusedLayer)
         .layer(tower::util::MapResponseLayer::new(
             limits::oversized_is_resource_exhausted,

@@ -62,6 +62,13 @@ fn assert_code(answer: &Answer, code: Code, what: &str) {
     assert_eq!(got, Some(code), "{what}: {answer:?}");
 }
 
+/// Asserts a gRPC answer (HTTP 200) with INVALID_ARGUMENT and `message`.
+fn assert_refused(answer: &Answer, message: &str, what: &str) {
+    assert_code(answer, Code::InvalidArgument, what);
+    let got = answer.grpc.as_ref().map(Status::message);
+    assert_eq!(got, Some(message), "{what}: {answer:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decoding_bad_frames_and_non_grpc_requests() {
     let t = TestServer::start(Backend::Redis).await;
@@ -88,14 +95,30 @@ async fn decoding_bad_frames_and_non_grpc_requests() {
     let huge = post(&t, &GRPC, frame(0, u32::MAX as usize, &msg)).await;
     assert_code(&huge, Code::ResourceExhausted, "declared length 4 GiB");
 
-    // A body that ends inside a frame, or has none: tonic's INTERNAL
-    // ("Unexpected EOF decoding stream.", "Missing request message.").
+    // A body that ends inside a frame, or has none on a call that takes
+    // one message: the caller's mistake, INVALID_ARGUMENT naming it
+    // (framing.rs; tonic alone answers INTERNAL).
     let short_header = post(&t, &GRPC, vec![0, 0, 0]).await;
-    assert_code(&short_header, Code::Internal, "3 bytes of a frame header");
+    assert_refused(
+        &short_header,
+        "request body ends inside a gRPC message: 3 of 5 header bytes",
+        "3 bytes of a frame header",
+    );
     let truncated = post(&t, &GRPC, frame(0, msg.len() + 10, &msg)).await;
-    assert_code(&truncated, Code::Internal, "a frame 10 bytes short");
+    assert_refused(
+        &truncated,
+        &format!(
+            "request body ends 10 bytes short of the {}-byte message its frame header announces",
+            msg.len() + 10
+        ),
+        "a frame 10 bytes short",
+    );
     let empty = post(&t, &GRPC, Vec::new()).await;
-    assert_code(&empty, Code::Internal, "no frame");
+    assert_refused(
+        &empty,
+        "request has no message: a unary/server-streaming call takes exactly one",
+        "no frame",
+    );
 
     // Every Discovery RPC takes one message: a second is a protocol
     // error (the codec's INTERNAL, as grpc-java), not silently dropped.
