@@ -1,8 +1,9 @@
 //! Request bodies that are not well-formed gRPC: bad frames and non-gRPC
 //! requests, sent as raw HTTP/2 requests (headers and body bytes as given)
 //! to a live server. Each gets the answer the gRPC spec asks for where it
-//! names one; the others are pinned at what tonic answers, so a change
-//! shows. The server keeps serving after all of them.
+//! names one; a body cut off inside a frame, or without a message, gets
+//! ours (framing.rs); the others are pinned at what tonic answers, so a
+//! change shows. The server keeps serving after all of them.
 
 use http_body_util::{BodyExt, Full};
 use prost::Message;
