@@ -28,10 +28,14 @@ struct Answer {
 
 /// POSTs `body` to GetNodes with `headers`, as it is.
 async fn post(t: &TestServer, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
-    let mut request = http::Request::builder().method("POST").uri(format!(
-        "{}/discovered.v1.Discovery/GetNodes",
-        t.server.url()
-    ));
+    post_to(t, "/discovered.v1.Discovery/GetNodes", headers, body).await
+}
+
+/// POSTs `body` to `path` with `headers`, as it is.
+async fn post_to(t: &TestServer, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("{}{path}", t.server.url()));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -120,6 +124,18 @@ async fn decoding_bad_frames_and_non_grpc_requests() {
         "request has no message: a unary/server-streaming call takes exactly one",
         "no frame",
     );
+
+    // Health's RPCs take one message too; reflection's stream may carry
+    // none (a client may open it and close it unused).
+    let health = post_to(&t, "/grpc.health.v1.Health/Check", &GRPC, Vec::new()).await;
+    assert_refused(
+        &health,
+        "request has no message: a unary/server-streaming call takes exactly one",
+        "no frame to Health/Check",
+    );
+    let reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+    let unused = post_to(&t, reflection, &GRPC, Vec::new()).await;
+    assert_code(&unused, Code::Ok, "no frame to ServerReflectionInfo");
 
     // Every Discovery RPC takes one message: a second is a protocol
     // error (the codec's INTERNAL, as grpc-java), not silently dropped.
