@@ -7,7 +7,8 @@
 //! parse is the caller's error, so [`RequestCodec`] answers it with
 //! INVALID_ARGUMENT, naming the message and what is wrong. Encoding (our
 //! responses) is tonic's own. [`LogRefusedLayer`] logs each refusal at
-//! debug with the peer's address, which the codec does not see.
+//! debug with the peer's address, which the codec does not see, and so
+//! those of [`super::framing`] (a body whose gRPC frames are cut off).
 //!
 //! build.rs wires this in through tonic-prost-build's `codec_path`, for the
 //! server only: a client that cannot decode a response keeps INTERNAL.
@@ -123,7 +124,8 @@ impl<S> Layer<S> for LogRefusedLayer {
     }
 }
 
-/// Logs at debug each request [`RequestCodec`] refused, with the peer's
+/// Logs at debug each request [`RequestCodec`] or the framing check
+/// ([`super::framing::FramingLayer`]) refused, with the peer's
 /// address: a client's mistake is no server error, but whoever debugs the
 /// client may want to see it from this side. The refusal is read back from
 /// the answer's headers (a request that fails to decode gets a
@@ -156,7 +158,8 @@ where
             let response = answer.await?;
             if let Some(status) = Status::from_header_map(response.headers())
                 && status.code() == Code::InvalidArgument
-                && status.message().starts_with(REFUSED)
+                && (status.message().starts_with(REFUSED)
+                    || super::framing::is_refusal(status.message()))
             {
                 tracing::debug!(peer = ?peer, error = status.message(), "request refused");
             }

@@ -83,7 +83,11 @@ pub(crate) async fn serve<S: GrpcService>(
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2
         .timer(TokioTimer::new())
+        // Unset, hyper would advertise no limit: one connection could open
+        // streams until memory runs out.
         .max_concurrent_streams(limits.max_concurrent_streams)
+        // Pings find a client that vanished (or stopped reading) long
+        // before TCP keepalive would, and close its connection and streams.
         .keep_alive_interval(limits.http2_keepalive_interval)
         .keep_alive_timeout(limits.http2_keepalive_timeout)
         .max_send_buf_size(SEND_BUFFER);

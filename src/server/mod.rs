@@ -6,6 +6,7 @@ pub(crate) mod codec;
 mod connection;
 mod content_type;
 mod discovery;
+mod framing;
 mod health;
 pub mod limits;
 mod status;
@@ -105,6 +106,7 @@ pub async fn serve(
         .prepare();
     let service = tower::ServiceBuilder::new()
         .layer(content_type::GrpcOnlyLayer)
+        .layer(framing::FramingLayer)
         .layer(codec::LogRefusedLayer)
         .map_response(limits::oversized_is_resource_exhausted)
         .service(routes);

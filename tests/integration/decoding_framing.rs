@@ -1,8 +1,9 @@
 //! Request bodies that are not well-formed gRPC: bad frames and non-gRPC
 //! requests, sent as raw HTTP/2 requests (headers and body bytes as given)
 //! to a live server. Each gets the answer the gRPC spec asks for where it
-//! names one; the others are pinned at what tonic answers, so a change
-//! shows. The server keeps serving after all of them.
+//! names one; a body cut off inside a frame, or without a message, gets
+//! ours (framing.rs); the others are pinned at what tonic answers, so a
+//! change shows. The server keeps serving after all of them.
 
 use http_body_util::{BodyExt, Full};
 use prost::Message;
@@ -27,10 +28,14 @@ struct Answer {
 
 /// POSTs `body` to GetNodes with `headers`, as it is.
 async fn post(t: &TestServer, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
-    let mut request = http::Request::builder().method("POST").uri(format!(
-        "{}/discovered.v1.Discovery/GetNodes",
-        t.server.url()
-    ));
+    post_to(t, "/discovered.v1.Discovery/GetNodes", headers, body).await
+}
+
+/// POSTs `body` to `path` with `headers`, as it is.
+async fn post_to(t: &TestServer, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
+    let mut request = http::Request::builder()
+        .method("POST")
+        .uri(format!("{}{path}", t.server.url()));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -62,6 +67,13 @@ fn assert_code(answer: &Answer, code: Code, what: &str) {
     assert_eq!(got, Some(code), "{what}: {answer:?}");
 }
 
+/// Asserts a gRPC answer (HTTP 200) with INVALID_ARGUMENT and `message`.
+fn assert_refused(answer: &Answer, message: &str, what: &str) {
+    assert_code(answer, Code::InvalidArgument, what);
+    let got = answer.grpc.as_ref().map(Status::message);
+    assert_eq!(got, Some(message), "{what}: {answer:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decoding_bad_frames_and_non_grpc_requests() {
     let t = TestServer::start(Backend::Redis).await;
@@ -88,14 +100,42 @@ async fn decoding_bad_frames_and_non_grpc_requests() {
     let huge = post(&t, &GRPC, frame(0, u32::MAX as usize, &msg)).await;
     assert_code(&huge, Code::ResourceExhausted, "declared length 4 GiB");
 
-    // A body that ends inside a frame, or has none: tonic's INTERNAL
-    // ("Unexpected EOF decoding stream.", "Missing request message.").
+    // A body that ends inside a frame, or has none on a call that takes
+    // one message: the caller's mistake, INVALID_ARGUMENT naming it
+    // (framing.rs; tonic alone answers INTERNAL).
     let short_header = post(&t, &GRPC, vec![0, 0, 0]).await;
-    assert_code(&short_header, Code::Internal, "3 bytes of a frame header");
+    assert_refused(
+        &short_header,
+        "request body ends inside a gRPC message: 3 of 5 header bytes",
+        "3 bytes of a frame header",
+    );
     let truncated = post(&t, &GRPC, frame(0, msg.len() + 10, &msg)).await;
-    assert_code(&truncated, Code::Internal, "a frame 10 bytes short");
+    assert_refused(
+        &truncated,
+        &format!(
+            "request body ends 10 bytes short of the {}-byte message its frame header announces",
+            msg.len() + 10
+        ),
+        "a frame 10 bytes short",
+    );
     let empty = post(&t, &GRPC, Vec::new()).await;
-    assert_code(&empty, Code::Internal, "no frame");
+    assert_refused(
+        &empty,
+        "request has no message: a unary/server-streaming call takes exactly one",
+        "no frame",
+    );
+
+    // Health's RPCs take one message too; reflection's stream may carry
+    // none (a client may open it and close it unused).
+    let health = post_to(&t, "/grpc.health.v1.Health/Check", &GRPC, Vec::new()).await;
+    assert_refused(
+        &health,
+        "request has no message: a unary/server-streaming call takes exactly one",
+        "no frame to Health/Check",
+    );
+    let reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+    let unused = post_to(&t, reflection, &GRPC, Vec::new()).await;
+    assert_code(&unused, Code::Ok, "no frame to ServerReflectionInfo");
 
     // Every Discovery RPC takes one message: a second is a protocol
     // error (the codec's INTERNAL, as grpc-java), not silently dropped.
