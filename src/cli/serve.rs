@@ -150,6 +150,12 @@ pub struct ServeArgs {
     #[arg(long, env = "DISCOVERED_MAX_WATCH_STREAMS", default_value_t = limits::DEFAULT_MAX_WATCH_STREAMS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_watch_streams: u64,
 
+    /// Bytes of events one watch stream holds for a client that does not
+    /// read; past them it stops taking changes, and a client that fell too
+    /// far behind gets RESYNC and the current state when it reads again.
+    #[arg(long, env = "DISCOVERED_WATCH_BUFFER_BYTES", default_value_t = limits::DEFAULT_WATCH_BUFFER_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
+    watch_buffer_bytes: u64,
+
     /// Seconds between the server's HTTP/2 pings on each connection, which
     /// find clients that are gone; 0 sends none.
     #[arg(long, env = "DISCOVERED_HTTP2_KEEPALIVE_INTERVAL", default_value_t = limits::DEFAULT_HTTP2_KEEPALIVE_INTERVAL.as_secs())]
@@ -182,6 +188,7 @@ impl ServeArgs {
         Limits {
             max_concurrent_streams: self.max_concurrent_streams,
             max_watch_streams: usize::try_from(self.max_watch_streams).unwrap_or(usize::MAX),
+            watch_buffer_bytes: usize::try_from(self.watch_buffer_bytes).unwrap_or(usize::MAX),
             http2_keepalive_interval: (self.http2_keepalive_interval > 0)
                 .then(|| Duration::from_secs(self.http2_keepalive_interval)),
             http2_keepalive_timeout: Duration::from_secs(self.http2_keepalive_timeout),
@@ -299,6 +306,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         auto = defaults.auto,
         max_concurrent_streams = limits.max_concurrent_streams,
         max_watch_streams = limits.max_watch_streams,
+        watch_buffer_bytes = limits.watch_buffer_bytes,
         http2_keepalive_interval = ?limits.http2_keepalive_interval,
         http2_keepalive_timeout = ?limits.http2_keepalive_timeout,
         handshake_timeout = ?limits.handshake_timeout,

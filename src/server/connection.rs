@@ -40,18 +40,13 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower::Service;
 
 use super::accept::Accepting;
-use super::limits::Limits;
+use super::limits::{Limits, SEND_BUFFER};
 
 /// The bytes an HTTP/2 client sends first (RFC 9113, section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How long to wait for the rest of a preface that arrived in pieces.
 const PREFACE_POLL: Duration = Duration::from_millis(10);
-
-/// Bytes hyper may hold per stream for a client that does not read (its
-/// own default is 400 KB). A watch stream also holds its event buffer, so
-/// this is what keeps a frozen client's cost to tens of KB.
-pub(crate) const SEND_BUFFER: usize = 64 * 1024;
 
 /// The service every request goes to: tonic's routes with our layers.
 pub(crate) trait GrpcService:

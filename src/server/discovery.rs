@@ -65,15 +65,19 @@ impl DiscoveryService {
             registry,
             defaults,
             shutdown,
-            watch_slots: WatchSlots::new(watch::DEFAULT_MAX_WATCH_STREAMS),
+            watch_slots: WatchSlots::new(
+                watch::DEFAULT_MAX_WATCH_STREAMS,
+                watch::DEFAULT_WATCH_BUFFER_BYTES,
+            ),
         }
     }
 
-    /// Allows at most `max` open watch streams; a new one beyond them is
-    /// refused with RESOURCE_EXHAUSTED.
-    pub fn with_max_watch_streams(self, max: usize) -> Self {
+    /// Allows at most `max` open watch streams (a new one beyond them is
+    /// refused with RESOURCE_EXHAUSTED), each holding at most
+    /// `buffer_bytes` of events its client has not taken.
+    pub fn with_watch_limits(self, max: usize, buffer_bytes: usize) -> Self {
         Self {
-            watch_slots: WatchSlots::new(max),
+            watch_slots: WatchSlots::new(max, buffer_bytes),
             ..self
         }
     }

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use http::{HeaderValue, Response};
 
-pub use super::watch::DEFAULT_MAX_WATCH_STREAMS;
+pub use super::watch::{DEFAULT_MAX_WATCH_STREAMS, DEFAULT_WATCH_BUFFER_BYTES};
 
 /// The default of `--max-concurrent-streams`: hyper's own default, which
-/// tonic drops (advertising no limit at all) unless one is set.
+/// hyper drops (advertising no limit at all) when the builder is given
+/// `None`, as tonic's server does unless one is set.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 200;
 /// The default of `--http2-keepalive-interval`.
 pub const DEFAULT_HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -22,6 +23,11 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// and gRPC clients reconnect on their next call without an error.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Bytes hyper may hold per stream for a client that does not take what
+/// is sent (its own default is 400 KB). With the watch buffer
+/// (`--watch-buffer-bytes`) it bounds what a frozen client pins.
+pub const SEND_BUFFER: usize = 64 * 1024;
+
 /// Bounds on what clients may hold open, and how the server finds
 /// connections whose client is gone.
 #[derive(Debug, Clone)]
@@ -32,6 +38,10 @@ pub struct Limits {
     /// Watch streams the server keeps open over all connections; a new
     /// one beyond them is refused with RESOURCE_EXHAUSTED.
     pub max_watch_streams: usize,
+    /// Encoded bytes of events one watch stream holds for a client that
+    /// does not read; past them the stream stops taking changes and, once
+    /// too far behind, sends RESYNC when its client reads again.
+    pub watch_buffer_bytes: usize,
     /// How often the server pings each connection; `None` sends no pings.
     pub http2_keepalive_interval: Option<Duration>,
     /// How long a ping may go unanswered before the connection is closed.
@@ -49,6 +59,7 @@ impl Default for Limits {
         Self {
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_watch_streams: DEFAULT_MAX_WATCH_STREAMS,
+            watch_buffer_bytes: DEFAULT_WATCH_BUFFER_BYTES,
             http2_keepalive_interval: Some(DEFAULT_HTTP2_KEEPALIVE_INTERVAL),
             http2_keepalive_timeout: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,

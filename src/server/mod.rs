@@ -85,7 +85,7 @@ pub async fn serve(
 
     let stopping = CancellationToken::new();
     let service = DiscoveryService::new(registry, defaults, stopping.clone())
-        .with_max_watch_streams(limits.max_watch_streams);
+        .with_watch_limits(limits.max_watch_streams, limits.watch_buffer_bytes);
     let discovery = DiscoveryServer::new(service)
         .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
         .max_encoding_message_size(limits::MAX_RESPONSE_BYTES);

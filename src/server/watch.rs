@@ -5,12 +5,15 @@
 //! already shows has a revision no higher than the snapshot's and is
 //! skipped. The same happens after every RESYNC.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -19,16 +22,48 @@ use crate::proto::timestamp;
 use crate::proto::v1::{self as pb, EventType};
 use crate::store::{Change, ChangeEvent, Registry, StoreError, StoreEvent};
 
-/// Events a stream holds for a client that reads slowly. When it is full
-/// the stream's task waits, falls behind the fan-out, and the client gets
-/// a RESYNC once it reads again: memory stays bounded either way.
-const STREAM_BUFFER: usize = 256;
+/// The default of `--watch-buffer-bytes`: encoded bytes of events a stream
+/// holds for a client that reads slowly (issue 11).
+///
+/// When it is full the stream's task waits and stops taking changes from
+/// the fan-out; if it falls more than the fan-out's capacity behind, the
+/// client gets a RESYNC and the current state once it reads again. Counted
+/// in bytes, not events: 256 events of a node with large metadata once
+/// pinned 400 KB per frozen client.
+pub const DEFAULT_WATCH_BUFFER_BYTES: usize = 64 * 1024;
 /// How long a stream waits before retrying a snapshot the store refused
 /// (Redis down): the store's own RESYNC usually comes first.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 
-/// The stream type of WatchService.
-pub type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
+/// The stream type of WatchService: the events a stream's task queued,
+/// each giving its bytes back to the stream's budget as it is taken.
+pub struct WatchStream {
+    queue: mpsc::UnboundedReceiver<Queued>,
+}
+
+/// One entry of a stream's queue. Boxed, so an empty queue's blocks of
+/// slots stay small: a stream that is open but quiet costs little.
+enum Queued {
+    /// An event and its share of the stream's budget.
+    Event(Box<pb::WatchEvent>, OwnedSemaphorePermit),
+    /// The status the stream ends with.
+    End(Box<Status>),
+}
+
+impl Stream for WatchStream {
+    type Item = Result<pb::WatchEvent, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.queue.poll_recv(cx).map(|queued| {
+            queued.map(|q| match q {
+                // The permit is dropped here: the event's bytes now belong
+                // to the transport, which has its own bounds.
+                Queued::Event(event, _permit) => Ok(*event),
+                Queued::End(status) => Err(*status),
+            })
+        })
+    }
+}
 
 /// What one stream watches: a group, and one service or all of them.
 #[derive(Debug, Clone)]
@@ -46,8 +81,9 @@ impl Filter {
 }
 
 /// The default of `--max-watch-streams`: each open stream costs a task,
-/// a buffer of [`STREAM_BUFFER`] events and a fan-out receiver, so a bound
-/// keeps a client that opens streams without end from taking the memory.
+/// a buffer of up to [`DEFAULT_WATCH_BUFFER_BYTES`] and a fan-out receiver,
+/// so a bound keeps a client that opens streams without end from taking
+/// the memory.
 pub const DEFAULT_MAX_WATCH_STREAMS: usize = 10_000;
 
 /// Counts the open watch streams of one server against its limit.
@@ -61,6 +97,8 @@ pub struct WatchSlots {
 struct SlotCount {
     open: AtomicUsize,
     max: usize,
+    /// Each stream's budget of queued bytes.
+    buffer_bytes: u32,
     /// Set when a refusal has been logged; cleared once the count has
     /// fallen back, so a server at its limit logs each crossing once and
     /// not each refused watch.
@@ -74,12 +112,14 @@ pub struct WatchSlot {
 }
 
 impl WatchSlots {
-    /// Room for `max` open streams.
-    pub fn new(max: usize) -> Self {
+    /// Room for `max` open streams, each holding at most `buffer_bytes` of
+    /// events its client has not taken.
+    pub fn new(max: usize, buffer_bytes: usize) -> Self {
         Self {
             inner: Arc::new(SlotCount {
                 open: AtomicUsize::new(0),
                 max,
+                buffer_bytes: u32::try_from(buffer_bytes.max(1)).unwrap_or(u32::MAX),
                 warned: AtomicBool::new(false),
             }),
         }
@@ -137,7 +177,8 @@ pub fn start(
     shutdown: CancellationToken,
     slot: WatchSlot,
 ) -> WatchStream {
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let budget = slot.inner.buffer_bytes;
     // Subscribe before the task runs, so that the snapshot it takes cannot
     // miss a change made in between.
     let events = registry.subscribe();
@@ -145,18 +186,24 @@ pub fn start(
         registry,
         filter,
         tx,
+        budget: Arc::new(Semaphore::new(budget as usize)),
+        budget_bytes: budget,
         shutdown,
         sequence: 0,
         _slot: slot,
     };
     tokio::spawn(watcher.run(events, send_initial));
-    ReceiverStream::new(rx)
+    WatchStream { queue: rx }
 }
 
 struct Watcher {
     registry: Arc<dyn Registry>,
     filter: Filter,
-    tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
+    tx: mpsc::UnboundedSender<Queued>,
+    /// Permits are bytes: what the queue may hold before [`Watcher::send`]
+    /// waits for the client to take some.
+    budget: Arc<Semaphore>,
+    budget_bytes: u32,
     shutdown: CancellationToken,
     sequence: u64,
     /// Held for as long as the task runs, which is as long as the stream.
@@ -175,9 +222,9 @@ impl Watcher {
     async fn run(mut self, mut events: broadcast::Receiver<StoreEvent>, send_initial: bool) {
         let end = self.watch(&mut events, send_initial).await;
         if let Err(End::Shutdown) = end {
-            let _ = self.tx.try_send(Err(Status::unavailable(
+            let _ = self.tx.send(Queued::End(Box::new(Status::unavailable(
                 "the server is shutting down; watch again elsewhere",
-            )));
+            ))));
         }
     }
 
@@ -260,18 +307,24 @@ impl Watcher {
         self.send(event).await
     }
 
-    /// Sends one event, waiting while the client's buffer is full.
+    /// Queues one event, waiting while the stream's budget is spent. An
+    /// event larger than the whole budget waits for an empty queue.
     async fn send(&mut self, event: pb::WatchEvent) -> Result<(), End> {
-        tokio::select! {
-            _ = self.shutdown.cancelled() => Err(End::Shutdown),
-            sent = self.tx.send(Ok(event)) => match sent {
-                Ok(()) => {
-                    self.sequence += 1;
-                    Ok(())
-                }
-                Err(_) => Err(End::ClientGone),
-            },
-        }
+        let cost = u32::try_from(event.encoded_len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.budget_bytes);
+        let permit = tokio::select! {
+            _ = self.shutdown.cancelled() => return Err(End::Shutdown),
+            _ = self.tx.closed() => return Err(End::ClientGone),
+            permit = self.budget.clone().acquire_many_owned(cost) => {
+                permit.expect("a stream's budget is never closed")
+            }
+        };
+        self.tx
+            .send(Queued::Event(Box::new(event), permit))
+            .map_err(|_| End::ClientGone)?;
+        self.sequence += 1;
+        Ok(())
     }
 }
 
@@ -317,7 +370,7 @@ mod tests {
 
     #[test]
     fn slots_refuse_past_the_limit_and_come_back_when_dropped() {
-        let slots = WatchSlots::new(2);
+        let slots = WatchSlots::new(2, DEFAULT_WATCH_BUFFER_BYTES);
         let a = slots.acquire().expect("first");
         let _b = slots.acquire().expect("second");
         let refused = slots.acquire().expect_err("third");
@@ -332,7 +385,7 @@ mod tests {
 
     #[test]
     fn the_warning_rearms_only_after_room_frees_up() {
-        let slots = WatchSlots::new(20);
+        let slots = WatchSlots::new(20, DEFAULT_WATCH_BUFFER_BYTES);
         let mut held: Vec<_> = (0..20).map(|_| slots.acquire().unwrap()).collect();
         assert!(slots.acquire().is_err());
         assert!(slots.inner.warned.load(Ordering::Acquire));

@@ -17,7 +17,7 @@ pub mod watch;
 
 pub use memory::MemoryRegistry;
 pub use redis::{RedisConfig, RedisRegistry};
-pub use watch::{Change, ChangeEvent, Hub, Snapshot, StoreEvent};
+pub use watch::{Change, ChangeEvent, FANOUT_CAPACITY, Hub, Snapshot, StoreEvent};
 
 /// Why a store operation failed. Bad input never gets here: the server
 /// validates requests before it calls a store.

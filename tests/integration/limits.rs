@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use discovered::proto::v1::*;
+use discovered::server::limits::SEND_BUFFER;
 use discovered::server::{Limits, Settings};
+use futures::{StreamExt, stream};
+use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -342,4 +345,84 @@ async fn a_watch_keeps_its_connection_and_clients_reconnect_after_an_idle_close(
     // its next call still succeeds, on a new connection.
     tokio::time::sleep(idle * 3).await;
     assert_eq!(get_nodes(&mut writer, "default", "payments").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_resyncs() {
+    const BUDGET: usize = 8 * 1024;
+    /// What the client's HTTP/2 stream and connection windows let the
+    /// server send before the client takes anything.
+    const CLIENT_WINDOW: usize = 65_535;
+    /// tonic encodes up to 32 KiB of messages before handing them on.
+    const TONIC_CHUNK: usize = 32 * 1024;
+    const NODES: u32 = 100;
+    const METADATA: usize = 2 * 1024;
+    let t = server_with(Limits {
+        watch_buffer_bytes: BUDGET,
+        ..Limits::default()
+    })
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(t.server.url())
+        .expect("url")
+        .initial_stream_window_size(CLIENT_WINDOW as u32)
+        .initial_connection_window_size(CLIENT_WINDOW as u32)
+        .connect()
+        .await
+        .expect("connect");
+    let mut frozen = open_synced(Client::new(channel)).await.expect("a watch");
+
+    // The watcher stops reading. More changes than the fan-out keeps for
+    // a watcher that fell behind, each node 2 KiB of metadata: megabytes
+    // offered to a stream whose client takes none of it. One write at a
+    // time, so the stream's task keeps up with the fan-out and only its
+    // budget stops it from queueing everything.
+    let writes = discovered::store::FANOUT_CAPACITY as u32 + 500;
+    let writer = t.client.clone();
+    stream::iter(0..writes)
+        .for_each_concurrent(1, |i| {
+            let mut c = writer.clone();
+            async move {
+                let mut req =
+                    full_node("default", "payments", &format!("n{}", i % NODES), i % NODES);
+                // Each write changes the node (an identical one is only a renewal).
+                req.metadata = meta(&[("blob", &"x".repeat(METADATA)), ("write", &i.to_string())]);
+                register_node(&mut c, req).await;
+            }
+        })
+        .await;
+
+    // Reading again: what was held for it arrives, then RESYNC and the
+    // current state. What was held is bounded by the stream's budget and
+    // the transport's own buffers, not by what was offered.
+    let mut held = 0;
+    loop {
+        let event = within("the frozen watch's next event", frozen.message())
+            .await
+            .expect("the stream goes on")
+            .expect("an event");
+        if kind(&event) == EventType::Resync {
+            break;
+        }
+        assert_ne!(kind(&event), EventType::Synced, "no RESYNC came");
+        held += event.encoded_len();
+    }
+    let offered = writes as usize * METADATA;
+    let bound = BUDGET + SEND_BUFFER + CLIENT_WINDOW + TONIC_CHUNK + 2 * (METADATA + 512);
+    assert!(
+        held <= bound,
+        "the server held {held} bytes for a client that did not read (bound {bound}, offered {offered})"
+    );
+    let mut nodes = 0;
+    loop {
+        let event = within("the state after RESYNC", frozen.message())
+            .await
+            .expect("the stream goes on")
+            .expect("an event");
+        match kind(&event) {
+            EventType::Initial => nodes += 1,
+            EventType::Synced => break,
+            other => panic!("{other:?} between RESYNC and SYNCED"),
+        }
+    }
+    assert_eq!(nodes, NODES, "the state after RESYNC has every node");
 }
