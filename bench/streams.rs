@@ -9,10 +9,11 @@
 //!    SYNCED, at most 200 per connection (the server's default
 //!    `--max-concurrent-streams`), one `Endpoint::connect` per connection;
 //! 3. 5 s after dropping all of them and their connections;
-//! 4. with `STREAMS_FROZEN` (1,000) streams that stop reading after SYNCED
-//!    (64 KiB stream windows), after `STREAMS_ROUNDS` (25) rounds of 200
-//!    re-registered nodes with 1 KiB of metadata each in the watched
-//!    service; then they read again and the RESYNCs they see are counted.
+//! 4. on a fresh server, with `STREAMS_FROZEN` (1,000) streams that stop
+//!    reading after SYNCED (64 KiB stream windows), after `STREAMS_ROUNDS`
+//!    (25) rounds of 200 re-registered nodes with 1 KiB of metadata each
+//!    in the watched service; then they read again and the RESYNCs they
+//!    see are counted.
 //!
 //! `STREAMS_BIN` runs another build of `discovered` (allocator variants);
 //! `STREAMS_LABEL` names the summary row. The server inherits the
