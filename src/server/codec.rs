@@ -46,6 +46,16 @@ impl<T, U> Default for RequestCodec<T, U> {
     }
 }
 
+/// How tonic buffers the responses it encodes: an 8 KiB buffer to start
+/// with, and a stream's messages handed to HTTP/2 once 16 KiB are encoded
+/// (tonic's default is 32 KiB). A watch whose client does not read holds
+/// one such batch in HTTP/2 besides its own buffer, so a smaller batch is
+/// less memory pinned per frozen client; a reader that keeps up gets the
+/// same events in more, smaller frames.
+fn response_buffers() -> BufferSettings {
+    BufferSettings::new(8 * 1024, 16 * 1024)
+}
+
 impl<T, U> Codec for RequestCodec<T, U>
 where
     T: Message + Send + 'static,
@@ -57,7 +67,7 @@ where
     type Decoder = RequestDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::default()
+        tonic_prost::ProstCodec::<T, U>::raw_encoder(response_buffers())
     }
 
     fn decoder(&mut self) -> Self::Decoder {

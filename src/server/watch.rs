@@ -30,7 +30,7 @@ use crate::store::{Change, ChangeEvent, Registry, StoreError, StoreEvent};
 /// client gets a RESYNC and the current state once it reads again. Counted
 /// in bytes, not events: 256 events of a node with large metadata once
 /// pinned 400 KB per frozen client.
-pub const DEFAULT_WATCH_BUFFER_BYTES: usize = 64 * 1024;
+pub const DEFAULT_WATCH_BUFFER_BYTES: usize = 32 * 1024;
 /// How long a stream waits before retrying a snapshot the store refused
 /// (Redis down): the store's own RESYNC usually comes first.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);

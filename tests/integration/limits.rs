@@ -353,8 +353,9 @@ async fn a_client_that_stops_reading_is_cut_off_and_resyncs() {
     /// What the client's HTTP/2 stream and connection windows let the
     /// server send before the client takes anything.
     const CLIENT_WINDOW: usize = 65_535;
-    /// tonic encodes up to 32 KiB of messages before handing them on.
-    const TONIC_CHUNK: usize = 32 * 1024;
+    /// The server's tonic encodes up to 16 KiB of messages (and one more)
+    /// before handing them on.
+    const TONIC_CHUNK: usize = 16 * 1024;
     const NODES: u32 = 100;
     const METADATA: usize = 2 * 1024;
     let t = server_with(Limits {
