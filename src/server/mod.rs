@@ -9,6 +9,7 @@ mod discovery;
 mod framing;
 mod health;
 pub mod limits;
+mod peer;
 mod status;
 mod watch;
 
@@ -24,6 +25,7 @@ use tonic::transport::server::TcpIncoming;
 
 pub use discovery::{Defaults, DiscoveryService};
 pub use limits::Limits;
+pub use peer::PeerCertificate;
 pub use watch::{WatchSlot, WatchSlots};
 
 use crate::proto::v1::discovery_server::DiscoveryServer;
