@@ -335,6 +335,28 @@ pub struct NodeRecord {
     pub updated_at: Millis,
     /// When the node expires unless registered again; `None`: never.
     pub expires_at: Option<Millis>,
+    /// The identity that registered it, when the registry was protected
+    /// (issue 12); `None` for a node registered without auth.
+    pub owner: Option<String>,
+}
+
+/// Who writes a node when the registry is protected: the authenticated
+/// identity's name, and whether it may change nodes others registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// The token's or certificate identity's name from the auth file.
+    pub name: String,
+    /// An admin may change any node; anyone else only the nodes it
+    /// registered (and those registered without auth).
+    pub admin: bool,
+}
+
+impl Actor {
+    /// Whether this actor may register again, renew or remove a live node
+    /// registered by `owner`.
+    pub fn may_change(&self, owner: Option<&str>) -> bool {
+        self.admin || owner.is_none_or(|o| o == self.name)
+    }
 }
 
 impl NodeRecord {

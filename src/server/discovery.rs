@@ -200,6 +200,7 @@ impl Discovery for DiscoveryService {
                 spec,
                 ttl,
                 keep_instance,
+                actor: None,
             })
             .await?;
         Ok(Response::new(record.into()))
@@ -267,7 +268,11 @@ impl Discovery for DiscoveryService {
         let key = self.key(&r.service_group, &r.service_name)?;
         let node = name("node_name", &r.node_name)?;
         let instance = optional_name("instance_id", &r.instance_id)?;
-        match self.registry.remove_node(&key, &node, instance).await? {
+        match self
+            .registry
+            .remove_node(&key, &node, instance, None)
+            .await?
+        {
             Removal::Removed => Ok(Response::new(pb::RemoveNodeResponse { removed: true })),
             Removal::Missing if r.allow_missing => {
                 Ok(Response::new(pb::RemoveNodeResponse { removed: false }))
@@ -286,7 +291,11 @@ impl Discovery for DiscoveryService {
         let node = name("node_name", &r.node_name)?;
         let ttl = ttl(r.ttl_seconds, self.defaults.node_ttl)?;
         let instance = optional_name("instance_id", &r.instance_id)?;
-        match self.registry.heartbeat(&key, &node, ttl, instance).await? {
+        match self
+            .registry
+            .heartbeat(&key, &node, ttl, instance, None)
+            .await?
+        {
             Renewal::Renewed(expires_at) => Ok(Response::new(pb::HeartbeatResponse {
                 expires_at: expires_at.map(timestamp),
             })),

@@ -15,6 +15,7 @@ impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(m) => Status::unavailable(m),
+            e @ StoreError::NotOwner { .. } => Status::permission_denied(e.to_string()),
             StoreError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 Status::internal(m)

@@ -20,7 +20,8 @@ use super::{
     StoreResult,
 };
 use crate::model::{
-    Millis, NodeRecord, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec, now_millis,
+    Actor, Millis, NodeRecord, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec,
+    now_millis,
 };
 
 /// The longest the sweeper sleeps without looking. It sleeps until the
@@ -255,8 +256,16 @@ impl Registry for MemoryRegistry {
         let mut state = self.lock()?;
         let old = state.service_mut(&reg.key).nodes.get(&reg.name).cloned();
         let mut spec = reg.spec;
+        let mut owner = reg.actor.as_ref().map(|a| a.name.clone());
         let registered_at = match &old {
             Some(old) if !old.is_expired(now) => {
+                if let Some(actor) = &reg.actor
+                    && !actor.may_change(old.owner.as_deref())
+                {
+                    return Err(not_owner(old));
+                }
+                // Without auth a node keeps the owner it had.
+                owner = owner.or_else(|| old.owner.clone());
                 if reg.keep_instance {
                     spec.instance_id = old.spec.instance_id.clone();
                 }
@@ -274,6 +283,7 @@ impl Registry for MemoryRegistry {
             registered_at,
             updated_at: now,
             expires_at: crate::model::expiry(now, reg.ttl),
+            owner,
         };
         if let Some(t) = record.expires_at {
             state.add_deadline(t, record.key.clone(), record.name.clone());
@@ -348,6 +358,7 @@ impl Registry for MemoryRegistry {
         key: &ServiceKey,
         node: &str,
         instance: Option<&str>,
+        actor: Option<&Actor>,
     ) -> StoreResult<Removal> {
         let now = now_millis();
         let mut state = self.lock()?;
@@ -361,6 +372,12 @@ impl Registry for MemoryRegistry {
         let Some(old) = service.nodes.get(node) else {
             return Ok(Removal::Missing);
         };
+        if !old.is_expired(now)
+            && let Some(actor) = actor
+            && !actor.may_change(old.owner.as_deref())
+        {
+            return Err(not_owner(old));
+        }
         if let Some(id) = instance
             && !old.is_expired(now)
             && old.spec.instance_id != id
@@ -386,6 +403,7 @@ impl Registry for MemoryRegistry {
         node: &str,
         ttl: Option<Duration>,
         instance: Option<&str>,
+        actor: Option<&Actor>,
     ) -> StoreResult<Renewal> {
         let now = now_millis();
         let mut state = self.lock()?;
@@ -397,6 +415,11 @@ impl Registry for MemoryRegistry {
         else {
             return Ok(Renewal::Missing);
         };
+        if let Some(actor) = actor
+            && !actor.may_change(old.owner.as_deref())
+        {
+            return Err(not_owner(&old));
+        }
         if let Some(id) = instance
             && old.spec.instance_id != id
         {
@@ -465,5 +488,13 @@ impl Registry for MemoryRegistry {
 
     fn describe(&self) -> String {
         "memory (single process, not persistent)".into()
+    }
+}
+
+/// The refusal of a change to `node` by someone other than its owner.
+fn not_owner(node: &NodeRecord) -> StoreError {
+    StoreError::NotOwner {
+        node: node.name.clone(),
+        owner: node.owner.clone().unwrap_or_default(),
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::model::{
-    Millis, NodeRecord, NodeSpec, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec,
+    Actor, Millis, NodeRecord, NodeSpec, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec,
 };
 
 pub mod memory;
@@ -30,6 +30,17 @@ pub enum StoreError {
     /// Something that should not happen: a bug or corrupted data.
     #[error("registry store error: {0}")]
     Internal(String),
+    /// A live node was registered by another identity, and the caller is
+    /// not an admin; nothing changed.
+    #[error(
+        "node {node:?} is registered by {owner:?}; only that identity or an admin may change it"
+    )]
+    NotOwner {
+        /// The node's name.
+        node: String,
+        /// The identity that registered it.
+        owner: String,
+    },
 }
 
 /// Result of a store operation.
@@ -50,6 +61,9 @@ pub struct NodeRegistration {
     /// there is one (`spec.instance_id` then only serves a new node), so a
     /// plain re-registration changes nothing.
     pub keep_instance: bool,
+    /// Who registers it, when the registry is protected; the node then
+    /// records it as its owner. `None`: no auth, no ownership check.
+    pub actor: Option<Actor>,
 }
 
 /// What a RemoveNode did.
@@ -105,23 +119,27 @@ pub trait Registry: Send + Sync + 'static {
     /// A page of the group names.
     async fn list_groups(&self, page: PageRequest) -> StoreResult<Page>;
 
-    /// Removes a node; only `instance`'s registration when given.
+    /// Removes a node; only `instance`'s registration when given, and
+    /// only one `actor` may change when given ([`StoreError::NotOwner`]).
     async fn remove_node(
         &self,
         key: &ServiceKey,
         node: &str,
         instance: Option<&str>,
+        actor: Option<&Actor>,
     ) -> StoreResult<Removal>;
 
     /// Gives a live node a new deadline `ttl` from now (none: no expiry)
     /// without writing its record or telling watchers; only `instance`'s
-    /// registration when given.
+    /// registration when given, and only one `actor` may change when given
+    /// ([`StoreError::NotOwner`]).
     async fn heartbeat(
         &self,
         key: &ServiceKey,
         node: &str,
         ttl: Option<Duration>,
         instance: Option<&str>,
+        actor: Option<&Actor>,
     ) -> StoreResult<Renewal>;
 
     /// Removes a service and its nodes; `None` if the service was not

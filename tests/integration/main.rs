@@ -20,6 +20,7 @@ mod host_facts;
 mod large;
 mod limits;
 mod nofile;
+mod ownership;
 mod redis_scripts;
 mod redis_store;
 mod refused_writes;

@@ -8,7 +8,7 @@ use discovered::model::{NodeSpec, ServiceKey};
 use discovered::store::redis::Keys;
 use discovered::store::redis::record::{self, NODE_RECORD_HEAD};
 use discovered::store::redis::scripts::{
-    self, Heartbeat, NodeRemoval, NodeRenewal, RegisterNode, RemoveNode, ScriptCall,
+    self, Heartbeat, NodeRemoval, NodeRenewal, NodeWrite, RegisterNode, RemoveNode, ScriptCall,
 };
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
@@ -52,8 +52,12 @@ async fn register(
         now: 1_000,
         expires_at: None,
         keep_instance,
+        actor: None,
     };
-    run(conn, keys, call).await
+    match run(conn, keys, call).await {
+        NodeWrite::Stored(stored) => stored,
+        other => panic!("register without auth refused: {other:?}"),
+    }
 }
 
 /// The `record` of a stored envelope, as JSON.
@@ -76,6 +80,7 @@ async fn the_scripts_find_the_instance_id_the_rust_code_writes() {
         now: 2_000,
         expires_at: None,
         instance: Some(instance),
+        actor: None,
     };
     // The id the scripts read is the one Rust wrote: a mismatch names it,
     // a match renews.
@@ -92,6 +97,7 @@ async fn the_scripts_find_the_instance_id_the_rust_code_writes() {
         node: "pay-1",
         instance: Some("other"),
         now: 3_000,
+        actor: None,
     };
     assert_eq!(
         run(&mut conn, &keys, removal).await,

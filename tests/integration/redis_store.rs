@@ -283,6 +283,7 @@ async fn a_node_racing_its_services_removal_is_never_left_unlisted() {
             },
             ttl: None,
             keep_instance: true,
+            actor: None,
         };
         // The service exists first, so the removal has work to do.
         a.register_node(reg.clone()).await.expect("register");

@@ -39,6 +39,10 @@ struct Envelope<T> {
     updated_at: Millis,
     #[serde(default)]
     expires_at: Option<Millis>,
+    /// The identity that registered a node, when the registry was
+    /// protected; scripts write it between `expires_at` and the record.
+    #[serde(default)]
+    owner: Option<String>,
     record: T,
 }
 
@@ -64,6 +68,7 @@ impl Envelope<NodeSpec> {
             registered_at: self.registered_at,
             updated_at: self.updated_at,
             expires_at: self.expires_at,
+            owner: self.owner,
         }
     }
 }

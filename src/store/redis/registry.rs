@@ -14,14 +14,14 @@ use super::master::Master;
 use super::pool::{self, RedisPool};
 use super::record::{self, live_nodes, node_record, service_record};
 use super::scripts::{
-    self, Heartbeat, ListingAdd, ListingRemove, NodeRemoval, NodeRenewal, RegisterNode,
+    self, Heartbeat, ListingAdd, ListingRemove, NodeRemoval, NodeRenewal, NodeWrite, RegisterNode,
     RegisterService, RemoveNode, RemoveService, RemovedService, ScriptCall,
 };
 use super::sentinel::{self, ResolveError};
 use super::subscriber::{self, Subscriber};
 use super::sweeper::Sweeper;
 use crate::model::{
-    Millis, NodeRecord, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec, expiry,
+    Actor, Millis, NodeRecord, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec, expiry,
     now_millis,
 };
 use crate::store::{
@@ -405,9 +405,8 @@ impl Registry for RedisRegistry {
         ListingAdd { service: &reg.key }
             .add_to(&mut pipe, self.keys())
             .ignore();
-        // The deadline goes in before the record, so a sweep never sees a
-        // record whose deadline it does not know.
-        self.set_deadline(&mut pipe, &reg.key, &reg.name, expires_at);
+        // The script sets the node's deadline with its record, and neither
+        // when it refuses the write (a node of another owner keeps its own).
         RegisterNode {
             service: &reg.key,
             node: &reg.name,
@@ -415,10 +414,16 @@ impl Registry for RedisRegistry {
             now,
             expires_at,
             keep_instance: reg.keep_instance,
+            actor: reg.actor.as_ref(),
         }
         .add_to(&mut pipe, self.keys());
-        let (stored,): (String,) = self.pool().query(&pipe).await?;
-        node_record(&reg.key, &reg.name, &stored)
+        match self.pool().query(&pipe).await? {
+            (NodeWrite::Stored(stored),) => node_record(&reg.key, &reg.name, &stored),
+            (NodeWrite::Owned(owner),) => Err(StoreError::NotOwner {
+                node: reg.name,
+                owner,
+            }),
+        }
     }
 
     async fn get_service(&self, key: &ServiceKey) -> StoreResult<Option<ServiceRecord>> {
@@ -453,12 +458,14 @@ impl Registry for RedisRegistry {
         key: &ServiceKey,
         node: &str,
         instance: Option<&str>,
+        actor: Option<&Actor>,
     ) -> StoreResult<Removal> {
         let removal = RemoveNode {
             service: key,
             node,
             instance,
             now: now_millis(),
+            actor,
         };
         match self.call(removal).await? {
             NodeRemoval::Removed(stored) => {
@@ -474,6 +481,10 @@ impl Registry for RedisRegistry {
                 )
             }
             NodeRemoval::Missing => Ok(Removal::Missing),
+            NodeRemoval::Owned(owner) => Err(StoreError::NotOwner {
+                node: node.into(),
+                owner,
+            }),
             NodeRemoval::OtherInstance(id) => Ok(Removal::OtherInstance(id)),
         }
     }
@@ -484,6 +495,7 @@ impl Registry for RedisRegistry {
         node: &str,
         ttl: Option<Duration>,
         instance: Option<&str>,
+        actor: Option<&Actor>,
     ) -> StoreResult<Renewal> {
         let now = now_millis();
         let expires_at = expiry(now, ttl);
@@ -493,6 +505,7 @@ impl Registry for RedisRegistry {
             now,
             expires_at,
             instance,
+            actor,
         };
         match self.call(renewal).await? {
             NodeRenewal::Renewed => {
@@ -504,6 +517,10 @@ impl Registry for RedisRegistry {
                 Ok(Renewal::Renewed(expires_at))
             }
             NodeRenewal::Missing => Ok(Renewal::Missing),
+            NodeRenewal::Owned(owner) => Err(StoreError::NotOwner {
+                node: node.into(),
+                owner,
+            }),
             NodeRenewal::OtherInstance(id) => Ok(Renewal::OtherInstance(id)),
         }
     }

@@ -39,13 +39,38 @@ local function with_instance(record, id)
   return NODE_RECORD_HEAD .. id .. string.sub(record, close)
 end
 
--- The envelope of a node record; expires is '' for a node without TTL.
-local function node_envelope(registered, updated, expires, record)
+-- The owner of a stored node envelope as the JSON string it is stored as
+-- (quotes included), or nil for a node registered without auth. It sits
+-- between expires_at and the record, so nothing in a record can match.
+local OWNER_PATTERN = '^{"registered_at":%d+,"updated_at":%d+,"expires_at":[%dnul]+,"owner":(".-"),"record":'
+
+local function owner_of(stored)
+  return string.match(stored, OWNER_PATTERN)
+end
+
+-- Whether a caller may change the live node stored as old: caller is its
+-- name as a JSON string ('' without auth: no check), admin is '1' for a
+-- caller that may change any node. Mirrors model::Actor::may_change.
+local function may_change(old, caller, admin)
+  if caller == '' or admin == '1' then
+    return true
+  end
+  local owner = owner_of(old)
+  return owner == nil or owner == caller
+end
+
+-- The envelope of a node record; expires is '' for a node without TTL,
+-- owner a JSON string or nil for none.
+local function node_envelope(registered, updated, expires, owner, record)
   if expires == '' then
     expires = 'null'
   end
+  local owned = ''
+  if owner then
+    owned = ',"owner":' .. owner
+  end
   return '{"registered_at":' .. registered .. ',"updated_at":' .. updated
-    .. ',"expires_at":' .. expires .. ',"record":' .. record .. '}'
+    .. ',"expires_at":' .. expires .. owned .. ',"record":' .. record .. '}'
 end
 
 -- The envelope of a service record.

@@ -1,15 +1,24 @@
 -- Writes a node record whole, keeping registered_at of an existing live one.
 -- KEYS[1], ARGV[1..4]: where and when changes go (see prelude.lua).
--- KEYS[2] nodes hash.
+-- KEYS[2] nodes hash; KEYS[3] the deadlines sorted set.
 -- ARGV[5] node name; ARGV[6] record JSON; ARGV[7] expires_at (ms), or ""
 -- for no TTL; ARGV[8] "1" to keep a live node's instance_id (the request
 -- named none; the record then carries a fresh one to use for a new node).
+-- ARGV[9] the caller's name as a JSON string, the node's owner from now
+-- on, or "" without auth; ARGV[10] "1" when the caller may change nodes
+-- others registered (admin). ARGV[11] the node's member in the deadlines.
+-- The deadline is set with the record, never on a refused write.
 -- Publishes node_added, or node_updated if a field of a live node's record
 -- changed (timestamps and the deadline do not count); an old record past
 -- its deadline is published as node_expired first.
--- Returns the stored envelope.
+-- Returns { "stored", envelope }, or { "owned", owner } when a live node
+-- was registered by another identity (nothing changes).
 local name = ARGV[5]
 local record = ARGV[6]
+local owner = nil
+if ARGV[9] ~= '' then
+  owner = ARGV[9]
+end
 local registered = CHANGE.now
 local kind = 'node_added'
 local old = redis.call('HGET', KEYS[2], name)
@@ -17,6 +26,11 @@ if old then
   if is_expired(old, tonumber(CHANGE.now)) then
     publish('node_expired', name, old)
   else
+    if not may_change(old, ARGV[9], ARGV[10]) then
+      return { 'owned', owner_of(old) }
+    end
+    -- Without auth a node keeps the owner it had.
+    owner = owner or owner_of(old)
     registered = registered_of(old) or registered
     if ARGV[8] == '1' then
       record = with_instance(record, instance_of(old))
@@ -28,9 +42,14 @@ if old then
     end
   end
 end
-local stored = node_envelope(registered, CHANGE.now, ARGV[7], record)
+if ARGV[7] == '' then
+  redis.call('ZREM', KEYS[3], ARGV[11])
+else
+  redis.call('ZADD', KEYS[3], ARGV[7], ARGV[11])
+end
+local stored = node_envelope(registered, CHANGE.now, ARGV[7], owner, record)
 redis.call('HSET', KEYS[2], name, stored)
 if kind then
   publish(kind, name, stored)
 end
-return stored
+return { 'stored', stored }

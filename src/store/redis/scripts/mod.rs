@@ -91,7 +91,9 @@ mod snapshot;
 
 pub use deadline::ForgetDeadline;
 pub use listing::{ListingAdd, ListingRemove};
-pub use node::{ExpireNode, Heartbeat, NodeRemoval, NodeRenewal, RegisterNode, RemoveNode};
+pub use node::{
+    ExpireNode, Heartbeat, NodeRemoval, NodeRenewal, NodeWrite, RegisterNode, RemoveNode,
+};
 pub use service::{RegisterService, RemoveService, RemovedService};
 pub use snapshot::{Snapshot, SnapshotReply};
 

@@ -5,7 +5,8 @@ use std::sync::LazyLock;
 use redis::{FromRedisValue, ParsingError, Script, ScriptInvocation, Value};
 
 use super::{Keys, ScriptCall, bad_reply, change_call, or_empty};
-use crate::model::{Millis, ServiceKey};
+use crate::model::{Actor, Millis, ServiceKey};
+use crate::store::redis::keys::deadline_member;
 
 change_script!(REGISTER_NODE, "register_node.lua");
 change_script!(REMOVE_NODE, "remove_node.lua");
@@ -28,19 +29,67 @@ pub struct RegisterNode<'a> {
     pub expires_at: Option<Millis>,
     /// Keep a live node's instance id rather than the record's.
     pub keep_instance: bool,
+    /// Who registers it, when the registry is protected.
+    pub actor: Option<&'a Actor>,
 }
 
 impl ScriptCall for RegisterNode<'_> {
-    type Reply = String;
+    type Reply = NodeWrite;
 
     fn invocation(&self, keys: &Keys) -> ScriptInvocation<'static> {
         let mut call = change_call(&REGISTER_NODE, keys, self.service, self.now);
         call.key(keys.nodes(self.service))
+            .key(keys.deadlines())
             .arg(self.node)
             .arg(self.record)
             .arg(or_empty(self.expires_at))
             .arg(if self.keep_instance { "1" } else { "" });
+        add_actor(&mut call, self.actor);
+        call.arg(deadline_member(self.service, self.node));
         call
+    }
+}
+
+/// The two arguments every node-writing script takes about its caller:
+/// the name as a JSON string (as the envelope stores it) and whether it
+/// may change nodes others registered; both empty without auth.
+fn add_actor(call: &mut ScriptInvocation<'static>, actor: Option<&Actor>) {
+    match actor {
+        Some(a) => {
+            let name = serde_json::to_string(&a.name).expect("a string always encodes");
+            call.arg(name).arg(if a.admin { "1" } else { "" });
+        }
+        None => {
+            call.arg("").arg("");
+        }
+    }
+}
+
+/// An owner as the scripts reply it: the JSON string the envelope holds.
+fn owner_name(script: &str, json: &str, v: &Value) -> Result<String, ParsingError> {
+    serde_json::from_str(json).map_err(|_| bad_reply(script, v))
+}
+
+/// What [`RegisterNode`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeWrite {
+    /// Written; the stored envelope.
+    Stored(String),
+    /// A live node registered by another identity (its name) is there;
+    /// nothing changed.
+    Owned(String),
+}
+
+impl FromRedisValue for NodeWrite {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let items: Vec<String> = redis::from_redis_value_ref(&v)?;
+        match items.as_slice() {
+            [status, stored] if status == "stored" => Ok(Self::Stored(stored.clone())),
+            [status, owner] if status == "owned" => {
+                Ok(Self::Owned(owner_name("register_node", owner, &v)?))
+            }
+            _ => Err(bad_reply("register_node", &v)),
+        }
     }
 }
 
@@ -56,6 +105,8 @@ pub struct RemoveNode<'a> {
     pub instance: Option<&'a str>,
     /// The server's time.
     pub now: Millis,
+    /// Who removes it, when the registry is protected.
+    pub actor: Option<&'a Actor>,
 }
 
 impl ScriptCall for RemoveNode<'_> {
@@ -66,6 +117,7 @@ impl ScriptCall for RemoveNode<'_> {
         call.key(keys.nodes(self.service))
             .arg(self.node)
             .arg(or_empty(self.instance));
+        add_actor(&mut call, self.actor);
         call
     }
 }
@@ -77,6 +129,9 @@ pub enum NodeRemoval {
     Removed(String),
     /// There was no such node.
     Missing,
+    /// A live node registered by another identity (its name) is there;
+    /// nothing changed.
+    Owned(String),
     /// A live node of another instance (its id) is there; nothing changed.
     OtherInstance(String),
 }
@@ -87,6 +142,9 @@ impl FromRedisValue for NodeRemoval {
         match items.as_slice() {
             [status, stored] if status == "removed" => Ok(Self::Removed(stored.clone())),
             [status] if status == "missing" => Ok(Self::Missing),
+            [status, owner] if status == "owned" => {
+                Ok(Self::Owned(owner_name("remove_node", owner, &v)?))
+            }
             [status, id] if status == "other" => Ok(Self::OtherInstance(id.clone())),
             _ => Err(bad_reply("remove_node", &v)),
         }
@@ -129,6 +187,8 @@ pub struct Heartbeat<'a> {
     pub expires_at: Option<Millis>,
     /// The instance the node must belong to, if any.
     pub instance: Option<&'a str>,
+    /// Who renews it, when the registry is protected.
+    pub actor: Option<&'a Actor>,
 }
 
 impl ScriptCall for Heartbeat<'_> {
@@ -140,6 +200,7 @@ impl ScriptCall for Heartbeat<'_> {
             .arg(self.now)
             .arg(or_empty(self.expires_at))
             .arg(or_empty(self.instance));
+        add_actor(&mut call, self.actor);
         call
     }
 }
@@ -151,6 +212,9 @@ pub enum NodeRenewal {
     Renewed,
     /// There is no live node of that name.
     Missing,
+    /// The node was registered by another identity (its name); nothing
+    /// changed.
+    Owned(String),
     /// The node belongs to another instance (its id); nothing changed.
     OtherInstance(String),
 }
@@ -161,6 +225,9 @@ impl FromRedisValue for NodeRenewal {
         match items.as_slice() {
             [status] if status == "renewed" => Ok(Self::Renewed),
             [status] if status == "missing" => Ok(Self::Missing),
+            [status, owner] if status == "owned" => {
+                Ok(Self::Owned(owner_name("heartbeat", owner, &v)?))
+            }
             [status, id] if status == "other" => Ok(Self::OtherInstance(id.clone())),
             _ => Err(bad_reply("heartbeat", &v)),
         }
