@@ -2,7 +2,7 @@
 //! and client-certificate identities from an auth file, each with a role
 //! and a scope.
 //!
-//! - [`file`]: the auth file's format and its strict parsing.
+//! - [`file`](mod@file): the auth file's format and its strict parsing.
 //! - [`policy`]: roles, scopes, [`Caller`] and [`Caller::authorize`].
 //! - [`Auth`]: the file in force, re-read when it changes.
 //!
