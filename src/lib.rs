@@ -7,6 +7,8 @@
 //!   conversions to and from the domain types.
 //! - [`model`]: the registry's domain types and validation rules.
 //! - [`client`]: a typed Rust client, with a watch that survives restarts.
+//! - [`auth`]: tokens, certificate identities, roles and scopes (feature
+//!   `server`).
 //! - [`backoff`]: the one exponential backoff every retry loop uses.
 //! - [`agent`]: keeps one node registered (feature `agent`).
 //! - [`hostfacts`]: the facts of the machine a node runs on, for its
@@ -25,6 +27,8 @@
 
 #[cfg(feature = "agent")]
 pub mod agent;
+#[cfg(feature = "server")]
+pub mod auth;
 pub mod backoff;
 #[cfg(feature = "server")]
 pub mod cli;

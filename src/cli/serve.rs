@@ -1,6 +1,7 @@
 //! `discovered serve`: runs the gRPC server on Redis or in memory.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use super::logging::{self, LogFormat};
 use super::nofile;
 use super::runtime::{self, Threads};
 
+use crate::auth::{Auth, AuthFileError};
 use crate::model::{InvalidField, validate_name, validate_ttl};
 use crate::server::{self, Defaults, Limits, ServeError, Settings, limits};
 use crate::store::redis::{CheckError, ConfigError, DataNode};
@@ -32,6 +34,9 @@ enum Failure {
     /// Redis does not answer as the server needs at start.
     #[error(transparent)]
     Check(#[from] CheckError),
+    /// The auth file cannot be read or is not valid.
+    #[error(transparent)]
+    Auth(#[from] AuthFileError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -177,6 +182,13 @@ pub struct ServeArgs {
     #[arg(long, env = "DISCOVERED_IDLE_TIMEOUT", default_value_t = limits::DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout: u64,
 
+    /// Tokens and client-certificate identities that may call the server,
+    /// with their roles and scopes (TOML; see the README's Security
+    /// section). Without it every client may do everything. Re-read when
+    /// it changes; a bad new version is logged and the old one kept.
+    #[arg(long, env = "DISCOVERED_AUTH_FILE")]
+    auth_file: Option<PathBuf>,
+
     /// Log format (levels follow RUST_LOG, default info).
     #[arg(long, env = "DISCOVERED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -278,6 +290,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         },
         auto: !args.no_auto,
     };
+    // Before Redis: a bad file is a mistake to report at once.
+    let auth = args.auth_file.as_deref().map(Auth::load).transpose()?;
     let registry: Arc<dyn Registry> = match args.redis_config()? {
         Some(config) => {
             let redis = RedisRegistry::new(config)?;
@@ -311,12 +325,28 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         http2_keepalive_timeout = ?limits.http2_keepalive_timeout,
         handshake_timeout = ?limits.handshake_timeout,
         idle_timeout = ?limits.idle_timeout,
+        auth_file = ?args.auth_file,
         "discovered serving"
     );
+    match &auth {
+        Some(a) => {
+            let policy = a.policy();
+            tracing::info!(
+                path = %a.path().display(),
+                tokens = policy.file().tokens.len(),
+                identities = policy.file().identities.len(),
+                "auth file loaded: calls need a token or a client certificate"
+            );
+        }
+        None => tracing::warn!(
+            "no --auth-file: every client may do everything, removing services included"
+        ),
+    }
     let settings = Settings {
         defaults,
         limits,
         drain: Duration::from_secs(args.drain_timeout),
+        auth,
     };
     server::serve(registry, settings, listener, super::signal::shutdown()).await?;
     tracing::info!("stopped");

@@ -10,16 +10,18 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::auth::caller;
 use super::status::{group_not_found, node_not_found, other_instance, service_not_found};
 use super::watch::{self, Filter, WatchSlots, WatchStream};
+use crate::auth::{Action, Caller};
 use crate::model::{
-    InvalidField, NodeSpec, PageRequest, ServiceKey, ServiceSpec, validate_name,
-    validate_page_size, validate_ttl,
+    InvalidField, MAX_PAGE_SIZE, NodeSpec, Page, PageRequest, ServiceKey, ServiceSpec,
+    validate_name, validate_page_size, validate_ttl,
 };
 use crate::proto::timestamp;
 use crate::proto::v1 as pb;
 use crate::proto::v1::discovery_server::Discovery;
-use crate::store::{NodeRegistration, Registry, Removal, Renewal};
+use crate::store::{NodeRegistration, Registry, Removal, Renewal, StoreError};
 
 /// Server-wide defaults that requests may override.
 #[derive(Debug, Clone)]
@@ -51,6 +53,10 @@ pub struct DiscoveryService {
     shutdown: CancellationToken,
     /// The open watch streams, against `--max-watch-streams`.
     watch_slots: WatchSlots,
+    /// Whether calls must come with a [`Caller`] (the server has an auth
+    /// file). The auth layer refuses calls without one before they get
+    /// here; this makes sure a handler never serves one anyway.
+    auth: bool,
 }
 
 impl DiscoveryService {
@@ -69,7 +75,41 @@ impl DiscoveryService {
                 watch::DEFAULT_MAX_WATCH_STREAMS,
                 watch::DEFAULT_WATCH_BUFFER_BYTES,
             ),
+            auth: false,
         }
+    }
+
+    /// Requires every call to come with a [`Caller`] and checks what it
+    /// may do (`true` when the server has an auth file).
+    pub fn with_auth(self, auth: bool) -> Self {
+        Self { auth, ..self }
+    }
+
+    /// Whether `caller` may do `action` on `group` (and `service`; `None`
+    /// for the whole group). Without an auth file everyone may do
+    /// everything.
+    fn allow(
+        &self,
+        caller: Option<&Caller>,
+        action: Action,
+        group: &str,
+        service: Option<&str>,
+    ) -> Result<(), Status> {
+        match caller {
+            Some(c) => Ok(c.authorize(action, group, service)?),
+            None if self.auth => Err(Status::unauthenticated("no credentials")),
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`DiscoveryService::allow`] for one service.
+    fn allow_key(
+        &self,
+        caller: Option<&Caller>,
+        action: Action,
+        key: &ServiceKey,
+    ) -> Result<(), Status> {
+        self.allow(caller, action, &key.group, Some(&key.service))
     }
 
     /// Allows at most `max` open watch streams (a new one beyond them is
@@ -146,6 +186,7 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::WatchServiceRequest>,
     ) -> Result<Response<Self::WatchServiceStream>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let group = group_or_default(&r.service_group, &self.defaults.service_group)?;
         let service = if r.service_name.is_empty() {
@@ -153,6 +194,12 @@ impl Discovery for DiscoveryService {
         } else {
             Some(name("service_name", &r.service_name)?)
         };
+        self.allow(
+            caller.as_ref(),
+            Action::WatchService,
+            &group,
+            service.as_deref(),
+        )?;
         let slot = self.watch_slots.acquire()?;
         Ok(Response::new(watch::start(
             self.registry.clone(),
@@ -167,8 +214,10 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::RegisterServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
+        self.allow_key(caller.as_ref(), Action::RegisterService, &key)?;
         let spec = ServiceSpec::try_from(r)?;
         let record = self.registry.register_service(key, spec).await?;
         Ok(Response::new(record.into()))
@@ -179,8 +228,10 @@ impl Discovery for DiscoveryService {
         request: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let peer = request.remote_addr();
+        let caller = caller(&request);
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
+        self.allow_key(caller.as_ref(), Action::RegisterNode, &key)?;
         let node = name("node_name", &r.node_name)?;
         let ttl = ttl(r.ttl_seconds, self.defaults.node_ttl)?;
         let auto = r.auto.unwrap_or(self.defaults.auto);
@@ -210,8 +261,15 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
+        let action = if r.reveal_credentials {
+            Action::RevealCredentials
+        } else {
+            Action::GetService
+        };
+        self.allow_key(caller.as_ref(), action, &key)?;
         match self.registry.get_service(&key).await? {
             Some(record) => Ok(Response::new(pb::Service::from_record(
                 record,
@@ -225,8 +283,10 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::GetNodesRequest>,
     ) -> Result<Response<pb::GetNodesResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
+        self.allow_key(caller.as_ref(), Action::GetNodes, &key)?;
         let nodes = self.registry.get_nodes(&key).await?;
         Ok(Response::new(pb::GetNodesResponse {
             nodes: nodes.into_iter().map(pb::Node::from).collect(),
@@ -237,10 +297,25 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let group = group_or_default(&r.service_group, &self.defaults.service_group)?;
+        self.allow(caller.as_ref(), Action::ListServices, &group, None)?;
         let page = Self::page(r.page_size, r.page_token)?;
-        let page = self.registry.list_services(&group, page).await?;
+        let page = match caller.filter(|c| c.scope.services.is_some()) {
+            // Only what the scope covers (see `scoped_page`).
+            Some(c) => {
+                let registry = &self.registry;
+                let group = group.as_str();
+                scoped_page(
+                    page,
+                    |p| registry.list_services(group, p),
+                    |name| c.lists(Some(group), name),
+                )
+                .await?
+            }
+            None => self.registry.list_services(&group, page).await?,
+        };
         Ok(Response::new(pb::ListServicesResponse {
             service_names: page.names,
             next_page_token: page.next.unwrap_or_default(),
@@ -251,9 +326,23 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::ListServiceGroupsRequest>,
     ) -> Result<Response<pb::ListServiceGroupsResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
+        let group = &self.defaults.service_group;
+        self.allow(caller.as_ref(), Action::ListServiceGroups, group, None)?;
         let page = Self::page(r.page_size, r.page_token)?;
-        let page = self.registry.list_groups(page).await?;
+        let page = match caller.filter(|c| c.scope.groups.is_some()) {
+            Some(c) => {
+                let registry = &self.registry;
+                scoped_page(
+                    page,
+                    |p| registry.list_groups(p),
+                    |name| c.lists(None, name),
+                )
+                .await?
+            }
+            None => self.registry.list_groups(page).await?,
+        };
         Ok(Response::new(pb::ListServiceGroupsResponse {
             service_groups: page.names,
             next_page_token: page.next.unwrap_or_default(),
@@ -264,8 +353,10 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
+        self.allow_key(caller.as_ref(), Action::RemoveNode, &key)?;
         let node = name("node_name", &r.node_name)?;
         let instance = optional_name("instance_id", &r.instance_id)?;
         match self
@@ -286,8 +377,10 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
+        self.allow_key(caller.as_ref(), Action::Heartbeat, &key)?;
         let node = name("node_name", &r.node_name)?;
         let ttl = ttl(r.ttl_seconds, self.defaults.node_ttl)?;
         let instance = optional_name("instance_id", &r.instance_id)?;
@@ -308,8 +401,10 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::RemoveServiceRequest>,
     ) -> Result<Response<pb::RemoveServiceResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
+        self.allow_key(caller.as_ref(), Action::RemoveService, &key)?;
         match self.registry.remove_service(&key).await? {
             Some(nodes_removed) => Ok(Response::new(pb::RemoveServiceResponse {
                 removed: true,
@@ -324,6 +419,7 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::RemoveServiceGroupRequest>,
     ) -> Result<Response<pb::RemoveServiceGroupResponse>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         // Never defaulted: leaving the field out must not wipe the default
         // group.
@@ -333,6 +429,7 @@ impl Discovery for DiscoveryService {
             ));
         }
         let group = name("service_group", &r.service_group)?;
+        self.allow(caller.as_ref(), Action::RemoveServiceGroup, &group, None)?;
         match self.registry.remove_group(&group).await? {
             Some(services_removed) => Ok(Response::new(pb::RemoveServiceGroupResponse {
                 removed: true,
@@ -342,4 +439,48 @@ impl Discovery for DiscoveryService {
             None => Err(group_not_found(&group)),
         }
     }
+}
+
+/// One page of a listing that shows only the names `keep` allows (a scoped
+/// caller's groups or services): pages through the registry's own listing
+/// (`fetch`) from `want.after` until it has a page of kept names or the
+/// listing ends. The next-page token is the last name shown, so it never
+/// names something the scope hides.
+///
+/// The whole listing may be read for one page when the scope covers few of
+/// many names; scoped callers are agents and tools, whose listings are rare.
+async fn scoped_page<F, Fut>(
+    want: PageRequest,
+    mut fetch: F,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Page, StoreError>
+where
+    F: FnMut(PageRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<Page, StoreError>>,
+{
+    let mut kept = Vec::new();
+    let mut after = want.after;
+    loop {
+        let page = fetch(PageRequest {
+            size: MAX_PAGE_SIZE,
+            after: after.take(),
+        })
+        .await?;
+        kept.extend(page.names.into_iter().filter(|n| keep(n)));
+        // One more than asked tells whether there is a next page.
+        if kept.len() > want.size {
+            break;
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let next = if kept.len() > want.size {
+        kept.truncate(want.size);
+        kept.last().cloned()
+    } else {
+        None
+    };
+    Ok(Page { names: kept, next })
 }

@@ -2,6 +2,7 @@
 //! graceful shutdown around one [`Registry`].
 
 mod accept;
+mod auth;
 pub(crate) mod codec;
 mod connection;
 mod content_type;
@@ -43,6 +44,10 @@ pub struct Settings {
     pub limits: Limits,
     /// How long in-flight calls may run after shutdown begins.
     pub drain: Duration,
+    /// Who may call, from `--auth-file`; `None` lets everyone do everything
+    /// (as before auth existed). The server re-reads the file while it
+    /// runs ([`crate::auth::Auth::watch`]).
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 impl Default for Settings {
@@ -51,6 +56,7 @@ impl Default for Settings {
             defaults: Defaults::default(),
             limits: Limits::default(),
             drain: DEFAULT_DRAIN_TIMEOUT,
+            auth: None,
         }
     }
 }
@@ -78,6 +84,7 @@ pub async fn serve(
         defaults,
         limits,
         drain,
+        auth,
     } = settings;
     let (reporter, health) = tonic_health::server::health_reporter();
     let monitor = tokio::spawn(health::monitor(registry.clone(), reporter));
@@ -85,9 +92,13 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    // Picks up changes to the auth file without a restart.
+    let auth_watch = auth.clone().map(|a| a.watch(crate::auth::POLL_INTERVAL));
+
     let stopping = CancellationToken::new();
     let service = DiscoveryService::new(registry, defaults, stopping.clone())
-        .with_watch_limits(limits.max_watch_streams, limits.watch_buffer_bytes);
+        .with_watch_limits(limits.max_watch_streams, limits.watch_buffer_bytes)
+        .with_auth(auth.is_some());
     let discovery = DiscoveryServer::new(service)
         .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
         .max_encoding_message_size(limits::MAX_RESPONSE_BYTES);
@@ -111,6 +122,9 @@ pub async fn serve(
         .layer(framing::FramingLayer)
         .layer(codec::LogRefusedLayer)
         .map_response(limits::oversized_is_resource_exhausted)
+        // Innermost, so that the connection's extensions (the client
+        // certificate) are there, and refusals are plain gRPC statuses.
+        .layer(auth::AuthLayer::new(auth))
         .service(routes);
     let server = connection::serve(incoming(listener), service, limits, signal);
     tokio::pin!(server);
@@ -131,6 +145,9 @@ pub async fn serve(
         }
     };
     monitor.abort();
+    if let Some(w) = auth_watch {
+        w.abort();
+    }
     result
 }
 

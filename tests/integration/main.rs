@@ -9,6 +9,7 @@
 mod common;
 
 mod agent;
+mod auth;
 mod binary;
 mod cli;
 mod client;
