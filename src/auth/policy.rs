@@ -179,6 +179,17 @@ pub struct Caller {
     pub how: How,
 }
 
+impl Caller {
+    /// The caller as the store sees a writer of nodes: its name, and
+    /// whether it may change nodes that others registered.
+    pub fn actor(&self) -> crate::model::Actor {
+        crate::model::Actor {
+            name: self.name.clone(),
+            admin: self.role == Role::Admin,
+        }
+    }
+}
+
 /// Why a caller may not do something: PERMISSION_DENIED, with this as the
 /// message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,5 +1,7 @@
 //! Logs on stderr, for the long-running subcommands (`serve`, `agent`).
 
+use std::io::IsTerminal;
+
 use clap::ValueEnum;
 
 /// How logs are written to stderr.
@@ -18,7 +20,10 @@ pub(super) fn init(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: in a file, a pipe or a
+        // log collector the escape codes are noise around every field.
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

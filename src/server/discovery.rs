@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::audit::{Audit, what};
 use super::auth::caller;
 use super::status::{group_not_found, node_not_found, other_instance, service_not_found};
 use super::watch::{self, Filter, WatchSlots, WatchStream};
@@ -214,13 +215,20 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::RegisterServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
+        let audit = Audit::of(&request, "RegisterService");
         let caller = caller(&request);
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
-        self.allow_key(caller.as_ref(), Action::RegisterService, &key)?;
+        let target = what(&key.group, Some(&key.service), None);
+        audit.check(
+            &target,
+            self.allow_key(caller.as_ref(), Action::RegisterService, &key),
+        )?;
         let spec = ServiceSpec::try_from(r)?;
-        let record = self.registry.register_service(key, spec).await?;
-        Ok(Response::new(record.into()))
+        let result = self.registry.register_service(key, spec).await;
+        let result = result.map_err(Status::from);
+        audit.record(&target, &result);
+        Ok(Response::new(result?.into()))
     }
 
     async fn register_node(
@@ -228,11 +236,16 @@ impl Discovery for DiscoveryService {
         request: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let peer = request.remote_addr();
+        let audit = Audit::of(&request, "RegisterNode");
         let caller = caller(&request);
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
-        self.allow_key(caller.as_ref(), Action::RegisterNode, &key)?;
         let node = name("node_name", &r.node_name)?;
+        let target = what(&key.group, Some(&key.service), Some(&node));
+        audit.check(
+            &target,
+            self.allow_key(caller.as_ref(), Action::RegisterNode, &key),
+        )?;
         let ttl = ttl(r.ttl_seconds, self.defaults.node_ttl)?;
         let auto = r.auto.unwrap_or(self.defaults.auto);
         let mut spec = NodeSpec::try_from(r)?;
@@ -243,7 +256,7 @@ impl Discovery for DiscoveryService {
         if keep_instance {
             spec.instance_id = crate::model::new_instance_id();
         }
-        let record = self
+        let result = self
             .registry
             .register_node(NodeRegistration {
                 key,
@@ -251,10 +264,12 @@ impl Discovery for DiscoveryService {
                 spec,
                 ttl,
                 keep_instance,
-                actor: None,
+                actor: caller.as_ref().map(Caller::actor),
             })
-            .await?;
-        Ok(Response::new(record.into()))
+            .await
+            .map_err(Status::from);
+        audit.record(&target, &result);
+        Ok(Response::new(result?.into()))
     }
 
     async fn get_service(
@@ -353,24 +368,34 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let audit = Audit::of(&request, "RemoveNode");
         let caller = caller(&request);
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
-        self.allow_key(caller.as_ref(), Action::RemoveNode, &key)?;
         let node = name("node_name", &r.node_name)?;
+        let target = what(&key.group, Some(&key.service), Some(&node));
+        audit.check(
+            &target,
+            self.allow_key(caller.as_ref(), Action::RemoveNode, &key),
+        )?;
         let instance = optional_name("instance_id", &r.instance_id)?;
-        match self
+        let actor = caller.as_ref().map(Caller::actor);
+        let removal = self
             .registry
-            .remove_node(&key, &node, instance, None)
-            .await?
-        {
-            Removal::Removed => Ok(Response::new(pb::RemoveNodeResponse { removed: true })),
-            Removal::Missing if r.allow_missing => {
-                Ok(Response::new(pb::RemoveNodeResponse { removed: false }))
-            }
-            Removal::Missing => Err(node_not_found(&key, &node)),
-            Removal::OtherInstance(owner) => Err(other_instance(&node, &owner)),
-        }
+            .remove_node(&key, &node, instance, actor.as_ref())
+            .await;
+        let result = removal
+            .map_err(Status::from)
+            .and_then(|removal| match removal {
+                Removal::Removed => Ok(pb::RemoveNodeResponse { removed: true }),
+                Removal::Missing if r.allow_missing => {
+                    Ok(pb::RemoveNodeResponse { removed: false })
+                }
+                Removal::Missing => Err(node_not_found(&key, &node)),
+                Removal::OtherInstance(owner) => Err(other_instance(&node, &owner)),
+            });
+        audit.record(&target, &result);
+        result.map(Response::new)
     }
 
     async fn heartbeat(
@@ -386,7 +411,13 @@ impl Discovery for DiscoveryService {
         let instance = optional_name("instance_id", &r.instance_id)?;
         match self
             .registry
-            .heartbeat(&key, &node, ttl, instance, None)
+            .heartbeat(
+                &key,
+                &node,
+                ttl,
+                instance,
+                caller.as_ref().map(Caller::actor).as_ref(),
+            )
             .await?
         {
             Renewal::Renewed(expires_at) => Ok(Response::new(pb::HeartbeatResponse {
@@ -401,24 +432,35 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::RemoveServiceRequest>,
     ) -> Result<Response<pb::RemoveServiceResponse>, Status> {
+        let audit = Audit::of(&request, "RemoveService");
         let caller = caller(&request);
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
-        self.allow_key(caller.as_ref(), Action::RemoveService, &key)?;
-        match self.registry.remove_service(&key).await? {
-            Some(nodes_removed) => Ok(Response::new(pb::RemoveServiceResponse {
-                removed: true,
-                nodes_removed,
-            })),
-            None if r.allow_missing => Ok(Response::new(pb::RemoveServiceResponse::default())),
-            None => Err(service_not_found(&key)),
-        }
+        let target = what(&key.group, Some(&key.service), None);
+        audit.check(
+            &target,
+            self.allow_key(caller.as_ref(), Action::RemoveService, &key),
+        )?;
+        let removal = self.registry.remove_service(&key).await;
+        let result = removal
+            .map_err(Status::from)
+            .and_then(|removed| match removed {
+                Some(nodes_removed) => Ok(pb::RemoveServiceResponse {
+                    removed: true,
+                    nodes_removed,
+                }),
+                None if r.allow_missing => Ok(pb::RemoveServiceResponse::default()),
+                None => Err(service_not_found(&key)),
+            });
+        audit.record(&target, &result);
+        result.map(Response::new)
     }
 
     async fn remove_service_group(
         &self,
         request: Request<pb::RemoveServiceGroupRequest>,
     ) -> Result<Response<pb::RemoveServiceGroupResponse>, Status> {
+        let audit = Audit::of(&request, "RemoveServiceGroup");
         let caller = caller(&request);
         let r = request.into_inner();
         // Never defaulted: leaving the field out must not wipe the default
@@ -429,15 +471,23 @@ impl Discovery for DiscoveryService {
             ));
         }
         let group = name("service_group", &r.service_group)?;
-        self.allow(caller.as_ref(), Action::RemoveServiceGroup, &group, None)?;
-        match self.registry.remove_group(&group).await? {
-            Some(services_removed) => Ok(Response::new(pb::RemoveServiceGroupResponse {
-                removed: true,
-                services_removed,
-            })),
-            None if r.allow_missing => Ok(Response::new(pb::RemoveServiceGroupResponse::default())),
-            None => Err(group_not_found(&group)),
-        }
+        audit.check(
+            &group,
+            self.allow(caller.as_ref(), Action::RemoveServiceGroup, &group, None),
+        )?;
+        let removal = self.registry.remove_group(&group).await;
+        let result = removal
+            .map_err(Status::from)
+            .and_then(|removed| match removed {
+                Some(services_removed) => Ok(pb::RemoveServiceGroupResponse {
+                    removed: true,
+                    services_removed,
+                }),
+                None if r.allow_missing => Ok(pb::RemoveServiceGroupResponse::default()),
+                None => Err(group_not_found(&group)),
+            });
+        audit.record(&group, &result);
+        result.map(Response::new)
     }
 }
 

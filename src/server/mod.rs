@@ -2,6 +2,7 @@
 //! graceful shutdown around one [`Registry`].
 
 mod accept;
+mod audit;
 mod auth;
 pub(crate) mod codec;
 mod connection;

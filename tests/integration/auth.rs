@@ -83,7 +83,7 @@ fn with<T>(message: T, token: Option<&str>) -> Request<T> {
 // ---- The table: every call by every kind of caller -------------------
 
 /// The callers of the table, one per column.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
     /// No authorization header.
     Nobody,
@@ -325,15 +325,31 @@ impl Rpc {
     }
 }
 
-/// Registers service "payments" with node "n1" as the admin, so that every
-/// call of the table finds what it names (an earlier cell may have removed
-/// it).
-async fn seed(c: &mut Client) {
+/// Registers service "payments" with node "n1", so that every call of the
+/// table finds what it names (an earlier cell may have removed it). The
+/// node is registered by the register token in its own column and by the
+/// admin otherwise: nodes belong to who registered them, and this table
+/// is about roles and scopes (the ownership test is below).
+async fn seed(c: &mut Client, who: Who) {
     let admin = Who::Admin.token();
     c.register_service(with(full_service("default", "payments"), admin))
         .await
         .expect("seed service");
-    c.register_node(with(bare_node("default", "payments", "n1", None), admin))
+    let remove = pb::RemoveNodeRequest {
+        service_name: "payments".into(),
+        node_name: "n1".into(),
+        allow_missing: true,
+        ..Default::default()
+    };
+    c.remove_node(with(remove, admin))
+        .await
+        .expect("clear the seed node");
+    let owner = if who == Who::Register {
+        who.token()
+    } else {
+        admin
+    };
+    c.register_node(with(bare_node("default", "payments", "n1", None), owner))
         .await
         .expect("seed node");
 }
@@ -347,7 +363,7 @@ async fn every_call_by_every_caller() {
     let mut wrong = Vec::new();
     for (rpc, codes) in TABLE {
         for (who, want) in COLUMNS.iter().zip(codes) {
-            seed(&mut c).await;
+            seed(&mut c, *who).await;
             let got = rpc.call(&mut c, who.token()).await;
             let (code, message) = match &got {
                 Ok(()) => (Code::Ok, String::new()),
@@ -399,7 +415,7 @@ async fn denials_name_the_caller_and_what_is_missing() {
     let dir = Dir::new();
     let (t, _auth) = server(&dir.file("auth.toml", &table_file())).await;
     let mut c = t.client.clone();
-    seed(&mut c).await;
+    seed(&mut c, Who::Admin).await;
     let e = Rpc::RegisterNode
         .call(&mut c, Who::Read.token())
         .await
@@ -609,7 +625,7 @@ async fn a_rewritten_file_applies_on_open_connections_and_a_broken_one_does_not(
 async fn without_an_auth_file_a_token_is_ignored() {
     let t = TestServer::start(Backend::Memory).await;
     let mut c = t.client.clone();
-    seed(&mut c).await;
+    seed(&mut c, Who::Admin).await;
     Rpc::RemoveServiceGroup
         .call(&mut c, Some("anything"))
         .await
@@ -646,4 +662,209 @@ fn the_binary_refuses_a_bad_auth_file_in_one_line() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("missing.toml: cannot read it"), "{stderr}");
+}
+
+// ---- Ownership and the audit log ---------------------------------------
+
+/// Two register tokens and an admin: A's node, B the would-be hijacker.
+fn owners_file() -> String {
+    [
+        token("agent-a", "tok-a", "register", ""),
+        token("agent-b", "tok-b", "register", ""),
+        token("ops", "tok-ops", "admin", ""),
+    ]
+    .concat()
+}
+
+fn node(port: u32, instance: &str) -> pb::RegisterNodeRequest {
+    pb::RegisterNodeRequest {
+        service_name: "payments".into(),
+        node_name: "pay-1".into(),
+        ip: vec!["10.0.0.1".into()],
+        port,
+        instance_id: instance.into(),
+        ttl_seconds: Some(60),
+        ..Default::default()
+    }
+}
+
+fn denied_as_owned(result: Result<impl std::fmt::Debug, Status>, what: &str) {
+    let status = result.expect_err(what);
+    assert_eq!(status.code(), Code::PermissionDenied, "{what}: {status:?}");
+    assert!(
+        status.message().contains(r#"registered by "agent-a""#),
+        "{what}: {}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn another_identity_cannot_take_over_a_live_node() {
+    let dir = Dir::new();
+    let (t, _auth) = server(&dir.file("auth.toml", &owners_file())).await;
+    let mut c = t.client.clone();
+    c.register_node(with(node(8443, ""), Some("tok-a")))
+        .await
+        .expect("A registers its node");
+
+    // The hijack of the issue: B re-registers A's node without naming an
+    // instance, to redirect it. Refused, as are B's renewal and removal.
+    denied_as_owned(
+        c.register_node(with(node(6666, ""), Some("tok-b"))).await,
+        "B re-registering A's node",
+    );
+    let beat = pb::HeartbeatRequest {
+        service_name: "payments".into(),
+        node_name: "pay-1".into(),
+        ttl_seconds: Some(60),
+        ..Default::default()
+    };
+    denied_as_owned(
+        c.heartbeat(with(beat.clone(), Some("tok-b"))).await,
+        "B renewing A's node",
+    );
+    let remove = pb::RemoveNodeRequest {
+        service_name: "payments".into(),
+        node_name: "pay-1".into(),
+        ..Default::default()
+    };
+    denied_as_owned(
+        c.remove_node(with(remove.clone(), Some("tok-b"))).await,
+        "B removing A's node",
+    );
+    let nodes = c
+        .get_nodes(with(
+            pb::GetNodesRequest {
+                service_name: "payments".into(),
+                ..Default::default()
+            },
+            Some("tok-a"),
+        ))
+        .await
+        .expect("get nodes")
+        .into_inner()
+        .nodes;
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].port, 8443, "the node still points where A said");
+
+    // A new instance of A takes its own node over; A renews it.
+    c.register_node(with(node(8444, "a-second-life"), Some("tok-a")))
+        .await
+        .expect("a new instance of A");
+    c.heartbeat(with(beat, Some("tok-a")))
+        .await
+        .expect("A renews");
+    // An admin may remove anyone's node.
+    let removed = c
+        .remove_node(with(remove, Some("tok-ops")))
+        .await
+        .expect("an admin removes")
+        .into_inner();
+    assert!(removed.removed);
+}
+
+#[tokio::test]
+async fn every_change_writes_one_audit_line_naming_who_from_where_and_what() {
+    let dir = Dir::new();
+    let path = dir.file("auth.toml", &owners_file());
+    let port = free_port();
+    let proc = Proc::spawn(
+        &format!(
+            "serve --listen 127.0.0.1:{port} --auth-file {}",
+            path.display()
+        ),
+        &[("RUST_LOG", "warn,discovered::audit=info")],
+    );
+    let mut c = eventually("the server to listen", || async move {
+        connect_lazily_ok(port).await
+    })
+    .await;
+    c.register_node(with(node(8443, ""), Some("tok-a")))
+        .await
+        .expect("A registers");
+    c.register_node(with(node(6666, ""), Some("tok-b")))
+        .await
+        .expect_err("B is refused");
+    c.get_nodes(with(
+        pb::GetNodesRequest {
+            service_name: "payments".into(),
+            ..Default::default()
+        },
+        Some("tok-a"),
+    ))
+    .await
+    .expect("a read");
+    c.remove_service(with(
+        pb::RemoveServiceRequest {
+            service_name: "payments".into(),
+            ..Default::default()
+        },
+        Some("tok-a"),
+    ))
+    .await
+    .expect_err("a register token may not remove a service");
+    c.remove_service(with(
+        pb::RemoveServiceRequest {
+            service_name: "payments".into(),
+            ..Default::default()
+        },
+        Some("tok-ops"),
+    ))
+    .await
+    .expect("an admin removes the service");
+    proc.signal("TERM");
+    let (_, stderr) = proc.wait_async().await;
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("registry change"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "one line per change call, reads none: {stderr}"
+    );
+    let expect = [
+        (
+            "who=agent-a",
+            "call=\"RegisterNode\"",
+            "what=default/payments/pay-1",
+            "outcome=\"ok\"",
+        ),
+        (
+            "who=agent-b",
+            "call=\"RegisterNode\"",
+            "what=default/payments/pay-1",
+            "PermissionDenied",
+        ),
+        (
+            "who=agent-a",
+            "call=\"RemoveService\"",
+            "what=default/payments",
+            "PermissionDenied",
+        ),
+        (
+            "who=ops",
+            "call=\"RemoveService\"",
+            "what=default/payments",
+            "outcome=\"ok\"",
+        ),
+    ];
+    for (line, (who, call, what, outcome)) in lines.iter().zip(expect) {
+        for part in [who, call, what, outcome, "from=127.0.0.1:"] {
+            assert!(
+                line.contains(part),
+                "{part:?} missing from the audit line {line:?}"
+            );
+        }
+        for secret in ["tok-a", "tok-b", "tok-ops"] {
+            assert!(!line.contains(secret), "a token in the audit line {line:?}");
+        }
+    }
+}
+
+/// A client of the server on `port` once it answers.
+async fn connect_lazily_ok(port: u16) -> Option<Client> {
+    Client::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .ok()
 }
