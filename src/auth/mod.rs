@@ -99,6 +99,27 @@ impl Policy {
         }
     }
 
+    /// `caller` as this policy has it: the entry of the same name (a
+    /// token's `name`, an identity's `subject`) that it authenticated
+    /// with, with that entry's role and scope now; `None` once the entry
+    /// is gone. For calls that outlive a reload.
+    pub fn again(&self, caller: &Caller) -> Option<Caller> {
+        match caller.how {
+            How::Token => self
+                .file
+                .tokens
+                .iter()
+                .find(|t| t.name == caller.name)
+                .map(token_caller),
+            How::Certificate => self
+                .file
+                .identities
+                .iter()
+                .find(|id| id.subject == caller.name)
+                .map(identity_caller),
+        }
+    }
+
     /// The caller a bearer token makes. Its hash is compared with every
     /// entry's, each comparison in constant time and without stopping at a
     /// match, so the time taken says nothing about which entry (or how much
@@ -111,12 +132,7 @@ impl Policy {
             found.conditional_assign(&i, entry.sha256.ct_eq(&hash));
         }
         let entry = self.file.tokens.get(usize::try_from(found).ok()?)?;
-        Some(Caller {
-            name: entry.name.clone(),
-            role: entry.role,
-            scope: entry.scope.clone(),
-            how: How::Token,
-        })
+        Some(token_caller(entry))
     }
 
     /// The caller a certificate with `subjects` makes: the identity that
@@ -124,13 +140,28 @@ impl Policy {
     fn certificate(&self, subjects: &[String]) -> Option<Caller> {
         subjects.iter().find_map(|s| {
             let id = self.file.identities.iter().find(|id| &id.subject == s)?;
-            Some(Caller {
-                name: id.subject.clone(),
-                role: id.role,
-                scope: id.scope.clone(),
-                how: How::Certificate,
-            })
+            Some(identity_caller(id))
         })
+    }
+}
+
+/// The caller a `[[token]]` entry makes.
+fn token_caller(entry: &TokenEntry) -> Caller {
+    Caller {
+        name: entry.name.clone(),
+        role: entry.role,
+        scope: entry.scope.clone(),
+        how: How::Token,
+    }
+}
+
+/// The caller an `[[identity]]` entry makes.
+fn identity_caller(id: &IdentityEntry) -> Caller {
+    Caller {
+        name: id.subject.clone(),
+        role: id.role,
+        scope: id.scope.clone(),
+        how: How::Certificate,
     }
 }
 
@@ -154,11 +185,15 @@ enum Seen {
 /// The auth file in force, reloadable while the server runs. Requests take
 /// the policy in force when they arrive ([`Auth::policy`]); a reload
 /// changes what the next request gets, on every connection, without
-/// closing any. Calls already running (an open watch) are not re-checked.
+/// closing any; watches already open check their caller again
+/// ([`Auth::reloads`], [`Policy::again`]).
 pub struct Auth {
     path: PathBuf,
     current: RwLock<Arc<Policy>>,
     seen: Mutex<Seen>,
+    /// Counts the reloads that put a new policy in force, so that calls
+    /// still running (open watches) can check their caller again.
+    reloads: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -180,12 +215,18 @@ impl Auth {
             path,
             current: RwLock::new(Arc::new(Policy::new(file))),
             seen: Mutex::new(Seen::Contents(text)),
+            reloads: tokio::sync::watch::Sender::new(0),
         }))
     }
 
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Changes each time a reload puts a new policy in force.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 
     /// The policy in force now.
@@ -232,6 +273,7 @@ impl Auth {
                 let (tokens, identities) = (file.tokens.len(), file.identities.len());
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) =
                     Arc::new(Policy::new(file));
+                self.reloads.send_modify(|n| *n += 1);
                 tracing::info!(
                     path = %self.path.display(),
                     tokens,

@@ -14,7 +14,7 @@ use super::audit::{Audit, what};
 use super::auth::caller;
 use super::status::{group_not_found, node_not_found, other_instance, service_not_found};
 use super::watch::{self, Filter, WatchSlots, WatchStream};
-use crate::auth::{Action, Caller};
+use crate::auth::{Action, Auth, Caller};
 use crate::model::{
     InvalidField, MAX_PAGE_SIZE, NodeSpec, Page, PageRequest, ServiceKey, ServiceSpec,
     validate_name, validate_page_size, validate_ttl,
@@ -57,7 +57,7 @@ pub struct DiscoveryService {
     /// Whether calls must come with a [`Caller`] (the server has an auth
     /// file). The auth layer refuses calls without one before they get
     /// here; this makes sure a handler never serves one anyway.
-    auth: bool,
+    auth: Option<Arc<Auth>>,
 }
 
 impl DiscoveryService {
@@ -76,13 +76,13 @@ impl DiscoveryService {
                 watch::DEFAULT_MAX_WATCH_STREAMS,
                 watch::DEFAULT_WATCH_BUFFER_BYTES,
             ),
-            auth: false,
+            auth: None,
         }
     }
 
     /// Requires every call to come with a [`Caller`] and checks what it
     /// may do (`true` when the server has an auth file).
-    pub fn with_auth(self, auth: bool) -> Self {
+    pub fn with_auth(self, auth: Option<Arc<Auth>>) -> Self {
         Self { auth, ..self }
     }
 
@@ -98,7 +98,7 @@ impl DiscoveryService {
     ) -> Result<(), Status> {
         match caller {
             Some(c) => Ok(c.authorize(action, group, service)?),
-            None if self.auth => Err(Status::unauthenticated("no credentials")),
+            None if self.auth.is_some() => Err(Status::unauthenticated("no credentials")),
             None => Ok(()),
         }
     }
@@ -202,12 +202,17 @@ impl Discovery for DiscoveryService {
             service.as_deref(),
         )?;
         let slot = self.watch_slots.acquire()?;
+        let access = match (&self.auth, caller) {
+            (Some(auth), Some(caller)) => Some(watch::Access::new(auth.clone(), caller)),
+            _ => None,
+        };
         Ok(Response::new(watch::start(
             self.registry.clone(),
             Filter { group, service },
             r.send_initial.unwrap_or(true),
             self.shutdown.clone(),
             slot,
+            access,
         )))
     }
 

@@ -99,7 +99,7 @@ pub async fn serve(
     let stopping = CancellationToken::new();
     let service = DiscoveryService::new(registry, defaults, stopping.clone())
         .with_watch_limits(limits.max_watch_streams, limits.watch_buffer_bytes)
-        .with_auth(auth.is_some());
+        .with_auth(auth.clone());
     let discovery = DiscoveryServer::new(service)
         .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
         .max_encoding_message_size(limits::MAX_RESPONSE_BYTES);

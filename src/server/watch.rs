@@ -17,6 +17,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::auth::{Action, Auth, Caller};
 use crate::model::{NodeRecord, ServiceKey, now_millis};
 use crate::proto::timestamp;
 use crate::proto::v1::{self as pb, EventType};
@@ -167,6 +168,57 @@ impl Drop for WatchSlot {
     }
 }
 
+/// Who opened a watch, when the server has an auth file: checked again
+/// each time the file is reloaded, so that a watch whose entry was removed
+/// or no longer allows it ends (UNAUTHENTICATED or PERMISSION_DENIED)
+/// instead of streaming for as long as its connection lasts.
+pub struct Access {
+    auth: Arc<Auth>,
+    caller: Caller,
+    reloads: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Access {
+    /// `caller`'s access under `auth`, from the policy in force now on.
+    pub fn new(auth: Arc<Auth>, caller: Caller) -> Self {
+        let reloads = auth.reloads();
+        Self {
+            auth,
+            caller,
+            reloads,
+        }
+    }
+
+    /// Completes, with the status to end the stream with, once a reload
+    /// takes away the access to `filter`; never without a reload.
+    async fn revoked(&mut self, filter: &Filter) -> Status {
+        loop {
+            if self.reloads.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let Some(now) = self.auth.policy().again(&self.caller) else {
+                return Status::unauthenticated(format!(
+                    "{:?} is no longer in the server's auth file: this watch ends",
+                    self.caller.name
+                ));
+            };
+            let service = filter.service.as_deref();
+            if let Err(denied) = now.authorize(Action::WatchService, &filter.group, service) {
+                return denied.into();
+            }
+            self.caller = now;
+        }
+    }
+}
+
+/// Completes when `access` is revoked; never for a server without auth.
+async fn revoked(access: &mut Option<Access>, filter: &Filter) -> Status {
+    match access {
+        Some(access) => access.revoked(filter).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Starts a stream's task and returns the stream. The task ends when the
 /// client goes away, or with UNAVAILABLE when `shutdown` is cancelled;
 /// `slot` is given back then.
@@ -176,6 +228,7 @@ pub fn start(
     send_initial: bool,
     shutdown: CancellationToken,
     slot: WatchSlot,
+    access: Option<Access>,
 ) -> WatchStream {
     let (tx, rx) = mpsc::unbounded_channel();
     let budget = slot.inner.buffer_bytes;
@@ -190,6 +243,7 @@ pub fn start(
         budget_bytes: budget,
         shutdown,
         sequence: 0,
+        access,
         _slot: slot,
     };
     tokio::spawn(watcher.run(events, send_initial));
@@ -206,6 +260,8 @@ struct Watcher {
     budget_bytes: u32,
     shutdown: CancellationToken,
     sequence: u64,
+    /// The caller, checked again on reloads of the auth file.
+    access: Option<Access>,
     /// Held for as long as the task runs, which is as long as the stream.
     _slot: WatchSlot,
 }
@@ -216,16 +272,21 @@ enum End {
     ClientGone,
     /// The server is stopping: tell the client.
     Shutdown,
+    /// The caller's access was taken away: end with this status.
+    Revoked(Status),
 }
 
 impl Watcher {
     async fn run(mut self, mut events: broadcast::Receiver<StoreEvent>, send_initial: bool) {
         let end = self.watch(&mut events, send_initial).await;
-        if let Err(End::Shutdown) = end {
-            let _ = self.tx.send(Queued::End(Box::new(Status::unavailable(
-                "the server is shutting down; watch again elsewhere",
-            ))));
-        }
+        let status = match end {
+            Err(End::Shutdown) => {
+                Status::unavailable("the server is shutting down; watch again elsewhere")
+            }
+            Err(End::Revoked(status)) => status,
+            Ok(()) | Err(End::ClientGone) => return,
+        };
+        let _ = self.tx.send(Queued::End(Box::new(status)));
     }
 
     async fn watch(
@@ -243,6 +304,7 @@ impl Watcher {
             let event = tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(End::Shutdown),
                 _ = self.tx.closed() => return Err(End::ClientGone),
+                status = revoked(&mut self.access, &self.filter) => return Err(End::Revoked(status)),
                 event = events.recv() => event,
             };
             match event {

@@ -619,6 +619,72 @@ async fn a_rewritten_file_applies_on_open_connections_and_a_broken_one_does_not(
     assert_eq!(groups(&mut c, "token-c").await, Err(UNAUTH));
 }
 
+#[tokio::test]
+async fn an_open_watch_ends_when_a_reload_takes_its_access_away() {
+    let dir = Dir::new();
+    let file = |alpha_scope: &str| {
+        [
+            token("alpha", "token-a", "read", alpha_scope),
+            token("beta", "token-b", "read", ""),
+            token("ops", "token-ops", "admin", ""),
+        ]
+        .concat()
+    };
+    let path = dir.file("auth.toml", &file(""));
+    let (t, auth) = server(&path).await;
+    let c = t.client.clone();
+    let watch = |tok: &'static str| {
+        let mut c = c.clone();
+        async move {
+            let request = pb::WatchServiceRequest {
+                service_name: "payments".into(),
+                ..Default::default()
+            };
+            let mut stream = c
+                .watch_service(with(request, Some(tok)))
+                .await
+                .expect("a watch")
+                .into_inner();
+            let synced = stream.message().await.expect("an event").expect("open");
+            assert_eq!(kind(&synced), pb::EventType::Synced);
+            stream
+        }
+    };
+    let mut a = watch("token-a").await;
+    let mut b = watch("token-b").await;
+
+    // A reload that leaves both entries as they are ends neither.
+    dir.file("auth.toml", &file(""));
+    auth.reload_now().expect("reload");
+    // A's scope no longer covers the service: A's watch ends with
+    // PERMISSION_DENIED; B's goes on.
+    dir.file("auth.toml", &file("groups = [\"elsewhere\"]"));
+    auth.reload_now().expect("reload");
+    let status = within("A's watch to end", a.message())
+        .await
+        .expect_err("A's watch ends with a status");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    c.clone()
+        .register_node(with(node(8443, ""), Some("token-ops")))
+        .await
+        .expect("a change");
+    let added = within("B's watch to go on", b.message())
+        .await
+        .expect("B's watch is open")
+        .expect("an event");
+    assert_eq!(kind(&added), pb::EventType::NodeAdded);
+
+    // B's entry removed: UNAUTHENTICATED, naming the entry, not the token.
+    dir.file("auth.toml", &token("ops", "token-ops", "admin", ""));
+    auth.reload_now().expect("reload");
+    let status = within("B's watch to end", b.message())
+        .await
+        .expect_err("B's watch ends with a status");
+    assert_eq!(status.code(), UNAUTH, "{status:?}");
+    assert!(status.message().contains("\"beta\""), "{status:?}");
+    assert!(!status.message().contains("token-b"), "{status:?}");
+}
+
 // ---- Without an auth file ---------------------------------------------
 
 #[tokio::test]
