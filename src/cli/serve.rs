@@ -1,6 +1,7 @@
 //! `discovered serve`: runs the gRPC server on Redis or in memory.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use super::nofile;
 use super::runtime::{self, Threads};
 
 use crate::model::{InvalidField, validate_name, validate_ttl};
-use crate::server::{self, Defaults, Limits, ServeError, Settings, limits};
+use crate::server::{self, Defaults, Limits, Reload, ServeError, Settings, TlsFiles, limits};
 use crate::store::redis::{CheckError, ConfigError, DataNode};
 use crate::store::{MemoryRegistry, RedisConfig, RedisRegistry, Registry, StoreError};
 
@@ -177,6 +178,20 @@ pub struct ServeArgs {
     #[arg(long, env = "DISCOVERED_IDLE_TIMEOUT", default_value_t = limits::DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout: u64,
 
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs
+    /// --tls-key. Reloaded when the file changes and on SIGHUP.
+    #[arg(long, env = "DISCOVERED_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM); needs --tls-cert.
+    #[arg(long, env = "DISCOVERED_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Require a client certificate issued by one of these CAs (PEM
+    /// bundle): mutual TLS. Needs --tls-cert.
+    #[arg(long, env = "DISCOVERED_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
     /// Log format (levels follow RUST_LOG, default info).
     #[arg(long, env = "DISCOVERED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -195,6 +210,16 @@ impl ServeArgs {
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
         }
+    }
+
+    /// The TLS files, or `None` for plaintext (clap makes sure that the
+    /// certificate and the key come together).
+    fn tls(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 
     /// The Redis settings, or `None` for the in-memory store.
@@ -292,6 +317,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
     };
     let limits = args.limits();
+    let tls = args.tls();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| Failure::Listen {
@@ -311,12 +337,19 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         http2_keepalive_timeout = ?limits.http2_keepalive_timeout,
         handshake_timeout = ?limits.handshake_timeout,
         idle_timeout = ?limits.idle_timeout,
+        tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "discovered serving"
     );
+    // One SIGHUP reloads everything that can be reloaded.
+    let reload = Reload::new();
+    super::signal::reload_on_sighup(reload.clone());
     let settings = Settings {
         defaults,
         limits,
         drain: Duration::from_secs(args.drain_timeout),
+        tls,
+        reload,
     };
     server::serve(registry, settings, listener, super::signal::shutdown()).await?;
     tracing::info!("stopped");

@@ -10,7 +10,9 @@ mod framing;
 mod health;
 pub mod limits;
 mod peer;
+mod reload;
 mod status;
+pub mod tls;
 mod watch;
 
 use std::future::Future;
@@ -26,6 +28,8 @@ use tonic::transport::server::TcpIncoming;
 pub use discovery::{Defaults, DiscoveryService};
 pub use limits::Limits;
 pub use peer::PeerCertificate;
+pub use reload::Reload;
+pub use tls::{TlsConfig, TlsError, TlsFiles};
 pub use watch::{WatchSlot, WatchSlots};
 
 use crate::proto::v1::discovery_server::DiscoveryServer;
@@ -43,6 +47,12 @@ pub struct Settings {
     pub limits: Limits,
     /// How long in-flight calls may run after shutdown begins.
     pub drain: Duration,
+    /// Serve TLS with these files (and require client certificates when
+    /// they name a client CA); plaintext when `None`.
+    pub tls: Option<TlsFiles>,
+    /// The trigger every reloadable part follows (the CLI fires it on
+    /// SIGHUP): the TLS files are read again at once when it fires.
+    pub reload: Reload,
 }
 
 impl Default for Settings {
@@ -51,6 +61,8 @@ impl Default for Settings {
             defaults: Defaults::default(),
             limits: Limits::default(),
             drain: DEFAULT_DRAIN_TIMEOUT,
+            tls: None,
+            reload: Reload::new(),
         }
     }
 }
@@ -61,6 +73,9 @@ pub enum ServeError {
     /// The reflection service could not be built from our descriptors.
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS files could not be loaded at start.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The server task panicked or was cancelled.
     #[error("server task failed: {0}")]
     Task(String),
@@ -78,7 +93,16 @@ pub async fn serve(
         defaults,
         limits,
         drain,
+        tls,
+        reload,
     } = settings;
+    let tls = tls.map(TlsConfig::load).transpose()?.map(Arc::new);
+    // Stops following the files when `serve` returns, however it returns.
+    let following = CancellationToken::new();
+    let _following = following.clone().drop_guard();
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().follow(reload.subscribe(), following));
+    }
     let (reporter, health) = tonic_health::server::health_reporter();
     let monitor = tokio::spawn(health::monitor(registry.clone(), reporter));
 
@@ -112,7 +136,7 @@ pub async fn serve(
         .layer(codec::LogRefusedLayer)
         .map_response(limits::oversized_is_resource_exhausted)
         .service(routes);
-    let server = connection::serve(incoming(listener), service, limits, signal);
+    let server = connection::serve(incoming(listener), service, limits, tls, signal);
     tokio::pin!(server);
 
     let result = tokio::select! {
@@ -163,6 +187,7 @@ fn incoming(listener: TcpListener) -> accept::Accepting {
 pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    tls: bool,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
@@ -189,20 +214,23 @@ impl RunningServer {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let tls = settings.tls.is_some();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(registry, settings, listener, async move {
             let _ = stopped.await;
         }));
         Ok(Self {
             addr,
+            tls,
             stop: Some(stop),
             task,
         })
     }
 
-    /// `http://addr`, for a client to connect to.
+    /// `http://addr` (`https://addr` with TLS), for a client to connect to.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops the server and waits for it to drain.
