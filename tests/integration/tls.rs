@@ -330,7 +330,11 @@ async fn the_cli_and_the_agent_work_over_mutual_tls_and_the_server_sees_the_clie
         String::from_utf8_lossy(&listed.stderr)
     );
     assert!(String::from_utf8_lossy(&listed.stdout).contains("cli-1"));
-    // Without a client certificate the CLI is refused: UNAVAILABLE, exit 5.
+    // Without a client certificate the CLI is refused. With TLS 1.3 the
+    // server's refusal arrives after the client has finished its side of
+    // the handshake, so the first call fails rather than the connect, with
+    // whatever status tonic makes of the closed connection: the exit code
+    // is not asserted, the reason is.
     let (status, stderr) = Proc::spawn(
         &format!(
             "nodes payments --server {url} --tls-ca {}",
@@ -340,7 +344,11 @@ async fn the_cli_and_the_agent_work_over_mutual_tls_and_the_server_sees_the_clie
     )
     .wait_async()
     .await;
-    assert_eq!(status.code(), Some(5), "{stderr}");
+    assert!(!status.success(), "refused without a client certificate");
+    assert!(
+        stderr.contains("Certificate"),
+        "the error says why: {stderr}"
+    );
 
     // The agent registers over mutual TLS, and leaves on SIGTERM.
     let agent = Proc::spawn(

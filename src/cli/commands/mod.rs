@@ -210,7 +210,20 @@ fn exit_code(code: Code) -> u8 {
 /// `CODE: message` on one line.
 fn error_line(e: &ClientError) -> String {
     let message = match e {
-        ClientError::Status(s) => s.message().to_string(),
+        // A status tonic made of a failed connection says only "transport
+        // error": its causes say why (a refused client certificate, say).
+        ClientError::Status(s) => {
+            let mut message = s.message().to_string();
+            let mut source = std::error::Error::source(s);
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !message.contains(&text) {
+                    message = format!("{message}: {text}");
+                }
+                source = cause.source();
+            }
+            message
+        }
         other => other.to_string(),
     };
     let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
