@@ -3,7 +3,7 @@
 //! URI; the PEM files a server reads, in a directory of their own; and a
 //! raw TLS handshake that says which certificate a server serves.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -13,7 +13,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 /// The SAN URI of the test clients' certificates.
@@ -194,12 +193,4 @@ pub async fn served_certificate(
         .and_then(|c| c.first())
         .ok_or("no server certificate")?;
     Ok(leaf.to_vec())
-}
-
-/// The certificates of a PEM file, DER (to compare with what is served).
-pub fn ders(path: &Path) -> Vec<Vec<u8>> {
-    CertificateDer::pem_file_iter(path)
-        .expect("PEM file")
-        .map(|c| c.expect("certificate").to_vec())
-        .collect()
 }
