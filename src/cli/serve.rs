@@ -41,6 +41,9 @@ enum Failure {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] server::TlsError),
     /// The gRPC server failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
@@ -318,6 +321,11 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     };
     let limits = args.limits();
     let tls = args.tls();
+    // Checked before listening, so a bad file ends the start with one line
+    // naming it (the server loads them again, and then follows them).
+    if let Some(files) = &tls {
+        server::TlsConfig::load(files.clone())?;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| Failure::Listen {

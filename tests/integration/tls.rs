@@ -237,6 +237,62 @@ async fn a_bad_file_at_start_is_an_error_naming_it() {
     assert_eq!(error.path, files.cert, "{error}");
 }
 
+#[test]
+fn tls_flag_mistakes_are_one_line_errors() {
+    let (status, stderr) =
+        Proc::spawn("serve --listen 127.0.0.1:0 --tls-cert cert.pem", &[]).wait();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--tls-key"), "{stderr}");
+    let dir = Dir::new();
+    let missing = dir.path("missing.pem");
+    let (status, stderr) = Proc::spawn(
+        &format!(
+            "serve --listen 127.0.0.1:0 --tls-cert {} --tls-key {}",
+            missing.display(),
+            missing.display()
+        ),
+        &[],
+    )
+    .wait();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains(&missing.display().to_string()),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_that_never_starts_tls_is_closed_after_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let (ca, dir) = (Ca::new("CA"), Dir::new());
+    let handshake = Duration::from_secs(1);
+    let settings = Settings {
+        tls: Some(dir.server_files(&ca.server(), None)),
+        limits: discovered::server::Limits {
+            handshake_timeout: handshake,
+            ..Default::default()
+        },
+        ..Settings::default()
+    };
+    let server = RunningServer::start_with(
+        Arc::new(MemoryRegistry::new()),
+        settings,
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await
+    .expect("start");
+    let started = tokio::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let read = within("a silent connection to be closed", silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= handshake, "closed before the timeout");
+}
+
 /// `discovered serve` with TLS from `dir` on `port`, debug logs on.
 fn serve_tls(dir: &Dir, port: u16, mutual: bool) -> Proc {
     let mut line = format!(
