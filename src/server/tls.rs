@@ -228,3 +228,68 @@ fn client_verifier(
         .build()
         .map_err(|e| TlsError::new(path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate and its key, PEM.
+    fn pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn files(dir: &Path, (cert, key): &(String, String)) -> TlsFiles {
+        std::fs::create_dir_all(dir).unwrap();
+        let files = TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            client_ca: None,
+        };
+        std::fs::write(&files.cert, cert).unwrap();
+        std::fs::write(&files.key, key).unwrap();
+        files
+    }
+
+    fn current(tls: &TlsConfig) -> Arc<ServerConfig> {
+        tls.current.read().unwrap().clone()
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_config_and_a_good_one_replaces_it() {
+        let dir = std::env::temp_dir().join(format!("discovered-tls-unit-{}", std::process::id()));
+        let files = files(&dir, &pair());
+        let tls = TlsConfig::load(files.clone()).unwrap();
+        let first = current(&tls);
+
+        // Unchanged files: a poll does nothing, a forced reload rebuilds.
+        tls.poll();
+        assert!(Arc::ptr_eq(&first, &current(&tls)));
+        tls.reload_now().unwrap();
+        let second = current(&tls);
+        assert!(!Arc::ptr_eq(&first, &second));
+
+        // A key of another certificate: refused, naming the key file.
+        std::fs::write(&files.key, pair().1).unwrap();
+        let error = tls.reload_now().unwrap_err();
+        assert_eq!(error.path, files.key);
+        assert!(Arc::ptr_eq(&second, &current(&tls)));
+
+        // Garbage in the certificate: refused, naming it.
+        std::fs::write(&files.cert, "garbage").unwrap();
+        assert_eq!(tls.reload_now().unwrap_err().path, files.cert);
+        assert!(Arc::ptr_eq(&second, &current(&tls)));
+
+        // A good pair again: a poll takes it, ALPN h2 included.
+        let _ = self::files(&dir, &pair());
+        tls.poll();
+        let third = current(&tls);
+        assert!(!Arc::ptr_eq(&second, &third));
+        assert_eq!(third.alpn_protocols, [b"h2".to_vec()]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

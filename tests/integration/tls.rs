@@ -436,3 +436,30 @@ async fn the_cli_and_the_agent_work_over_mutual_tls_and_the_server_sees_the_clie
     // Refused handshakes are logged at debug with the peer.
     assert!(stderr.contains("TLS handshake failed"), "{stderr}");
 }
+
+#[test]
+fn the_token_shows_in_no_error_message() {
+    // Nobody listens on port 1: the connect error must not carry the token.
+    let (status, stderr) = Proc::spawn(
+        "nodes payments --server 127.0.0.1:1 --token s3cret-token",
+        &[],
+    )
+    .wait();
+    assert_eq!(status.code(), Some(5), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    // A token a header cannot carry: refused, without repeating it.
+    let (status, stderr) = Proc::spawn(
+        "nodes payments --server 127.0.0.1:1",
+        &[("DISCOVERED_TOKEN", "s3cret\ttoken\u{7f}")],
+    )
+    .wait();
+    assert!(!status.success(), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+    // Nor does --help show the variable's value.
+    let out = std::process::Command::new(BIN)
+        .args(["nodes", "--help"])
+        .env("DISCOVERED_TOKEN", "s3cret-token")
+        .output()
+        .expect("run");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
+}
