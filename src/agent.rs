@@ -16,7 +16,7 @@ use std::time::Duration;
 use tonic::Code;
 
 use crate::backoff::Backoff;
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, ConnectOptions};
 use crate::hostfacts;
 use crate::proto::v1 as pb;
 
@@ -25,6 +25,8 @@ use crate::proto::v1 as pb;
 pub struct AgentConfig {
     /// `host:port` or URL of a `discovered` server.
     pub server: String,
+    /// TLS and token for reaching it.
+    pub connect: ConnectOptions,
     /// The group; empty for the server's default.
     pub group: String,
     /// The service the node belongs to.
@@ -157,7 +159,7 @@ impl Agent {
     /// A fresh instance id and its registration, for a server reached
     /// lazily: the agent starts whether or not the server is up.
     async fn new(config: AgentConfig) -> Result<Self, ClientError> {
-        let client = Client::lazy(&config.server)?;
+        let client = Client::lazy_with(&config.server, &config.connect)?;
         let instance_id = crate::model::new_instance_id();
         // Gathering facts reads files and asks the resolver: off the runtime.
         let request = {
@@ -321,6 +323,7 @@ mod tests {
     async fn agent() -> Agent {
         Agent::new(AgentConfig {
             server: "127.0.0.1:1".into(),
+            connect: ConnectOptions::default(),
             group: String::new(),
             service: "svc".into(),
             node: "n1".into(),
@@ -378,6 +381,7 @@ mod tests {
     fn explicit_values_win_over_facts() {
         let config = AgentConfig {
             server: "127.0.0.1:1".into(),
+            connect: ConnectOptions::default(),
             group: String::new(),
             service: "svc".into(),
             node: "n1".into(),

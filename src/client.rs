@@ -39,6 +39,27 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! A server with TLS, mutual TLS or token auth is reached with
+//! [`Client::connect_with`] and [`ConnectOptions`]:
+//!
+//! ```no_run
+//! use discovered::client::{Client, ConnectOptions, TlsOptions};
+//!
+//! # async fn demo() -> Result<(), discovered::client::ClientError> {
+//! let options = ConnectOptions {
+//!     tls: Some(TlsOptions {
+//!         ca_pem: std::fs::read("ca.pem").ok(),
+//!         // For mutual TLS: (certificate chain, key), PEM.
+//!         identity: None,
+//!         domain: None,
+//!     }),
+//!     token: Some("s3cret".into()),
+//! };
+//! let client = Client::connect_with("https://discovery.internal:50051", &options).await?;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::time::Duration;
 
@@ -46,7 +67,10 @@ use futures::Stream;
 use prost_types::Timestamp;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use crate::backoff::Backoff;
@@ -59,6 +83,10 @@ pub enum ClientError {
     /// The address is not `host:port` or an `http://` URL.
     #[error("bad server address {0:?}: {1}")]
     Address(String, String),
+    /// The connection options cannot be used (the token is not a valid
+    /// header value, say). The message never holds the token.
+    #[error("{0}")]
+    Options(String),
     /// The server could not be reached.
     #[error("cannot connect to {0}: {1}")]
     Connect(String, String),
@@ -72,7 +100,7 @@ impl ClientError {
     /// could not be reached).
     pub fn code(&self) -> Code {
         match self {
-            ClientError::Address(..) => Code::InvalidArgument,
+            ClientError::Address(..) | ClientError::Options(..) => Code::InvalidArgument,
             ClientError::Connect(..) => Code::Unavailable,
             ClientError::Status(s) => s.code(),
         }
@@ -148,55 +176,207 @@ impl Event {
     }
 }
 
+/// How to reach a server besides its address: TLS and a bearer token.
+/// The default is plaintext without a token ([`Client::connect`]).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Speak TLS (the address may then be `host:port` or `https://`).
+    pub tls: Option<TlsOptions>,
+    /// Sent as `authorization: Bearer <token>` with every call.
+    pub token: Option<Token>,
+}
+
+/// TLS to the server, PEM throughout.
+#[derive(Clone, Default)]
+pub struct TlsOptions {
+    /// The CA certificates to trust for the server's certificate. Required:
+    /// this client carries no system roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate chain and its key, for mutual TLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name to check the server's certificate against, when it is not
+    /// the address's host.
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is a secret: say only whether there is one.
+        f.debug_struct("TlsOptions")
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .field("identity", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+/// A bearer token. Its `Debug` hides it, so it never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// The token as given.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Token {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for Token {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call (nothing without a
+/// token). The value is marked sensitive: HTTP/2 does not put it in its
+/// header compression table, and its `Debug` does not show it.
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    fn new(token: Option<&Token>) -> ClientResult<Self> {
+        let Some(token) = token else {
+            return Ok(Self(None));
+        };
+        let mut value: MetadataValue<Ascii> =
+            format!("Bearer {}", token.secret()).parse().map_err(|_| {
+                ClientError::Options("the token holds characters a header cannot carry".to_string())
+            })?;
+        value.set_sensitive(true);
+        Ok(Self(Some(value)))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The generated stub as [`Client`] uses it: over a channel, with the
+/// token (if any) added to every call.
+pub type Stub = DiscoveryClient<InterceptedService<Channel, Bearer>>;
+
 /// A connection to a `discovered` server. Cheap to clone; clones share the
 /// connection.
 #[derive(Debug, Clone)]
 pub struct Client {
-    stub: DiscoveryClient<Channel>,
+    stub: Stub,
 }
 
-/// `http://host:port` from `host:port` or a URL.
-fn endpoint(addr: &str) -> ClientResult<Endpoint> {
+/// The endpoint for `host:port` or a URL: `http://` by default, `https://`
+/// when `tls` is given.
+fn endpoint(addr: &str, tls: Option<&TlsOptions>) -> ClientResult<Endpoint> {
+    let bad = |why: &str| ClientError::Address(addr.into(), why.into());
     let url = if addr.contains("://") {
         addr.to_string()
+    } else if tls.is_some() {
+        format!("https://{addr}")
     } else {
         format!("http://{addr}")
     };
-    Endpoint::from_shared(url)
+    let https = url.starts_with("https://");
+    let endpoint = Endpoint::from_shared(url)
         .map(|e| {
             e.connect_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_while_idle(true)
         })
-        .map_err(|e| ClientError::Address(addr.into(), e.to_string()))
+        .map_err(|e| ClientError::Address(addr.into(), e.to_string()))?;
+    match (https, tls) {
+        (false, None) => Ok(endpoint),
+        // tonic would quietly speak plaintext to an http:// URL.
+        (false, Some(_)) => Err(bad("TLS options need an https:// URL (or host:port)")),
+        (true, None) => Err(bad("https:// needs a CA to trust (TLS options)")),
+        (true, Some(tls)) => endpoint
+            .tls_config(tls_config(tls)?)
+            .map_err(|e| ClientError::Options(format!("TLS setup failed: {e}"))),
+    }
+}
+
+/// tonic's TLS settings for `tls`.
+fn tls_config(tls: &TlsOptions) -> ClientResult<ClientTlsConfig> {
+    let Some(ca) = &tls.ca_pem else {
+        return Err(ClientError::Options(
+            "TLS needs a CA certificate to trust".to_string(),
+        ));
+    };
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some((cert, key)) = &tls.identity {
+        config = config.identity(Identity::from_pem(cert, key));
+    }
+    if let Some(domain) = &tls.domain {
+        config = config.domain_name(domain.clone());
+    }
+    Ok(config)
+}
+
+impl ConnectOptions {
+    /// The stub for `channel` with these options' token.
+    fn stub(&self, channel: Channel) -> ClientResult<Stub> {
+        Ok(DiscoveryClient::with_interceptor(
+            channel,
+            Bearer::new(self.token.as_ref())?,
+        ))
+    }
 }
 
 /// The wait after `failures` failed reconnects: 100 ms doubling to 2 s.
 const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
 impl Client {
-    /// Connects now; fails if the server cannot be reached.
+    /// Connects now, in plaintext; fails if the server cannot be reached.
     pub async fn connect(addr: &str) -> ClientResult<Self> {
-        let channel = endpoint(addr)?
+        Self::connect_with(addr, &ConnectOptions::default()).await
+    }
+
+    /// Connects now with `options` (TLS, token); fails if the server
+    /// cannot be reached or the TLS handshake fails.
+    pub async fn connect_with(addr: &str, options: &ConnectOptions) -> ClientResult<Self> {
+        let channel = endpoint(addr, options.tls.as_ref())?
             .connect()
             .await
-            .map_err(|e| ClientError::Connect(addr.into(), e.to_string()))?;
+            .map_err(|e| ClientError::Connect(addr.into(), error_chain(&e)))?;
         Ok(Self {
-            stub: DiscoveryClient::new(channel),
+            stub: options.stub(channel)?,
         })
     }
 
     /// Connects on first use and reconnects after failures by itself: for
     /// long-running callers (the agent) that must outlive a server outage.
     pub fn lazy(addr: &str) -> ClientResult<Self> {
+        Self::lazy_with(addr, &ConnectOptions::default())
+    }
+
+    /// Like [`Client::lazy`], with `options` (TLS, token).
+    pub fn lazy_with(addr: &str, options: &ConnectOptions) -> ClientResult<Self> {
+        let channel = endpoint(addr, options.tls.as_ref())?.connect_lazy();
         Ok(Self {
-            stub: DiscoveryClient::new(endpoint(addr)?.connect_lazy()),
+            stub: options.stub(channel)?,
         })
     }
 
-    /// The generated stub, for calls this wrapper does not cover.
-    pub fn stub(&self) -> DiscoveryClient<Channel> {
+    /// The generated stub, for calls this wrapper does not cover (with the
+    /// token, if any, on every call).
+    pub fn stub(&self) -> Stub {
         self.stub.clone()
     }
 
@@ -369,8 +549,23 @@ fn is_final(code: Code) -> bool {
     )
 }
 
+/// An error with its causes, which for a failed TLS handshake hold the
+/// reason ("transport error" alone says nothing).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+        source = cause.source();
+    }
+    line
+}
+
 async fn watch_loop(
-    mut stub: DiscoveryClient<Channel>,
+    mut stub: Stub,
     req: pb::WatchServiceRequest,
     tx: mpsc::Sender<ClientResult<Event>>,
 ) {
@@ -458,13 +653,43 @@ mod tests {
     #[test]
     fn addresses() {
         assert_eq!(
-            endpoint("127.0.0.1:50051").unwrap().uri().to_string(),
+            endpoint("127.0.0.1:50051", None).unwrap().uri().to_string(),
             "http://127.0.0.1:50051/"
         );
         assert_eq!(
-            endpoint("http://h:1").unwrap().uri().to_string(),
+            endpoint("http://h:1", None).unwrap().uri().to_string(),
             "http://h:1/"
         );
-        assert!(endpoint("not a url at all").is_err());
+        assert!(endpoint("not a url at all", None).is_err());
+        let tls = TlsOptions {
+            ca_pem: Some(Vec::new()),
+            ..TlsOptions::default()
+        };
+        assert_eq!(
+            endpoint("h:1", Some(&tls)).unwrap().uri().to_string(),
+            "https://h:1/"
+        );
+        assert!(endpoint("http://h:1", Some(&tls)).is_err());
+        assert!(endpoint("https://h:1", None).is_err());
+    }
+
+    #[test]
+    fn the_token_never_shows() {
+        let token = Token::from("s3cret-token");
+        let options = ConnectOptions {
+            token: Some(token.clone()),
+            ..ConnectOptions::default()
+        };
+        assert!(!format!("{options:?}").contains("s3cret"));
+        let bearer = Bearer::new(Some(&token)).unwrap();
+        assert!(!format!("{bearer:?}").contains("s3cret"));
+        let mut bearer = bearer;
+        let request = bearer.call(tonic::Request::new(())).unwrap();
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer s3cret-token"
+        );
+        let bad = Bearer::new(Some(&Token::from("s3cret\nx"))).unwrap_err();
+        assert!(!bad.to_string().contains("s3cret"));
     }
 }

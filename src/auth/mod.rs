@@ -292,23 +292,6 @@ impl Auth {
             }
         }
     }
-
-    /// Looks at the file every `every` and reloads it when its contents
-    /// change, until the task is aborted.
-    pub fn watch(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let auth = self.clone();
-                // A read can block (a file on a slow mount); keep it off the
-                // runtime's workers. The outcome is logged by reload.
-                let _ = tokio::task::spawn_blocking(move || auth.reload_if_changed()).await;
-            }
-        })
-    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, AuthFileError> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::connect::ConnectArgs;
 use super::logging::{self, LogFormat};
 use super::parse_meta;
 use super::runtime::{self, Threads};
@@ -14,9 +15,13 @@ use crate::agent::{self, AgentConfig};
 /// Flags of `discovered agent`. Each also reads an environment variable.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// The discovered server: host:port or an http:// URL.
+    /// The discovered server: host:port or an http:// or https:// URL
+    /// (host:port speaks TLS when --tls-ca is given).
     #[arg(long, env = "DISCOVERED_SERVER", default_value = "127.0.0.1:50051")]
     server: String,
+
+    #[command(flatten)]
+    connect: ConnectArgs,
 
     /// The service group; empty means the server's default group.
     #[arg(long, env = "DISCOVERED_GROUP", default_value = "")]
@@ -56,8 +61,13 @@ pub fn run(args: AgentArgs) -> ExitCode {
         .node
         .clone()
         .unwrap_or_else(|| crate::hostfacts::gather().hostname);
+    let connect = match args.connect.options() {
+        Ok(c) => c,
+        Err(e) => return runtime::fail(e.to_string(), ExitCode::FAILURE),
+    };
     let config = AgentConfig {
         server: args.server,
+        connect,
         group: args.group,
         service: args.service,
         node,

@@ -7,6 +7,7 @@
 
 mod agent;
 mod commands;
+mod connect;
 mod logging;
 mod nofile;
 mod output;

@@ -14,7 +14,7 @@ use super::runtime::{self, Threads};
 
 use crate::auth::{Auth, AuthFileError};
 use crate::model::{InvalidField, validate_name, validate_ttl};
-use crate::server::{self, Defaults, Limits, ServeError, Settings, limits};
+use crate::server::{self, Defaults, Limits, Reload, ServeError, Settings, TlsFiles, limits};
 use crate::store::redis::{CheckError, ConfigError, DataNode};
 use crate::store::{MemoryRegistry, RedisConfig, RedisRegistry, Registry, StoreError};
 
@@ -45,6 +45,9 @@ enum Failure {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] server::TlsError),
     /// The gRPC server failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
@@ -189,6 +192,20 @@ pub struct ServeArgs {
     #[arg(long, env = "DISCOVERED_AUTH_FILE")]
     auth_file: Option<PathBuf>,
 
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs
+    /// --tls-key. Reloaded when the file changes and on SIGHUP.
+    #[arg(long, env = "DISCOVERED_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM); needs --tls-cert.
+    #[arg(long, env = "DISCOVERED_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Require a client certificate issued by one of these CAs (PEM
+    /// bundle): mutual TLS. Needs --tls-cert.
+    #[arg(long, env = "DISCOVERED_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
     /// Log format (levels follow RUST_LOG, default info).
     #[arg(long, env = "DISCOVERED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -207,6 +224,16 @@ impl ServeArgs {
             handshake_timeout: Duration::from_secs(self.handshake_timeout),
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
         }
+    }
+
+    /// The TLS files, or `None` for plaintext (clap makes sure that the
+    /// certificate and the key come together).
+    fn tls(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 
     /// The Redis settings, or `None` for the in-memory store.
@@ -306,6 +333,12 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
     };
     let limits = args.limits();
+    let tls = args.tls();
+    // Checked before listening, so a bad file ends the start with one line
+    // naming it (the server loads them again, and then follows them).
+    if let Some(files) = &tls {
+        server::TlsConfig::load(files.clone())?;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| Failure::Listen {
@@ -326,6 +359,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         handshake_timeout = ?limits.handshake_timeout,
         idle_timeout = ?limits.idle_timeout,
         auth_file = ?args.auth_file,
+        tls = tls.is_some(),
+        mutual_tls = tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "discovered serving"
     );
     match &auth {
@@ -342,11 +377,16 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             "no --auth-file: every client may do everything, removing services included"
         ),
     }
+    // One SIGHUP reloads everything that can be reloaded.
+    let reload = Reload::new();
+    super::signal::reload_on_sighup(reload.clone());
     let settings = Settings {
         defaults,
         limits,
         drain: Duration::from_secs(args.drain_timeout),
         auth,
+        tls,
+        reload,
     };
     server::serve(registry, settings, listener, super::signal::shutdown()).await?;
     tracing::info!("stopped");

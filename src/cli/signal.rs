@@ -1,4 +1,7 @@
-//! The signal that stops `serve`, `agent` and `watch`.
+//! The signals: the one that stops `serve`, `agent` and `watch`, and
+//! SIGHUP, which makes `serve` reload its files.
+
+use crate::server::Reload;
 
 /// Completes on SIGINT or SIGTERM.
 pub(super) async fn shutdown() {
@@ -24,4 +27,28 @@ pub(super) async fn shutdown() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// Fires `reload` on every SIGHUP, for as long as the process runs (a task
+/// of the current runtime). Without it SIGHUP would end the process.
+pub(super) fn reload_on_sighup(reload: Reload) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; files are still reloaded when they change");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading");
+                reload.trigger();
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = reload;
 }

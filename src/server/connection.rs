@@ -5,9 +5,9 @@
 //! nor a handshake timeout, nor hyper's per-stream send buffer, and it
 //! switches off hyper's defence against reset floods unless configured.
 //! So the server runs tonic's routes on hyper directly:
-//! - **handshake timeout**: a connection must send the HTTP/2 client
-//!   preface within [`Limits::handshake_timeout`], or it is
-//!   closed. Otherwise a client that connects and says nothing holds a file
+//! - **handshake timeout**: a connection must finish its TLS handshake
+//!   (when the server has TLS) and send the HTTP/2 client preface within
+//!   [`Limits::handshake_timeout`], or it is closed. Otherwise a client that connects and says nothing holds a file
 //!   descriptor for good: keepalive pings start only once HTTP/2 has.
 //! - **idle timeout**: a connection with no open stream (call or watch)
 //!   for [`Limits::idle_timeout`] gets a GOAWAY and is closed.
@@ -15,11 +15,16 @@
 //!   retry on a new connection. Pings do not count as activity.
 //! - **send buffer**: hyper buffers up to 400 KB per stream for a client
 //!   that does not take what is sent; [`SEND_BUFFER`] bounds it lower.
+//! - **TLS**: the handshake happens here (tokio-rustls), with the
+//!   configuration current when the connection arrives (see
+//!   [`super::tls`]); a verified client certificate's names go to every
+//!   request as a [`PeerCertificate`].
 //! - shutdown: on the signal every connection gets a GOAWAY, open calls
 //!   finish, and [`serve`] returns when the last connection has closed.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,8 +36,10 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::body::Body;
@@ -41,12 +48,11 @@ use tower::Service;
 
 use super::accept::Accepting;
 use super::limits::{Limits, SEND_BUFFER};
+use super::peer::PeerCertificate;
+use super::tls::TlsConfig;
 
 /// The bytes an HTTP/2 client sends first (RFC 9113, section 3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// How long to wait for the rest of a preface that arrived in pieces.
-const PREFACE_POLL: Duration = Duration::from_millis(10);
 
 /// The service every request goes to: tonic's routes with our layers.
 pub(crate) trait GrpcService:
@@ -73,6 +79,7 @@ pub(crate) async fn serve<S: GrpcService>(
     mut incoming: Accepting,
     service: S,
     limits: Limits,
+    tls: Option<Arc<TlsConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -104,6 +111,7 @@ pub(crate) async fn serve<S: GrpcService>(
                 http2: http2.clone(),
                 service: service.clone(),
                 limits: limits.clone(),
+                tls: tls.clone(),
                 stopping: stopping.clone(),
             };
             connections.spawn(conn.run(tcp));
@@ -122,6 +130,7 @@ struct Connection<S> {
     http2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
     service: S,
     limits: Limits,
+    tls: Option<Arc<TlsConfig>>,
     stopping: CancellationToken,
 }
 
@@ -129,19 +138,63 @@ impl<S: GrpcService> Connection<S> {
     async fn run(self, tcp: TcpStream) {
         let info = tcp.connect_info();
         let peer = info.remote_addr();
-        if let Err(why) = await_preface(&tcp, self.limits.handshake_timeout).await {
-            tracing::debug!(peer = ?peer, "closing a connection that {why}");
-            return;
+        // One budget for the TLS handshake and the HTTP/2 preface.
+        let deadline = Instant::now() + self.limits.handshake_timeout;
+        let Some(tls) = self.tls.clone() else {
+            return self.serve(tcp, info, None, deadline).await;
+        };
+        let stream = match tokio::time::timeout_at(deadline, tls.acceptor().accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = ?peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = ?peer, "closing a connection that did not finish the TLS handshake within --handshake-timeout");
+                return;
+            }
+        };
+        // Present only when a client CA is configured, and then verified.
+        let certificate = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| PeerCertificate::from_der(leaf).unwrap_or_default());
+        if let Some(c) = &certificate {
+            tracing::debug!(peer = ?peer, subjects = ?c.subjects, "client certificate verified");
         }
+        self.serve(stream, info, certificate, deadline).await;
+    }
+
+    /// Serves HTTP/2 on `io` (plain TCP or TLS) once its preface is in.
+    async fn serve<IO>(
+        self,
+        io: IO,
+        info: TcpConnectInfo,
+        certificate: Option<PeerCertificate>,
+        deadline: Instant,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = info.remote_addr();
+        let io = match await_preface(io, deadline).await {
+            Ok(io) => io,
+            Err(why) => {
+                tracing::debug!(peer = ?peer, "closing a connection that {why}");
+                return;
+            }
+        };
         let (streams, open) = watch::channel(0usize);
         let service = Tracked {
             inner: self.service,
             info,
+            certificate,
             streams: Arc::new(streams),
         };
         let conn = self
             .http2
-            .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service));
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
         let mut conn = pin!(conn);
         let mut idle = pin!(idle_for(open, self.limits.idle_timeout));
         let mut closing = false;
@@ -167,30 +220,93 @@ impl<S: GrpcService> Connection<S> {
     }
 }
 
-/// Waits for the HTTP/2 client preface without taking it off the socket
-/// (hyper reads it again). Err says what the client did instead.
-async fn await_preface(tcp: &TcpStream, within: Duration) -> Result<(), &'static str> {
+/// Reads the HTTP/2 client preface by `deadline` and returns `io` with it
+/// put back in front (hyper reads it again). Reading rather than peeking
+/// works on a TLS stream as on a socket. Err says what the client did
+/// instead; a client that sends something else is refused as soon as its
+/// bytes differ, without waiting for 24 of them.
+async fn await_preface<IO: AsyncRead + Unpin>(
+    mut io: IO,
+    deadline: Instant,
+) -> Result<Rewind<IO>, &'static str> {
     let read = async {
         let mut buf = [0u8; PREFACE.len()];
-        loop {
-            let n = tcp.peek(&mut buf).await.map_err(|_| "failed")?;
-            if n == 0 {
+        let mut n = 0;
+        while n < PREFACE.len() {
+            let got = io.read(&mut buf[n..]).await.map_err(|_| "failed")?;
+            if got == 0 {
                 return Err("closed before speaking HTTP/2");
             }
+            n += got;
             if buf[..n] != PREFACE[..n] {
                 return Err("does not speak HTTP/2 (gRPC needs it)");
             }
-            if n == PREFACE.len() {
-                return Ok(());
-            }
-            // Part of the preface is here: peek would return at once
-            // again, so wait a moment for the rest instead of spinning.
-            tokio::time::sleep(PREFACE_POLL).await;
         }
+        Ok(())
     };
-    tokio::time::timeout(within, read)
+    tokio::time::timeout_at(deadline, read)
         .await
-        .unwrap_or(Err("sent no HTTP/2 preface within --handshake-timeout"))
+        .unwrap_or(Err("sent no HTTP/2 preface within --handshake-timeout"))?;
+    Ok(Rewind::new(Bytes::from_static(PREFACE), io))
+}
+
+/// An IO that yields `head` before what `inner` reads: bytes taken off a
+/// stream to look at, given back.
+struct Rewind<IO> {
+    head: Bytes,
+    inner: IO,
+}
+
+impl<IO> Rewind<IO> {
+    fn new(head: Bytes, inner: IO) -> Self {
+        Self { head, inner }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.head.is_empty() {
+            let n = self.head.len().min(buf.remaining());
+            let head = self.head.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Completes once no stream has been open for `timeout`; never when
@@ -213,12 +329,13 @@ async fn idle_for(mut open: watch::Receiver<usize>, timeout: Option<Duration>) {
 }
 
 /// The connection's service: passes each request on with the connection's
-/// address (as tonic's own server does, for `Request::remote_addr`), and
-/// counts the request as an open stream until its response body is done.
+/// address (as tonic's own server does, for `Request::remote_addr`) and
+/// its verified client certificate, if any, and counts the request as an open stream until its response body is done.
 #[derive(Clone)]
 struct Tracked<S> {
     inner: S,
     info: TcpConnectInfo,
+    certificate: Option<PeerCertificate>,
     streams: Arc<watch::Sender<usize>>,
 }
 
@@ -235,6 +352,9 @@ impl<S: GrpcService> Service<Request<Incoming>> for Tracked<S> {
         let open = OpenStream::new(self.streams.clone());
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(self.info.clone());
+        if let Some(certificate) = &self.certificate {
+            request.extensions_mut().insert(certificate.clone());
+        }
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
@@ -289,6 +409,36 @@ impl HttpBody for Counted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_preface_is_read_then_replayed_before_the_rest() {
+        let (mut client, server) = tokio::io::duplex(64);
+        use tokio::io::AsyncWriteExt;
+        // In pieces, as a slow client sends it.
+        client.write_all(&PREFACE[..5]).await.unwrap();
+        let reading = tokio::spawn(await_preface(
+            server,
+            Instant::now() + Duration::from_secs(5),
+        ));
+        tokio::task::yield_now().await;
+        client.write_all(&PREFACE[5..]).await.unwrap();
+        client.write_all(b"rest").await.unwrap();
+        drop(client);
+        let mut io = reading.await.unwrap().unwrap();
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, [&PREFACE[..], b"rest"].concat());
+    }
+
+    #[tokio::test]
+    async fn another_protocol_is_refused_at_its_first_bytes() {
+        let (mut client, server) = tokio::io::duplex(64);
+        use tokio::io::AsyncWriteExt;
+        // Fewer than 24 bytes, and the connection stays open.
+        client.write_all(b"GET / HTTP/1.1").await.unwrap();
+        let refused = await_preface(server, Instant::now() + Duration::from_secs(3600)).await;
+        assert!(refused.is_err());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_fires_only_after_a_whole_timeout_without_streams() {

@@ -12,7 +12,9 @@ mod framing;
 mod health;
 pub mod limits;
 mod peer;
+mod reload;
 mod status;
+pub mod tls;
 mod watch;
 
 use std::future::Future;
@@ -28,6 +30,8 @@ use tonic::transport::server::TcpIncoming;
 pub use discovery::{Defaults, DiscoveryService};
 pub use limits::Limits;
 pub use peer::PeerCertificate;
+pub use reload::Reload;
+pub use tls::{TlsConfig, TlsError, TlsFiles};
 pub use watch::{WatchSlot, WatchSlots};
 
 use crate::proto::v1::discovery_server::DiscoveryServer;
@@ -49,6 +53,12 @@ pub struct Settings {
     /// (as before auth existed). The server re-reads the file while it
     /// runs ([`crate::auth::Auth::watch`]).
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// Serve TLS with these files (and require client certificates when
+    /// they name a client CA); plaintext when `None`.
+    pub tls: Option<TlsFiles>,
+    /// The trigger every reloadable part follows (the CLI fires it on
+    /// SIGHUP): the TLS files are read again at once when it fires.
+    pub reload: Reload,
 }
 
 impl Default for Settings {
@@ -58,6 +68,8 @@ impl Default for Settings {
             limits: Limits::default(),
             drain: DEFAULT_DRAIN_TIMEOUT,
             auth: None,
+            tls: None,
+            reload: Reload::new(),
         }
     }
 }
@@ -68,6 +80,9 @@ pub enum ServeError {
     /// The reflection service could not be built from our descriptors.
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS files could not be loaded at start.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The server task panicked or was cancelled.
     #[error("server task failed: {0}")]
     Task(String),
@@ -86,15 +101,31 @@ pub async fn serve(
         limits,
         drain,
         auth,
+        tls,
+        reload,
     } = settings;
+    let tls = tls.map(TlsConfig::load).transpose()?.map(Arc::new);
+    // Stops following the files when `serve` returns, however it returns.
+    let following = CancellationToken::new();
+    let _following = following.clone().drop_guard();
+    if let Some(tls) = &tls {
+        let (reload, stop) = (reload.subscribe(), following.clone());
+        tokio::spawn(reload::follow(tls.clone(), tls::POLL, reload, stop));
+    }
+    if let Some(auth) = &auth {
+        let (reload, stop) = (reload.subscribe(), following.clone());
+        tokio::spawn(reload::follow(
+            auth.clone(),
+            crate::auth::POLL_INTERVAL,
+            reload,
+            stop,
+        ));
+    }
     let (reporter, health) = tonic_health::server::health_reporter();
     let monitor = tokio::spawn(health::monitor(registry.clone(), reporter));
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-
-    // Picks up changes to the auth file without a restart.
-    let auth_watch = auth.clone().map(|a| a.watch(crate::auth::POLL_INTERVAL));
 
     let stopping = CancellationToken::new();
     let service = DiscoveryService::new(registry, defaults, stopping.clone())
@@ -127,7 +158,7 @@ pub async fn serve(
         // certificate) are there, and refusals are plain gRPC statuses.
         .layer(auth::AuthLayer::new(auth))
         .service(routes);
-    let server = connection::serve(incoming(listener), service, limits, signal);
+    let server = connection::serve(incoming(listener), service, limits, tls, signal);
     tokio::pin!(server);
 
     let result = tokio::select! {
@@ -146,9 +177,6 @@ pub async fn serve(
         }
     };
     monitor.abort();
-    if let Some(w) = auth_watch {
-        w.abort();
-    }
     result
 }
 
@@ -181,6 +209,7 @@ fn incoming(listener: TcpListener) -> accept::Accepting {
 pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    tls: bool,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
@@ -207,20 +236,23 @@ impl RunningServer {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let tls = settings.tls.is_some();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(registry, settings, listener, async move {
             let _ = stopped.await;
         }));
         Ok(Self {
             addr,
+            tls,
             stop: Some(stop),
             task,
         })
     }
 
-    /// `http://addr`, for a client to connect to.
+    /// `http://addr` (`https://addr` with TLS), for a client to connect to.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops the server and waits for it to drain.
@@ -238,5 +270,15 @@ impl RunningServer {
 impl Drop for RunningServer {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+impl reload::Reloadable for crate::auth::Auth {
+    fn reload_if_changed(&self) {
+        let _ = crate::auth::Auth::reload_if_changed(self);
+    }
+
+    fn reload_forced(&self) {
+        let _ = self.reload_now();
     }
 }

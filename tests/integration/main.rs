@@ -28,5 +28,6 @@ mod refused_writes;
 mod sentinel;
 mod side_services;
 mod storm;
+mod tls;
 mod watch;
 mod watch_faults;

@@ -2,8 +2,9 @@
 //! watch services and nodes on a running server, through
 //! [`crate::client::Client`].
 //!
-//! Every command takes `--server` (host:port or an http:// URL, env
-//! `DISCOVERED_SERVER`) and `--output table|json`; all but `remove-group`
+//! Every command takes `--server` (host:port or an http:// or https://
+//! URL, env `DISCOVERED_SERVER`), the TLS and token flags of
+//! [`super::connect`] and `--output table|json`; all but `remove-group`
 //! take `--group` (env `DISCOVERED_GROUP`; empty means the server's default
 //! group). Results go to stdout (see [`super::output`] for the JSON shapes;
 //! timestamps are RFC 3339 strings in UTC).
@@ -37,6 +38,7 @@ use clap::{Args, Subcommand};
 use futures::StreamExt;
 use tonic::Code;
 
+use super::connect::ConnectArgs;
 use super::output::{Output, Printed};
 use super::runtime::{self, Threads};
 use crate::client::{Client, ClientError};
@@ -44,9 +46,13 @@ use crate::client::{Client, ClientError};
 /// Where to connect and how to print.
 #[derive(Debug, Args)]
 pub struct Conn {
-    /// The discovered server: host:port or an http:// URL.
+    /// The discovered server: host:port or an http:// or https:// URL
+    /// (host:port speaks TLS when --tls-ca is given).
     #[arg(long, env = "DISCOVERED_SERVER", default_value = "127.0.0.1:50051")]
     server: String,
+
+    #[command(flatten)]
+    connect: ConnectArgs,
 
     /// Output format: aligned columns for people, or JSON for scripts
     /// (timestamps as RFC 3339 UTC strings).
@@ -58,7 +64,7 @@ impl Conn {
     /// Connects now: a server that cannot be reached fails the command
     /// before anything is sent.
     async fn connect(&self) -> Result<Client, ClientError> {
-        Client::connect(&self.server).await
+        Client::connect_with(&self.server, &self.connect.options()?).await
     }
 }
 
@@ -204,7 +210,20 @@ fn exit_code(code: Code) -> u8 {
 /// `CODE: message` on one line.
 fn error_line(e: &ClientError) -> String {
     let message = match e {
-        ClientError::Status(s) => s.message().to_string(),
+        // A status tonic made of a failed connection says only "transport
+        // error": its causes say why (a refused client certificate, say).
+        ClientError::Status(s) => {
+            let mut message = s.message().to_string();
+            let mut source = std::error::Error::source(s);
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !message.contains(&text) {
+                    message = format!("{message}: {text}");
+                }
+                source = cause.source();
+            }
+            message
+        }
         other => other.to_string(),
     };
     let message = message.split_whitespace().collect::<Vec<_>>().join(" ");

@@ -8,6 +8,7 @@
 //! - [`calls`]: the gRPC calls as tests make them (health too), and status
 //!   checks.
 //! - [`watch`]: [`Watch`], a watch stream whose every event is checked.
+//! - [`pki`]: certificates and PEM files for the TLS tests.
 //! - [`sentinel`]: [`SentinelFixture`], a master, two replicas and three
 //!   sentinels.
 
@@ -26,6 +27,7 @@ use discovered::store::{Hub, MemoryRegistry, RedisConfig, RedisRegistry, Registr
 use tonic::transport::Channel;
 
 pub mod calls;
+pub mod pki;
 pub mod requests;
 pub mod sentinel;
 pub mod watch;
