@@ -148,7 +148,10 @@ impl SecretKey {
 
 /// What binds a sealed value to its service.
 fn associated_data(service: &ServiceKey) -> String {
-    format!("discovered auth_credentials v1 {}/{}", service.group, service.service)
+    format!(
+        "discovered auth_credentials v1 {}/{}",
+        service.group, service.service
+    )
 }
 
 /// `group/service`, for messages.

@@ -48,7 +48,9 @@ impl Change {
     /// whichever store sent it.
     fn without_credentials(mut self) -> Self {
         match &mut self {
-            Change::ServiceRegistered(s) | Change::ServiceUpdated(s) | Change::ServiceRemoved(s) => {
+            Change::ServiceRegistered(s)
+            | Change::ServiceUpdated(s)
+            | Change::ServiceRemoved(s) => {
                 s.spec.auth_credentials.clear();
             }
             Change::NodeAdded(_)

@@ -23,6 +23,7 @@ mod nofile;
 mod redis_scripts;
 mod redis_store;
 mod refused_writes;
+mod secrets;
 mod sentinel;
 mod side_services;
 mod storm;

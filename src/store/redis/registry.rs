@@ -319,7 +319,9 @@ impl RedisRegistry {
             .and_then(|raw| service_record(key, &raw).ok())
             .map(|r| r.spec.auth_credentials)
             .filter(|stored| secrets::is_sealed(stored))
-            .filter(|stored| secrets::open(Some(secret), key, stored).ok().as_ref() == Some(&plaintext));
+            .filter(|stored| {
+                secrets::open(Some(secret), key, stored).ok().as_ref() == Some(&plaintext)
+            });
         Ok(kept.unwrap_or_else(|| secret.seal(key, &plaintext)))
     }
 

@@ -10,6 +10,7 @@
 //! - [`watch`]: [`Watch`], a watch stream whose every event is checked.
 //! - [`sentinel`]: [`SentinelFixture`], a master, two replicas and three
 //!   sentinels.
+//! - [`tls_redis`]: [`TlsRedis`], a TLS-only Redis with an ACL user.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
@@ -28,11 +29,13 @@ use tonic::transport::Channel;
 pub mod calls;
 pub mod requests;
 pub mod sentinel;
+pub mod tls_redis;
 pub mod watch;
 
 pub use calls::*;
 pub use requests::*;
 pub use sentinel::*;
+pub use tls_redis::*;
 pub use watch::*;
 
 /// How long anything a test waits for may take: an event, a state, a call,
