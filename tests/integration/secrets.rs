@@ -531,12 +531,16 @@ async fn no_secret_in_any_log_line() {
     let url = redis.url();
     let mut proc = Proc::spawn(&line, &[("DISCOVERED_REDIS_URL", url.as_str())]);
     let stderr = drain(proc.child.stderr.take().expect("stderr"));
-    eventually("the server to listen", || async move {
+    let mut client = eventually("the server to listen", || async move {
         DiscoveryClient::connect(format!("http://127.0.0.1:{port}"))
             .await
             .ok()
     })
     .await;
+    get_nodes(&mut client, "g", "svc0").await;
+    // The SIGTERM handler is installed once serving starts, a moment
+    // after the port opens; a signal before it kills the process.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     proc.signal("TERM");
     let (status, _) = proc.wait_async().await;
     assert!(status.success(), "{status}");
