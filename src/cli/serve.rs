@@ -385,6 +385,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         default_group = %defaults.service_group,
         node_ttl = ?defaults.node_ttl,
         auto = defaults.auto,
+        // Whether a key is in use, never the key or its file's content.
+        credentials_encrypted = args.secret_key_file.is_some(),
         max_concurrent_streams = limits.max_concurrent_streams,
         max_watch_streams = limits.max_watch_streams,
         watch_buffer_bytes = limits.watch_buffer_bytes,

@@ -17,9 +17,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use crate::common::*;
 
 /// A credential with a quote, a backslash and what looks like the next
-/// field, so that blanking it in Lua must follow JSON escapes.
+/// field, ending in a backslash, so that blanking it in Lua must follow
+/// JSON escapes.
 fn tricky_credential(tag: &str) -> String {
-    format!(r#"{tag}-{}-"q\b","backend":"x"#, rand_word())
+    format!(r#"{tag}-{}-"q\b","backend":"x\"#, rand_word())
 }
 
 /// The random word of a [`tricky_credential`]: found in any text the
