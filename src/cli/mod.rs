@@ -15,7 +15,8 @@ mod runtime;
 mod serve;
 mod signal;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// A service-discovery server: services register their nodes, clients
 /// look them up. Speaks gRPC; keeps its state in Redis, or in memory for a
@@ -44,8 +45,11 @@ enum Command {
 /// Parses the command line and runs it; returns the process exit code.
 /// A bad or missing flag is one line on stderr and exit code 2.
 pub fn main() -> std::process::ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
             eprintln!("{}", one_line(&e.render().to_string()));
@@ -53,9 +57,48 @@ pub fn main() -> std::process::ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => {
+            let on_command_line = matches
+                .subcommand_matches("serve")
+                .map(serve::secrets_on_command_line)
+                .unwrap_or_default();
+            serve::run(args, on_command_line)
+        }
         Command::Agent(args) => agent::run(args),
         Command::Client(cmd) => commands::run(cmd),
+    }
+}
+
+/// The flags among `secrets` (`(argument id, flag)`) whose value came from
+/// the command line rather than the environment: it shows in `ps` and in
+/// shell history, so the command warns, naming the flag, never the value.
+/// `serve` checks its passwords with it; a client command's `--token` can
+/// be added the same way.
+fn secrets_given_as_flags(
+    matches: &ArgMatches,
+    secrets: &[(&str, &'static str)],
+) -> Vec<&'static str> {
+    secrets
+        .iter()
+        .filter(|(id, _)| matches.value_source(id) == Some(ValueSource::CommandLine))
+        .map(|(_, flag)| *flag)
+        .collect()
+}
+
+/// Warns once per flag in `flags` (see [`secrets_given_as_flags`]): call
+/// after logging is set up.
+fn warn_secrets_on_command_line(flags: &[&str]) {
+    for flag in flags {
+        let env = format!(
+            "DISCOVERED_{}",
+            flag.trim_start_matches('-')
+                .replace('-', "_")
+                .to_uppercase()
+        );
+        tracing::warn!(
+            flag = %flag,
+            "a secret was given on the command line with {flag}, where other users can read it in the process list; set {env} instead"
+        );
     }
 }
 

@@ -16,7 +16,8 @@ use crate::auth::{Auth, AuthFileError};
 use crate::model::{InvalidField, validate_name, validate_ttl};
 use crate::server::{self, Defaults, Limits, Reload, ServeError, Settings, TlsFiles, limits};
 use crate::store::redis::{CheckError, ConfigError, DataNode};
-use crate::store::{MemoryRegistry, RedisConfig, RedisRegistry, Registry, StoreError};
+use crate::store::secrets::SecretKeyError;
+use crate::store::{MemoryRegistry, RedisConfig, RedisRegistry, Registry, SecretKey, StoreError};
 
 /// Why `discovered serve` stopped with an error: printed as one line,
 /// exit code 1.
@@ -48,13 +49,19 @@ enum Failure {
     /// The TLS files cannot be used.
     #[error(transparent)]
     Tls(#[from] server::TlsError),
+    /// The secret key cannot be used.
+    #[error(transparent)]
+    SecretKey(#[from] SecretKeyError),
+    /// A secrets flag does not fit the other flags.
+    #[error("{0}")]
+    Secrets(String),
     /// The gRPC server failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
 }
 
 /// Flags of `discovered serve`. Each also reads an environment variable.
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "DISCOVERED_LISTEN", default_value = "127.0.0.1:50051")]
@@ -116,6 +123,18 @@ pub struct ServeArgs {
     /// not show in the process list.
     #[arg(long, env = "DISCOVERED_REDIS_PASSWORD", hide_env_values = true)]
     redis_password: Option<String>,
+
+    /// PEM file of the CA certificates to trust for TLS to Redis
+    /// (rediss:// URL), instead of the system's roots: for a Redis whose
+    /// certificate a private CA signed.
+    #[arg(long, env = "DISCOVERED_REDIS_TLS_CA", value_name = "FILE")]
+    redis_tls_ca: Option<std::path::PathBuf>,
+
+    /// File holding the 32-byte key, as 64 hex digits (`openssl rand -hex
+    /// 32 > key`), that encrypts services' auth_credentials in Redis.
+    /// Without it they are stored as given.
+    #[arg(long, env = "DISCOVERED_SECRET_KEY_FILE", value_name = "FILE")]
+    secret_key_file: Option<std::path::PathBuf>,
 
     /// First part of every Redis key, so several registries can share one
     /// Redis database: letters, digits, '.', '_' or '-' (1 to 128), like a
@@ -211,6 +230,13 @@ pub struct ServeArgs {
     log_format: LogFormat,
 }
 
+/// Prints no field: the flags hold passwords, and nothing may print them.
+impl std::fmt::Debug for ServeArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServeArgs { .. }")
+    }
+}
+
 impl ServeArgs {
     /// The stream and connection bounds the flags set.
     fn limits(&self) -> Limits {
@@ -237,12 +263,32 @@ impl ServeArgs {
     }
 
     /// The Redis settings, or `None` for the in-memory store.
-    fn redis_config(&self) -> Result<Option<RedisConfig>, ConfigError> {
-        let config = self.redis_parts()?;
-        Ok(config.map(|c| RedisConfig {
-            config_set: !self.no_config_set,
-            ..c
-        }))
+    fn redis_config(&self) -> Result<Option<RedisConfig>, Failure> {
+        let Some(mut config) = self.redis_parts()? else {
+            if self.secret_key_file.is_some() {
+                return Err(Failure::Secrets(
+                    "--secret-key-file needs Redis: the in-memory store keeps credentials in this process only".into(),
+                ));
+            }
+            if self.redis_tls_ca.is_some() {
+                return Err(ConfigError::Tls("--redis-tls-ca needs Redis".into()).into());
+            }
+            return Ok(None);
+        };
+        config.config_set = !self.no_config_set;
+        if let Some(path) = &self.redis_tls_ca {
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError::Tls(format!(
+                    "cannot read --redis-tls-ca {}: {e}",
+                    path.display()
+                ))
+            })?;
+            config = config.with_tls_ca(pem)?;
+        }
+        if let Some(path) = &self.secret_key_file {
+            config.secret_key = Some(SecretKey::from_file(path)?);
+        }
+        Ok(Some(config))
     }
 
     fn redis_parts(&self) -> Result<Option<RedisConfig>, ConfigError> {
@@ -292,9 +338,44 @@ impl ServeArgs {
     }
 }
 
+/// The secret-bearing flags of `serve` whose value came from the command
+/// line (see [`super::secrets_given_as_flags`]); `--redis-url` only when
+/// it holds a password.
+pub fn secrets_on_command_line(matches: &clap::ArgMatches) -> Vec<&'static str> {
+    let mut secrets = vec![
+        ("redis_password", "--redis-password"),
+        ("redis_sentinel_password", "--redis-sentinel-password"),
+    ];
+    let url_has_password = matches
+        .get_one::<String>("redis_url")
+        .is_some_and(|url| url_has_password(url));
+    if url_has_password {
+        secrets.push(("redis_url", "--redis-url"));
+    }
+    super::secrets_given_as_flags(matches, &secrets)
+}
+
+/// Whether a Redis URL carries a password: `user:password@`, `:password@`
+/// or a `sentinel_password=` parameter.
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (authority, query) = match rest.split_once('?') {
+        Some((a, q)) => (a, q),
+        None => (rest, ""),
+    };
+    let authority = authority.split('/').next().unwrap_or_default();
+    let in_userinfo = authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.split_once(':').is_some_and(|(_, p)| !p.is_empty()));
+    in_userinfo || query.contains("sentinel_password=")
+}
+
 /// Runs the server until SIGINT or SIGTERM; returns the exit code.
-pub fn run(args: ServeArgs) -> ExitCode {
+/// `secret_flags` are the secret-bearing flags given on the command line,
+/// warned about once logging is up.
+pub fn run(args: ServeArgs, secret_flags: Vec<&'static str>) -> ExitCode {
     logging::init(args.log_format);
+    super::warn_secrets_on_command_line(&secret_flags);
     // Before the runtime opens its descriptors, and once logs can say so.
     nofile::raise();
     runtime::block_on(Threads::PerCore, async {
@@ -351,6 +432,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         default_group = %defaults.service_group,
         node_ttl = ?defaults.node_ttl,
         auto = defaults.auto,
+        // Whether a key is in use, never the key or its file's content.
+        credentials_encrypted = args.secret_key_file.is_some(),
         max_concurrent_streams = limits.max_concurrent_streams,
         max_watch_streams = limits.max_watch_streams,
         watch_buffer_bytes = limits.watch_buffer_bytes,
@@ -391,4 +474,21 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     server::serve(registry, settings, listener, super::signal::shutdown()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_has_password;
+
+    #[test]
+    fn a_url_password_is_found() {
+        assert!(url_has_password("redis://u:pw@h:1/0"));
+        assert!(url_has_password("rediss://:pw@h:1"));
+        assert!(url_has_password(
+            "redis+sentinel://h:1/m?sentinel_password=x"
+        ));
+        assert!(!url_has_password("redis://u@h:1/0"));
+        assert!(!url_has_password("redis://h:1/0"));
+        assert!(!url_has_password("redis://h:1/0#insecure"));
+    }
 }

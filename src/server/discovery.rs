@@ -290,13 +290,21 @@ impl Discovery for DiscoveryService {
             Action::GetService
         };
         self.allow_key(caller.as_ref(), action, &key)?;
-        match self.registry.get_service(&key).await? {
-            Some(record) => Ok(Response::new(pb::Service::from_record(
-                record,
-                r.reveal_credentials,
-            ))),
-            None => Err(service_not_found(&key)),
+        let Some(mut record) = self.registry.get_service(&key).await? else {
+            return Err(service_not_found(&key));
+        };
+        if r.reveal_credentials {
+            // Opened only here: a value the server cannot open fails the
+            // reveal alone, with a message naming the service, not the value.
+            record.spec.auth_credentials = self
+                .registry
+                .reveal_credentials(&record)
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
         }
+        Ok(Response::new(pb::Service::from_record(
+            record,
+            r.reveal_credentials,
+        )))
     }
 
     async fn get_nodes(

@@ -13,10 +13,12 @@ use crate::model::{
 
 pub mod memory;
 pub mod redis;
+pub mod secrets;
 pub mod watch;
 
 pub use memory::MemoryRegistry;
 pub use redis::{RedisConfig, RedisRegistry};
+pub use secrets::{RevealError, SecretKey};
 pub use watch::{Change, ChangeEvent, FANOUT_CAPACITY, Hub, Snapshot, StoreEvent};
 
 /// Why a store operation failed. Bad input never gets here: the server
@@ -109,6 +111,15 @@ pub trait Registry: Send + Sync + 'static {
     /// The service's record; an implicit record for a service listed only
     /// through its nodes; `None` if the service is not known.
     async fn get_service(&self, key: &ServiceKey) -> StoreResult<Option<ServiceRecord>>;
+
+    /// The `auth_credentials` of a record [`Registry::get_service`]
+    /// returned, in the clear. Kept apart from `get_service` so that a
+    /// value that cannot be opened (encrypted, and no key or another one)
+    /// fails only the call that reveals it. The memory store keeps
+    /// plaintext (it never leaves the process), hence this default.
+    fn reveal_credentials(&self, record: &ServiceRecord) -> Result<String, RevealError> {
+        Ok(record.spec.auth_credentials.clone())
+    }
 
     /// The live nodes of a service, in name order.
     async fn get_nodes(&self, key: &ServiceKey) -> StoreResult<Vec<NodeRecord>>;

@@ -41,6 +41,27 @@ impl Change {
     }
 }
 
+impl Change {
+    /// The change with any service record's `auth_credentials` blanked:
+    /// what a watcher may see. Every change passes [`Hub::send_event`],
+    /// which applies this, so no watch buffer ever holds a credential,
+    /// whichever store sent it.
+    fn without_credentials(mut self) -> Self {
+        match &mut self {
+            Change::ServiceRegistered(s)
+            | Change::ServiceUpdated(s)
+            | Change::ServiceRemoved(s) => {
+                s.spec.auth_credentials.clear();
+            }
+            Change::NodeAdded(_)
+            | Change::NodeUpdated(_)
+            | Change::NodeRemoved(_)
+            | Change::NodeExpired(_) => {}
+        }
+        self
+    }
+}
+
 /// A change with its place in the registry's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeEvent {
@@ -107,10 +128,18 @@ impl Hub {
 
     /// Hands a change to every current watcher.
     pub fn send_change(&self, change: Change, revision: u64, time: Millis) {
-        self.send(StoreEvent::Change(Arc::new(ChangeEvent {
+        self.send_event(ChangeEvent {
             change,
             revision,
             time,
+        });
+    }
+
+    /// Hands a change to every current watcher, credentials blanked.
+    pub fn send_event(&self, event: ChangeEvent) {
+        self.send(StoreEvent::Change(Arc::new(ChangeEvent {
+            change: event.change.without_credentials(),
+            ..event
         })));
     }
 

@@ -25,6 +25,7 @@ mod ownership;
 mod redis_scripts;
 mod redis_store;
 mod refused_writes;
+mod secrets;
 mod sentinel;
 mod side_services;
 mod storm;

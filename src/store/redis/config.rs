@@ -4,6 +4,7 @@
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo, RedisError};
 
 use super::sentinel::{self, Sentinels};
+use crate::store::SecretKey;
 
 /// Why Redis settings were refused.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +15,9 @@ pub enum ConfigError {
     /// The host and port make no Redis address.
     #[error("bad Redis address: {0}")]
     Address(#[source] RedisError),
+    /// The TLS settings cannot be used.
+    #[error("bad Redis TLS settings: {0}")]
+    Tls(String),
     /// The Sentinel settings are incomplete or do not parse.
     #[error("bad Sentinel settings: {0}")]
     Sentinel(String),
@@ -68,6 +72,9 @@ pub struct RedisConfig {
     /// Whether the server may add the keyspace-notification flags it needs
     /// with CONFIG SET (off for managed Redis that forbids CONFIG).
     pub config_set: bool,
+    /// The key that seals `auth_credentials` at rest; `None` stores them
+    /// as given (and still reads sealed ones as "cannot reveal").
+    pub secret_key: Option<SecretKey>,
 }
 
 impl RedisConfig {
@@ -147,6 +154,31 @@ impl RedisConfig {
         Ok(self)
     }
 
+    /// Trusts the PEM certificates `ca_pem` (a private CA's) for TLS to
+    /// Redis (`rediss://`), instead of the system's roots. Only for one
+    /// Redis at a fixed address: refused with Sentinel, and for a
+    /// `redis://` target, where it would silently do nothing.
+    pub fn with_tls_ca(mut self, ca_pem: Vec<u8>) -> Result<Self, ConfigError> {
+        let Target::Direct(info) = &self.target else {
+            return Err(ConfigError::Tls(
+                "--redis-tls-ca is not supported with Sentinel yet".into(),
+            ));
+        };
+        if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+            return Err(ConfigError::Tls(
+                "--redis-tls-ca needs TLS to Redis: a rediss:// URL".into(),
+            ));
+        }
+        let certs = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca_pem),
+        };
+        let client = redis::Client::build_with_tls(info.clone(), certs)
+            .map_err(|e| ConfigError::Tls(format!("cannot use the CA certificates: {e}")))?;
+        self.target = Target::Direct(client.get_connection_info().clone());
+        Ok(self)
+    }
+
     fn new(info: ConnectionInfo, key_prefix: &str) -> Self {
         Self::with_target(Target::Direct(info), key_prefix)
     }
@@ -156,6 +188,7 @@ impl RedisConfig {
             target,
             key_prefix: key_prefix.into(),
             config_set: true,
+            secret_key: None,
         }
     }
 }

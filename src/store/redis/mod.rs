@@ -16,7 +16,7 @@
 //!
 //! | call | Redis work | round trips |
 //! | --- | --- | --- |
-//! | RegisterService | `listing_add` + `register_service` scripts (MULTI) | 1 |
+//! | RegisterService | `listing_add` + `register_service` scripts (MULTI); with a secret key and credentials, a GET of the old record first (see `sealed_credentials` in `registry.rs`) | 1-2 |
 //! | RegisterNode | `listing_add`, ZADD/ZREM deadline, `register_node` script (MULTI) | 1 |
 //! | GetService | GET record + ZSCORE listing | 1 |
 //! | GetNodes | HGETALL | 1 |

@@ -32,6 +32,19 @@ pub(super) use node_record_head;
 /// next `"` (ids never contain one). The scripts find the id there.
 pub const NODE_RECORD_HEAD: &str = node_record_head!();
 
+/// The literal of [`CREDENTIALS_FIELD`], for `concat!`.
+macro_rules! credentials_field {
+    () => {
+        r#""auth_credentials":""#
+    };
+}
+pub(super) use credentials_field;
+
+/// How `auth_credentials` begins in a stored service record: the key and
+/// the opening quote of its JSON string. `lua/prelude.lua` finds it there
+/// to blank the credentials in every change it publishes.
+pub const CREDENTIALS_FIELD: &str = credentials_field!();
+
 /// How a record is stored: the server's times around the registered record.
 #[derive(Deserialize)]
 struct Envelope<T> {
@@ -153,6 +166,20 @@ mod tests {
             .unwrap_or_else(|| panic!("{raw} does not start with {NODE_RECORD_HEAD}"));
         assert!(rest.starts_with("0123abcd\","), "{raw}");
         assert_eq!(NODE_RECORD_HEAD, r#"{"instance_id":""#);
+    }
+
+    #[test]
+    fn a_service_record_holds_the_credentials_field() {
+        let spec = ServiceSpec {
+            auth_type: "basic".into(),
+            auth_credentials: "u:\"p\\".into(),
+            ..ServiceSpec::default()
+        };
+        let raw = encode(&spec).unwrap();
+        assert!(
+            raw.contains(r#""auth_credentials":"u:\"p\\","#),
+            "{raw} does not hold {CREDENTIALS_FIELD}"
+        );
     }
 
     #[test]

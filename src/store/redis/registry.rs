@@ -24,6 +24,7 @@ use crate::model::{
     Actor, Millis, NodeRecord, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec, expiry,
     now_millis,
 };
+use crate::store::secrets::{self, RevealError, SecretKey};
 use crate::store::{
     Hub, NodeRegistration, Registry, Removal, Renewal, Snapshot, StoreError, StoreEvent,
     StoreResult,
@@ -134,6 +135,8 @@ struct Inner {
     stop: CancellationToken,
     /// Whether the change subscription is up.
     subscribed: tokio::sync::watch::Receiver<bool>,
+    /// Seals `auth_credentials` at rest (`--secret-key-file`).
+    secret_key: Option<SecretKey>,
     /// The subscriber, until [`RedisRegistry::check`] starts it.
     subscriber: std::sync::Mutex<Option<Subscriber>>,
 }
@@ -248,6 +251,7 @@ impl RedisRegistry {
                 hub,
                 stop,
                 subscribed,
+                secret_key: config.secret_key,
                 subscriber: std::sync::Mutex::new(Some(subscriber)),
             }),
         })
@@ -291,6 +295,34 @@ impl RedisRegistry {
 
     fn keys(&self) -> &Keys {
         &self.inner.keys
+    }
+
+    /// The stored form of `plaintext` credentials of `key`: sealed when
+    /// the server has a key, else as given. A re-registration with the
+    /// same credentials keeps the stored value (one GET first): a fresh
+    /// nonce would make every identical re-registration a change, a
+    /// SERVICE_UPDATED for every watcher. Only RegisterService with
+    /// credentials and a key pays that round trip.
+    async fn sealed_credentials(&self, key: &ServiceKey, plaintext: String) -> StoreResult<String> {
+        let Some(secret) = &self.inner.secret_key else {
+            return Ok(plaintext);
+        };
+        if plaintext.is_empty() {
+            return Ok(plaintext);
+        }
+        let mut pipe = redis::pipe();
+        pipe.get(self.keys().service(key));
+        let (old,): (Option<String>,) = self.pool().query(&pipe).await?;
+        // An old record that does not read, or does not open, is simply
+        // not reused.
+        let kept = old
+            .and_then(|raw| service_record(key, &raw).ok())
+            .map(|r| r.spec.auth_credentials)
+            .filter(|stored| secrets::is_sealed(stored))
+            .filter(|stored| {
+                secrets::open(Some(secret), key, stored).ok().as_ref() == Some(&plaintext)
+            });
+        Ok(kept.unwrap_or_else(|| secret.seal(key, &plaintext)))
     }
 
     fn pool(&self) -> &RedisPool {
@@ -380,8 +412,9 @@ impl Registry for RedisRegistry {
     async fn register_service(
         &self,
         key: ServiceKey,
-        spec: ServiceSpec,
+        mut spec: ServiceSpec,
     ) -> StoreResult<ServiceRecord> {
+        spec.auth_credentials = self.sealed_credentials(&key, spec.auth_credentials).await?;
         let record = record::encode(&spec)?;
         let mut pipe = atomic_pipeline();
         ListingAdd { service: &key }
@@ -436,6 +469,14 @@ impl Registry for RedisRegistry {
             (None, Some(_)) => Ok(Some(ServiceRecord::implicit(key.clone()))),
             (None, None) => Ok(None),
         }
+    }
+
+    fn reveal_credentials(&self, record: &ServiceRecord) -> Result<String, RevealError> {
+        secrets::open(
+            self.inner.secret_key.as_ref(),
+            &record.key,
+            &record.spec.auth_credentials,
+        )
     }
 
     async fn get_nodes(&self, key: &ServiceKey) -> StoreResult<Vec<NodeRecord>> {

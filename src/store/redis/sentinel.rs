@@ -31,7 +31,7 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
 /// The sentinels that name the master, and how to log in to them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Sentinels {
     /// `host:port` of each sentinel.
     pub addrs: Vec<(String, u16)>,
@@ -41,6 +41,18 @@ pub struct Sentinels {
     pub username: Option<String>,
     /// The sentinels' own password, if they require one.
     pub password: Option<String>,
+}
+
+/// The password redacted, as redis-rs does for the data nodes'.
+impl std::fmt::Debug for Sentinels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sentinels")
+            .field("addrs", &self.addrs)
+            .field("master_name", &self.master_name)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Why no master could be found.

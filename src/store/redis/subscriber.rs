@@ -250,9 +250,7 @@ impl Subscriber {
             return;
         }
         match changes::parse(&payload) {
-            Ok(event) => self
-                .hub
-                .send(StoreEvent::Change(std::sync::Arc::new(event))),
+            Ok(event) => self.hub.send_event(event),
             Err(e) => {
                 // Watchers cannot know what this changed: resync them.
                 tracing::warn!(error = %e, "unreadable change message; watchers resync");

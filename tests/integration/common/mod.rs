@@ -11,6 +11,7 @@
 //! - [`pki`]: certificates and PEM files for the TLS tests.
 //! - [`sentinel`]: [`SentinelFixture`], a master, two replicas and three
 //!   sentinels.
+//! - [`tls_redis`]: [`TlsRedis`], a TLS-only Redis with an ACL user.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
@@ -30,11 +31,13 @@ pub mod calls;
 pub mod pki;
 pub mod requests;
 pub mod sentinel;
+pub mod tls_redis;
 pub mod watch;
 
 pub use calls::*;
 pub use requests::*;
 pub use sentinel::*;
+pub use tls_redis::*;
 pub use watch::*;
 
 /// How long anything a test waits for may take: an event, a state, a call,

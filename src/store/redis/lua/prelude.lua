@@ -30,10 +30,41 @@ local function next_revision()
   return rev
 end
 
+-- A stored service envelope with auth_credentials blanked. The change
+-- channel is readable by every client allowed to SUBSCRIBE, and watchers
+-- never get credentials anyway, so they never leave Redis this way. serde
+-- writes the field as `"auth_credentials":"<JSON string>"` (the literal is
+-- CREDENTIALS_FIELD of record.rs); inside a JSON string every quote is
+-- escaped, so the value ends at the first quote not taken by a backslash
+-- escape. An earlier field cannot hold the literal: its quotes would be
+-- escaped.
+local function without_credentials(stored)
+  local _, open = string.find(stored, CREDENTIALS_FIELD, 1, true)
+  if not open then
+    return stored
+  end
+  local at = open + 1
+  while true do
+    local c = string.find(stored, '[\\"]', at)
+    if not c then
+      -- Unreachable for what serde writes; never publish the rest.
+      return 'null'
+    end
+    if string.sub(stored, c, c) == '"' then
+      return string.sub(stored, 1, open) .. string.sub(stored, c)
+    end
+    at = c + 2
+  end
+end
+
 -- Publishes a change: kind is a `ChangeKind` of changes.rs, node the
 -- node's name ('' for the service itself), stored the envelope the change
--- carries (the last one, for a removal).
+-- carries (the last one, for a removal). A service's envelope goes out
+-- without its credentials (the one place every service change passes).
 local function publish(kind, node, stored)
+  if node == '' then
+    stored = without_credentials(stored)
+  end
   local rev = next_revision()
   redis.call('PUBLISH', CHANGE.channel, '{"revision":' .. string.format('%.0f', rev)
     .. ',"time":' .. CHANGE.now .. ',"type":"' .. kind .. '","group":"' .. CHANGE.group

@@ -33,12 +33,15 @@ use redis::{FromRedisValue, Pipeline, Script, ScriptInvocation};
 use super::keys::Keys;
 use crate::model::{Millis, ServiceKey};
 
-/// `lua/record.lua`, after the one constant it takes from `record.rs`.
+/// `lua/record.lua`, after the constants it and `lua/prelude.lua` take
+/// from `record.rs`.
 macro_rules! record_lua {
     () => {
         concat!(
             "local NODE_RECORD_HEAD = '",
             crate::store::redis::record::node_record_head!(),
+            "'\nlocal CREDENTIALS_FIELD = '",
+            crate::store::redis::record::credentials_field!(),
             "'\n",
             include_str!("../lua/record.lua")
         )
