@@ -55,6 +55,11 @@ enum Failure {
     /// A secrets flag does not fit the other flags.
     #[error("{0}")]
     Secrets(String),
+    /// An address other machines can reach, with nothing protecting it.
+    #[error(
+        "refusing to serve {0} with neither TLS nor an auth file: anyone who can reach it could remove every service and redirect any node. Give --tls-cert/--tls-key and --auth-file (see the README's Security section), listen on a loopback address, or pass --insecure to serve it open anyway"
+    )]
+    Unprotected(SocketAddr),
     /// The gRPC server failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
@@ -157,6 +162,12 @@ pub struct ServeArgs {
     /// less (or leaving it out) means nodes never expire.
     #[arg(long, env = "DISCOVERED_NODE_TTL", allow_negative_numbers = true)]
     node_ttl: Option<i64>,
+
+    /// Serve on an address other machines can reach with neither TLS nor
+    /// an auth file (refused without it: anyone on the network could
+    /// change the registry).
+    #[arg(long, env = "DISCOVERED_INSECURE")]
+    insecure: bool,
 
     /// Do not fill in a node's address from the caller when a registration
     /// gives none (a request's `auto` field still overrides this).
@@ -398,6 +409,11 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         },
         auto: !args.no_auto,
     };
+    // Like Redis's protected mode: open only on loopback unless asked.
+    let protected = args.auth_file.is_some() || args.tls_cert.is_some();
+    if !protected && !args.insecure && !args.listen.ip().is_loopback() {
+        return Err(Failure::Unprotected(args.listen));
+    }
     // Before Redis: a bad file is a mistake to report at once.
     let auth = args.auth_file.as_deref().map(Auth::load).transpose()?;
     let registry: Arc<dyn Registry> = match args.redis_config()? {

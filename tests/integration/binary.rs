@@ -270,3 +270,58 @@ fn redis_that_refuses_config_needs_no_config_set() {
     let mut proc = Proc::spawn(&format!("{} --no-config-set", serve(port)), &[]);
     wait_port(&mut proc, port, "server exited with --no-config-set");
 }
+
+/// Runs `serve` with `flags` on 0.0.0.0 at a port this test holds on
+/// 127.0.0.1: the server either refuses to serve unprotected, or gets past
+/// that check and fails to bind (the port is taken), so it never listens
+/// on an address other machines could reach.
+fn serve_on_every_address(flags: &str, envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let port = held.local_addr().expect("port").port();
+    let (status, stderr) =
+        Proc::spawn(&format!("serve --listen 0.0.0.0:{port} {flags}"), envs).wait();
+    (status.code(), stderr)
+}
+
+#[test]
+fn an_unprotected_server_listens_only_on_loopback_unless_insecure() {
+    // Neither TLS nor an auth file: refused, saying how to go on.
+    let (code, stderr) = serve_on_every_address("", &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    for part in [
+        "refusing to serve 0.0.0.0:",
+        "--insecure",
+        "--auth-file",
+        "--tls-cert",
+    ] {
+        assert!(stderr.contains(part), "{part:?} missing: {stderr}");
+    }
+    // --insecure (or its variable), or an auth file: past the check, to
+    // the bind that the held port makes fail.
+    let dir = std::env::temp_dir().join(format!("discovered-open-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let auth = dir.join("auth.toml");
+    std::fs::write(
+        &auth,
+        format!(
+            "[[token]]\nname = \"ops\"\nsha256 = \"{}\"\nrole = \"admin\"\n",
+            discovered::auth::hash_token("t")
+        ),
+    )
+    .expect("auth file");
+    let cases = [
+        ("--insecure".to_string(), vec![]),
+        (String::new(), vec![("DISCOVERED_INSECURE", "true")]),
+        (format!("--auth-file {}", auth.display()), vec![]),
+    ];
+    for (flags, envs) in &cases {
+        let (code, stderr) = serve_on_every_address(flags, envs);
+        assert_eq!(code, Some(1), "{flags} {envs:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot listen on 0.0.0.0:"),
+            "{flags} {envs:?} should pass the check: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
