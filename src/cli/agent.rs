@@ -55,8 +55,11 @@ pub struct AgentArgs {
 }
 
 /// Runs the agent until SIGINT or SIGTERM; returns the exit code.
-pub fn run(args: AgentArgs) -> ExitCode {
+/// `secret_flags` are the secrets given on the command line (warned about
+/// once logging is up).
+pub fn run(args: AgentArgs, secret_flags: Vec<&'static str>) -> ExitCode {
     logging::init(LogFormat::Text);
+    super::warn_secrets_on_command_line(&secret_flags);
     let node = args
         .node
         .clone()

@@ -64,9 +64,22 @@ pub fn main() -> std::process::ExitCode {
                 .unwrap_or_default();
             serve::run(args, on_command_line)
         }
-        Command::Agent(args) => agent::run(args),
-        Command::Client(cmd) => commands::run(cmd),
+        Command::Agent(args) => agent::run(args, token_on_command_line(&matches)),
+        Command::Client(cmd) => {
+            for flag in token_on_command_line(&matches) {
+                eprintln!("warning: {}", secret_flag_warning(flag));
+            }
+            commands::run(cmd)
+        }
     }
+}
+
+/// `--token`, if the subcommand's token came from the command line.
+fn token_on_command_line(matches: &ArgMatches) -> Vec<&'static str> {
+    matches
+        .subcommand()
+        .map(|(_, sub)| secrets_given_as_flags(sub, &[("token", "--token")]))
+        .unwrap_or_default()
 }
 
 /// The flags among `secrets` (`(argument id, flag)`) whose value came from
@@ -89,17 +102,22 @@ fn secrets_given_as_flags(
 /// after logging is set up.
 fn warn_secrets_on_command_line(flags: &[&str]) {
     for flag in flags {
-        let env = format!(
-            "DISCOVERED_{}",
-            flag.trim_start_matches('-')
-                .replace('-', "_")
-                .to_uppercase()
-        );
-        tracing::warn!(
-            flag = %flag,
-            "a secret was given on the command line with {flag}, where other users can read it in the process list; set {env} instead"
-        );
+        tracing::warn!(flag = %flag, "{}", secret_flag_warning(flag));
     }
+}
+
+/// What to say about a secret given as `flag`: where it shows, and the
+/// environment variable to use instead. Never the value.
+fn secret_flag_warning(flag: &str) -> String {
+    let env = format!(
+        "DISCOVERED_{}",
+        flag.trim_start_matches('-')
+            .replace('-', "_")
+            .to_uppercase()
+    );
+    format!(
+        "a secret was given on the command line with {flag}, where other users can read it in the process list; set {env} instead"
+    )
 }
 
 /// The first paragraph of a clap error as one line, pointing at --help:

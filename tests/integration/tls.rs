@@ -447,6 +447,13 @@ fn the_token_shows_in_no_error_message() {
     .wait();
     assert_eq!(status.code(), Some(5), "{stderr}");
     assert!(!stderr.contains("s3cret"), "{stderr}");
+    // Given as a flag, it shows in the process list: a warning says so and
+    // names the variable to use, not the value.
+    assert!(
+        stderr.contains("warning: a secret was given on the command line with --token")
+            && stderr.contains("DISCOVERED_TOKEN"),
+        "{stderr}"
+    );
     // A token a header cannot carry: refused, without repeating it.
     let (status, stderr) = Proc::spawn(
         "nodes payments --server 127.0.0.1:1",
@@ -455,6 +462,10 @@ fn the_token_shows_in_no_error_message() {
     .wait();
     assert!(!status.success(), "{stderr}");
     assert!(!stderr.contains("s3cret"), "{stderr}");
+    assert!(
+        !stderr.contains("warning:"),
+        "from the environment: no warning: {stderr}"
+    );
     // Nor does --help show the variable's value.
     let out = std::process::Command::new(BIN)
         .args(["nodes", "--help"])
