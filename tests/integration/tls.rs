@@ -474,3 +474,44 @@ fn the_token_shows_in_no_error_message() {
         .expect("run");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
 }
+
+#[tokio::test]
+async fn a_client_certificate_is_an_identity_of_the_auth_file() {
+    let dir = Dir::new();
+    let ca = Ca::new("test-ca");
+    let agent = ca.client();
+    // The agent's certificate subject is a register identity scoped to
+    // "payments"; no token is needed.
+    let auth_file = dir.write(
+        "auth.toml",
+        &format!(
+            "[[identity]]\nsubject = \"{AGENT_ID}\"\nrole = \"register\"\nservices = [\"payments\"]\n"
+        ),
+    );
+    let settings = Settings {
+        tls: Some(dir.server_files(&ca.server(), Some(&ca))),
+        auth: Some(discovered::auth::Auth::load(&auth_file).expect("auth file")),
+        ..Settings::default()
+    };
+    let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let server = RunningServer::start_with(Arc::new(MemoryRegistry::new()), settings, addr)
+        .await
+        .expect("start server");
+    let client = within(
+        "connect",
+        Typed::connect_with(&server.url(), &trusting(&ca, Some(&agent))),
+    )
+    .await
+    .expect("mutual TLS");
+    let registered = within("register", client.register_node(node("pay-1")))
+        .await
+        .expect("the certificate's identity may register in its scope");
+    assert_eq!(registered.node_name, "pay-1");
+    let mut outside = node("ord-1");
+    outside.service_name = "orders".into();
+    let denied = within("register elsewhere", client.register_node(outside))
+        .await
+        .expect_err("outside its scope");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(denied.to_string().contains(AGENT_ID), "{denied}");
+}
