@@ -934,3 +934,66 @@ async fn connect_lazily_ok(port: u16) -> Option<Client> {
         .await
         .ok()
 }
+
+/// The real binary at `RUST_LOG=debug,discovered=trace` with an auth file:
+/// calls with good, unknown and under-privileged tokens, a watch, and a
+/// reload; not one token in anything it printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_in_any_log_line() {
+    use discovered::client::{Client as Typed, ConnectOptions};
+
+    let dir = Dir::new();
+    let path = dir.file("auth.toml", &owners_file());
+    let port = free_port();
+    let proc = Proc::spawn(
+        &format!(
+            "serve --listen 127.0.0.1:{port} --auth-file {}",
+            path.display()
+        ),
+        &[("RUST_LOG", "debug,discovered=trace")],
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let as_ = |token: &str| ConnectOptions {
+        tls: None,
+        token: Some(token.into()),
+    };
+    let a = eventually("the server to listen", || {
+        let (url, options) = (url.clone(), as_("tok-a"));
+        async move { Typed::connect_with(&url, &options).await.ok() }
+    })
+    .await;
+    let b = Typed::connect_with(&url, &as_("tok-b")).await.expect("B");
+    let unknown = Typed::connect_with(&url, &as_("tok-unknown-77"))
+        .await
+        .expect("connect");
+    let watch = a.watch("", "payments");
+    futures::pin_mut!(watch);
+    let _ = within("a watch event", futures::StreamExt::next(&mut watch)).await;
+    a.register_node(node(8443, "")).await.expect("A registers");
+    b.register_node(node(6666, ""))
+        .await
+        .expect_err("B may not take A's node");
+    unknown
+        .get_nodes("", "payments")
+        .await
+        .expect_err("an unknown token");
+    dir.file("auth.toml", &owners_file().replace("agent-b", "agent-b2"));
+    tokio::time::sleep(discovered::auth::POLL_INTERVAL + Duration::from_millis(500)).await;
+    proc.signal("TERM");
+    let (_, stderr) = proc.wait_async().await;
+    assert!(
+        stderr.contains("DEBUG") || stderr.contains("TRACE"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("auth file loaded"),
+        "the reload was seen: {stderr}"
+    );
+    for token in ["tok-a", "tok-b", "tok-ops", "tok-unknown-77"] {
+        assert!(!stderr.contains(token), "{token} in the log");
+        assert!(
+            !stderr.contains(&hash_token(token)),
+            "the hash of {token} in the log"
+        );
+    }
+}
