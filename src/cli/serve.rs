@@ -249,6 +249,22 @@ impl std::fmt::Debug for ServeArgs {
 }
 
 impl ServeArgs {
+    /// What requests that leave fields out get; the names are checked.
+    fn defaults(&self) -> Result<Defaults, Failure> {
+        validate_name("--service-group", &self.service_group)?;
+        // Checked even for the in-memory store, so a bad value is found
+        // before the day Redis is configured.
+        validate_name("--key-prefix", &self.key_prefix)?;
+        Ok(Defaults {
+            service_group: self.service_group.clone(),
+            node_ttl: match self.node_ttl {
+                Some(s) => validate_ttl("--node-ttl", s)?,
+                None => None,
+            },
+            auto: !self.no_auto,
+        })
+    }
+
     /// The stream and connection bounds the flags set.
     fn limits(&self) -> Limits {
         Limits {
@@ -397,18 +413,7 @@ pub fn run(args: ServeArgs, secret_flags: Vec<&'static str>) -> ExitCode {
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
     // rediss:// needs a TLS crypto provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    validate_name("--service-group", &args.service_group)?;
-    // Checked even for the in-memory store, so a bad value is found before
-    // the day Redis is configured.
-    validate_name("--key-prefix", &args.key_prefix)?;
-    let defaults = Defaults {
-        service_group: args.service_group.clone(),
-        node_ttl: match args.node_ttl {
-            Some(s) => validate_ttl("--node-ttl", s)?,
-            None => None,
-        },
-        auto: !args.no_auto,
-    };
+    let defaults = args.defaults()?;
     // Like Redis's protected mode: open only on loopback unless asked.
     let protected = args.auth_file.is_some() || args.tls_cert.is_some();
     if !protected && !args.insecure && !args.listen.ip().is_loopback() {
@@ -416,19 +421,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     }
     // Before Redis: a bad file is a mistake to report at once.
     let auth = args.auth_file.as_deref().map(Auth::load).transpose()?;
-    let registry: Arc<dyn Registry> = match args.redis_config()? {
-        Some(config) => {
-            let redis = RedisRegistry::new(config)?;
-            redis.check().await?;
-            Arc::new(redis)
-        }
-        None => {
-            tracing::warn!(
-                "no Redis configured: using the in-memory store (single process, lost on exit); pass --redis-url to share and keep the registry"
-            );
-            Arc::new(MemoryRegistry::new())
-        }
-    };
+    let registry = registry(&args).await?;
     let limits = args.limits();
     let tls = args.tls();
     // Checked before listening, so a bad file ends the start with one line
@@ -442,6 +435,43 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             addr: args.listen,
             source,
         })?;
+    let settings = Settings {
+        defaults,
+        limits,
+        drain: Duration::from_secs(args.drain_timeout),
+        auth,
+        tls,
+        // One SIGHUP reloads everything that can be reloaded.
+        reload: Reload::new(),
+    };
+    log_start(&args, registry.as_ref(), &settings);
+    super::signal::reload_on_sighup(settings.reload.clone());
+    server::serve(registry, settings, listener, super::signal::shutdown()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The store the flags name: Redis, checked to answer, or memory.
+async fn registry(args: &ServeArgs) -> Result<Arc<dyn Registry>, Failure> {
+    Ok(match args.redis_config()? {
+        Some(config) => {
+            let redis = RedisRegistry::new(config)?;
+            redis.check().await?;
+            Arc::new(redis)
+        }
+        None => {
+            tracing::warn!(
+                "no Redis configured: using the in-memory store (single process, lost on exit); pass --redis-url to share and keep the registry"
+            );
+            Arc::new(MemoryRegistry::new())
+        }
+    })
+}
+
+/// The start line with every setting (never a secret), and what protects
+/// the server.
+fn log_start(args: &ServeArgs, registry: &dyn Registry, settings: &Settings) {
+    let (defaults, limits, tls) = (&settings.defaults, &settings.limits, &settings.tls);
     tracing::info!(
         listen = %args.listen,
         store = %registry.describe(),
@@ -462,7 +492,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         mutual_tls = tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "discovered serving"
     );
-    match &auth {
+    match &settings.auth {
         Some(a) => {
             let policy = a.policy();
             tracing::info!(
@@ -476,20 +506,6 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             "no --auth-file: every client may do everything, removing services included"
         ),
     }
-    // One SIGHUP reloads everything that can be reloaded.
-    let reload = Reload::new();
-    super::signal::reload_on_sighup(reload.clone());
-    let settings = Settings {
-        defaults,
-        limits,
-        drain: Duration::from_secs(args.drain_timeout),
-        auth,
-        tls,
-        reload,
-    };
-    server::serve(registry, settings, listener, super::signal::shutdown()).await?;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 #[cfg(test)]

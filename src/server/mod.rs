@@ -36,6 +36,7 @@ pub use watch::{WatchSlot, WatchSlots};
 
 use crate::proto::v1::discovery_server::DiscoveryServer;
 use crate::store::Registry;
+use tonic_health::pb::health_server::{Health, HealthServer};
 
 /// How long in-flight calls may run after shutdown begins.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,34 +107,15 @@ pub async fn serve(
     } = settings;
     let tls = tls.map(TlsConfig::load).transpose()?.map(Arc::new);
     // Stops following the files when `serve` returns, however it returns.
-    let following = CancellationToken::new();
-    let _following = following.clone().drop_guard();
-    if let Some(tls) = &tls {
-        let (reload, stop) = (reload.subscribe(), following.clone());
-        tokio::spawn(reload::follow(tls.clone(), tls::POLL, reload, stop));
-    }
-    if let Some(auth) = &auth {
-        let (reload, stop) = (reload.subscribe(), following.clone());
-        tokio::spawn(reload::follow(
-            auth.clone(),
-            crate::auth::POLL_INTERVAL,
-            reload,
-            stop,
-        ));
-    }
+    let _following = follow_files(tls.as_ref(), auth.as_ref(), &reload).drop_guard();
     let (reporter, health) = tonic_health::server::health_reporter();
     let monitor = tokio::spawn(health::monitor(registry.clone(), reporter));
-
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let stopping = CancellationToken::new();
     let service = DiscoveryService::new(registry, defaults, stopping.clone())
         .with_watch_limits(limits.max_watch_streams, limits.watch_buffer_bytes)
         .with_auth(auth.clone());
-    let discovery = DiscoveryServer::new(service)
-        .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
-        .max_encoding_message_size(limits::MAX_RESPONSE_BYTES);
+    let service = grpc_service(service, health, auth)?;
 
     // Shutdown starts when `shutdown` completes; the drain clock starts then.
     let (started_tx, started_rx) = oneshot::channel::<()>();
@@ -144,12 +126,60 @@ pub async fn serve(
         stopping.cancel();
         let _ = started_tx.send(());
     };
+    let server = connection::serve(incoming(listener), service, limits, tls, signal);
+    tokio::pin!(server);
+    tokio::select! {
+        () = &mut server => {}
+        Ok(()) = started_rx => {
+            tracing::info!(drain = ?drain, "shutting down: no new calls, draining in-flight ones");
+            if tokio::time::timeout(drain, &mut server).await.is_err() {
+                // A planned stop all the same: the calls still open are
+                // cut, and the process exits normally.
+                tracing::warn!(drain = ?drain, "in-flight calls or idle clients did not finish in time; stopping anyway");
+            }
+        }
+    }
+    monitor.abort();
+    Ok(())
+}
+
+/// Starts following the files the server reads again while it runs (TLS
+/// certificates, the auth file): on change and on every `reload` trigger.
+/// Cancelling the returned token stops them.
+fn follow_files(
+    tls: Option<&Arc<TlsConfig>>,
+    auth: Option<&Arc<crate::auth::Auth>>,
+    reload: &Reload,
+) -> CancellationToken {
+    let stop = CancellationToken::new();
+    if let Some(tls) = tls {
+        let follow = reload::follow(tls.clone(), tls::POLL, reload.subscribe(), stop.clone());
+        tokio::spawn(follow);
+    }
+    if let Some(auth) = auth {
+        let every = crate::auth::POLL_INTERVAL;
+        let follow = reload::follow(auth.clone(), every, reload.subscribe(), stop.clone());
+        tokio::spawn(follow);
+    }
+    stop
+}
+
+/// Every service the port serves (health, reflection, the registry) with
+/// the layers each request passes through, outermost first.
+fn grpc_service(
+    discovery: DiscoveryService,
+    health: HealthServer<impl Health>,
+    auth: Option<Arc<crate::auth::Auth>>,
+) -> Result<impl connection::GrpcService, ServeError> {
+    let discovery = DiscoveryServer::new(discovery)
+        .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
+        .max_encoding_message_size(limits::MAX_RESPONSE_BYTES);
     let routes = tonic::service::Routes::new(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
         .add_service(discovery)
         .prepare();
-    let service = tower::ServiceBuilder::new()
+    Ok(tower::ServiceBuilder::new()
         .layer(content_type::GrpcOnlyLayer)
         .layer(framing::FramingLayer)
         .layer(codec::LogRefusedLayer)
@@ -157,27 +187,7 @@ pub async fn serve(
         // Innermost, so that the connection's extensions (the client
         // certificate) are there, and refusals are plain gRPC statuses.
         .layer(auth::AuthLayer::new(auth))
-        .service(routes);
-    let server = connection::serve(incoming(listener), service, limits, tls, signal);
-    tokio::pin!(server);
-
-    let result = tokio::select! {
-        () = &mut server => Ok(()),
-        Ok(()) = started_rx => {
-            tracing::info!(drain = ?drain, "shutting down: no new calls, draining in-flight ones");
-            match tokio::time::timeout(drain, &mut server).await {
-                Ok(()) => Ok(()),
-                Err(_) => {
-                    // A planned stop all the same: the calls still open
-                    // are cut, and the process exits normally.
-                    tracing::warn!(drain = ?drain, "in-flight calls or idle clients did not finish in time; stopping anyway");
-                    Ok(())
-                }
-            }
-        }
-    };
-    monitor.abort();
-    result
+        .service(routes))
 }
 
 /// Server reflection over every descriptor we serve. Both reflection
