@@ -21,16 +21,20 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
 WALKTHROUGH = os.path.join(HERE, "walkthrough.sh")
+WALKTHROUGH_SECURE = os.path.join(HERE, "walkthrough_secure.sh")
 README = os.path.join(REPO, "README.md")
 
 # The server harness is shared with the Python client's tests.
 sys.path.insert(0, os.path.join(REPO, "examples", "python"))
 from live_server import live_server  # noqa: E402
+from secure_setup import make_secure  # noqa: E402
 
 # grpcurl exits with 64 + the gRPC status code when a call fails.
 EXIT_INVALID_ARGUMENT = 64 + 3
 EXIT_DEADLINE_EXCEEDED = 64 + 4
 EXIT_NOT_FOUND = 64 + 5
+EXIT_PERMISSION_DENIED = 64 + 7
+EXIT_UNAUTHENTICATED = 64 + 16
 
 
 @pytest.fixture(scope="module")
@@ -216,11 +220,11 @@ def test_errors_carry_status_and_field(venv_bin, server):
     assert "service_name: must be 1 to 128 characters" in bad.stderr
 
 
-def readme_walkthrough() -> str:
-    """The README's copy of walkthrough.sh: the sh block after its marker."""
+def readme_walkthrough(script: str = WALKTHROUGH) -> str:
+    """The README's copy of a walk-through script: the sh block after its marker."""
     with open(README) as f:
         text = f.read()
-    marker = "<!-- examples/grpcurl/walkthrough.sh -->"
+    marker = f"<!-- examples/grpcurl/{os.path.basename(script)} -->"
     if marker not in text:
         pytest.fail(f"README.md lost the marker {marker!r} before the grpcurl walk-through")
     block = re.search(r"```sh\n(.*?)```", text[text.index(marker):], flags=re.S)
@@ -229,9 +233,9 @@ def readme_walkthrough() -> str:
     return block.group(1)
 
 
-def script_body() -> str:
-    """walkthrough.sh without its shebang and header comment."""
-    with open(WALKTHROUGH) as f:
+def script_body(script: str = WALKTHROUGH) -> str:
+    """A walk-through script without its shebang and header comment."""
+    with open(script) as f:
         lines = f.readlines()
     while lines and lines[0].startswith("#"):
         lines.pop(0)
@@ -248,11 +252,11 @@ def test_readme_prints_the_walkthrough_script():
 def test_readme_has_no_grpcurl_command_outside_the_walkthrough():
     with open(README) as f:
         text = f.read()
-    outside = text.replace(readme_walkthrough(), "")
+    outside = text.replace(readme_walkthrough(), "").replace(readme_walkthrough(WALKTHROUGH_SECURE), "")
     stray = [line for line in outside.splitlines() if re.match(r"^\$?\s*grpcurl\s+-", line)]
     assert stray == [], (
         "README.md shows grpcurl commands that no test runs; put them in "
-        f"examples/grpcurl/walkthrough.sh instead: {stray}"
+        f"examples/grpcurl/walkthrough.sh or walkthrough_secure.sh instead: {stray}"
     )
 
 
@@ -275,3 +279,95 @@ def test_walkthrough_runs_as_printed(venv_bin, server):
     got = call(venv_bin, server, "discovered.v1.Discovery/GetNodes", {"service_name": "payments"})
     assert [n["nodeName"] for n in got["nodes"]] == ["pay-1"]
     assert got["nodes"][0]["port"] == 8443
+
+
+# ---------------------------------------------------------------------------
+# A protected server: TLS, mutual TLS and an auth file (secure_setup makes the
+# certificates, named as walkthrough_secure.sh expects, and the tokens).
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory):
+    return make_secure(str(tmp_path_factory.mktemp("secure")))
+
+
+@pytest.fixture(scope="module")
+def secure_server(secure) -> Iterator[str]:
+    with live_server(secure.serve_args()) as address:
+        yield address
+
+
+def tls_flags(secure) -> List[str]:
+    return ["-cacert", secure.ca, "-cert", secure.client_cert, "-key", secure.client_key]
+
+
+def bearer(token: str) -> List[str]:
+    return ["-H", f"authorization: Bearer {token}"]
+
+
+def test_readme_prints_the_secure_walkthrough_script():
+    assert readme_walkthrough(WALKTHROUGH_SECURE) == script_body(WALKTHROUGH_SECURE), (
+        "README.md's protected grpcurl walk-through differs from examples/grpcurl/walkthrough_secure.sh: "
+        "copy the script (after its header comment) into the README"
+    )
+
+
+def test_secure_walkthrough_runs_as_printed(venv_bin, secure, secure_server):
+    env = dict(os.environ, PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""),
+               TOKEN=secure.tokens["register"])
+    out = subprocess.run(["sh", WALKTHROUGH_SECURE, secure_server], capture_output=True, text=True,
+                         env=env, cwd=os.path.dirname(secure.ca), timeout=60)
+    assert out.returncode == 0, f"walkthrough_secure.sh failed ({out.returncode}):\n{out.stdout}\n{out.stderr}"
+    assert "discovered.v1.Discovery" in out.stdout.split()
+    assert '"nodeName": "pay-1"' in out.stdout
+    assert '"status": "SERVING"' in out.stdout
+    assert "Code: Unauthenticated" in out.stderr
+    assert secure.tokens["register"] not in out.stdout + out.stderr
+    got = json.loads(grpcurl(venv_bin, *tls_flags(secure), *bearer(secure.tokens["read"]),
+                             "-d", '{"service_name": "payments"}', secure_server,
+                             "discovered.v1.Discovery/GetNodes").stdout)
+    assert [n["nodeName"] for n in got["nodes"]] == ["pay-1"]
+
+
+def test_secure_read_token_may_not_register(venv_bin, secure, secure_server):
+    out = grpcurl(venv_bin, *tls_flags(secure), *bearer(secure.tokens["read"]),
+                  "-d", json.dumps({"service_name": unique("tls"), "node_name": "n", "ip": ["10.7.0.1"]}),
+                  secure_server, "discovered.v1.Discovery/RegisterNode")
+    assert out.returncode == EXIT_PERMISSION_DENIED, out.stderr
+    assert "Code: PermissionDenied" in out.stderr
+    assert '"example-read" (role read) may not RegisterNode: needs role register' in out.stderr
+
+
+def test_secure_without_token_is_unauthenticated(venv_bin, secure, secure_server):
+    # Reflection itself needs an identity.
+    out = grpcurl(venv_bin, *tls_flags(secure), secure_server, "list")
+    assert out.returncode == 1, out.stderr
+    assert "code = Unauthenticated" in out.stderr
+    # With the token for reflection only, the call goes without one.
+    out = grpcurl(venv_bin, *tls_flags(secure),
+                  "-reflect-header", f"authorization: Bearer {secure.tokens['read']}",
+                  "-d", '{"service_name": "payments"}', secure_server, "discovered.v1.Discovery/GetNodes")
+    assert out.returncode == EXIT_UNAUTHENTICATED, out.stderr
+    assert "Code: Unauthenticated" in out.stderr
+
+
+def test_secure_without_the_ca_fails(venv_bin, secure, secure_server):
+    out = grpcurl(venv_bin, "-cert", secure.client_cert, "-key", secure.client_key,
+                  *bearer(secure.tokens["register"]), secure_server, "list")
+    assert out.returncode == 1, out.stderr
+    assert "certificate signed by unknown authority" in out.stderr
+
+
+def test_secure_without_client_certificate_fails(venv_bin, secure, secure_server):
+    # The server ends the handshake; grpcurl keeps dialling until -connect-timeout.
+    out = grpcurl(venv_bin, "-connect-timeout", "3", "-cacert", secure.ca,
+                  *bearer(secure.tokens["register"]), secure_server, "list")
+    assert out.returncode == 1, out.stderr
+    assert "Failed to dial target host" in out.stderr
+
+
+def test_secure_plaintext_fails(venv_bin, secure, secure_server):
+    out = grpcurl(venv_bin, "-connect-timeout", "3", "-plaintext",
+                  *bearer(secure.tokens["register"]), secure_server, "list")
+    assert out.returncode == 1, out.stderr
+    assert "Failed to dial target host" in out.stderr

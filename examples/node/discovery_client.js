@@ -15,12 +15,19 @@
  *     npm ci
  *     node discovery_client.js --server 127.0.0.1:50051
  *
+ * and against a protected server (TLS, mutual TLS and a bearer token, read
+ * from $DISCOVERED_TOKEN to keep it out of the process list):
+ *
+ *     DISCOVERED_TOKEN=... node discovery_client.js --server localhost:50051 \
+ *       --tls-ca ca.pem --tls-cert client.pem --tls-key client-key.pem
+ *
  * `npm test` runs the tests in test/, which start their own redis-server and
  * `discovered serve`.
  */
 
 'use strict';
 
+const fs = require('node:fs');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
 const grpc = require('@grpc/grpc-js');
@@ -51,14 +58,48 @@ const healthV1 = grpc.loadPackageDefinition(
 ).grpc.health.v1;
 
 /**
- * Returns a Discovery client over an insecure (plaintext) channel.
- * Call `client.close()` when done with it.
+ * Channel credentials: plaintext, or TLS when `ca` is given.
+ *
+ * @param {object} [security]
+ * @param {string} [security.ca] PEM file of the CAs to trust for the
+ *   server's certificate
+ * @param {string} [security.cert] PEM file of this client's certificate
+ *   (mutual TLS; with `key`)
+ * @param {string} [security.key] PEM file of this client's private key
+ * @param {string} [security.token] sent as `authorization: Bearer <token>`
+ *   on every call; grpc-js sends call credentials over TLS only, so a token
+ *   needs `ca`
+ * @returns {grpc.ChannelCredentials}
+ */
+function credentials({ ca, cert, key, token } = {}) {
+  if (!ca) {
+    if (cert || key || token) throw new Error('cert, key and token need TLS: give ca too');
+    return grpc.credentials.createInsecure();
+  }
+  if (!cert !== !key) throw new Error('give cert and key together (mutual TLS) or neither');
+  const read = (file) => (file ? fs.readFileSync(file) : null);
+  const tls = grpc.credentials.createSsl(read(ca), read(key), read(cert));
+  if (!token) return tls;
+  const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
+    const metadata = new grpc.Metadata();
+    metadata.set('authorization', `Bearer ${token}`);
+    callback(null, metadata);
+  });
+  return grpc.credentials.combineChannelCredentials(tls, bearer);
+}
+
+/**
+ * Returns a Discovery client: plaintext, or with `security` (see
+ * credentials()) over TLS, mutual TLS and a bearer token, e.g.
+ * `connect('localhost:50051', { ca: 'ca.pem', cert: 'client.pem',
+ * key: 'client-key.pem', token })`. Call `client.close()` when done with it.
  *
  * @param {string} address host:port of the server, e.g. '127.0.0.1:50051'
+ * @param {object} [security] ca, cert, key and token, as in credentials()
  * @returns {grpc.Client} a client with one method per RPC
  */
-function connect(address) {
-  return new discoveryV1.Discovery(address, grpc.credentials.createInsecure());
+function connect(address, security) {
+  return new discoveryV1.Discovery(address, credentials(security));
 }
 
 /**
@@ -311,13 +352,14 @@ function formatTimestamp(timestamp) {
  * Asks the server's grpc.health.v1.Health service how it is.
  *
  * @param {string} address host:port of the server
- * @param {{service?: string, timeoutMs?: number}} [options] service '' (the
- *   default) means the server as a whole
+ * @param {{service?: string, timeoutMs?: number, security?: object}} [options]
+ *   service '' (the default) means the server as a whole; security as in
+ *   connect() (health needs no token)
  * @returns {Promise<string>} 'SERVING', 'NOT_SERVING', 'UNKNOWN' or
  *   'SERVICE_UNKNOWN'
  */
-async function checkHealth(address, { service = '', timeoutMs = DEFAULT_TIMEOUT_MS } = {}) {
-  const client = new healthV1.Health(address, grpc.credentials.createInsecure());
+async function checkHealth(address, { service = '', timeoutMs = DEFAULT_TIMEOUT_MS, security } = {}) {
+  const client = new healthV1.Health(address, credentials(security));
   try {
     const response = await unary(client, 'check', { service }, { timeoutMs });
     return response.status;
@@ -337,6 +379,7 @@ function isServiceError(err) {
 }
 
 const USAGE = `usage: node discovery_client.js [--server HOST:PORT] [--service NAME] [--node NAME] [--ttl SECONDS]
+         [--tls-ca FILE [--tls-cert FILE --tls-key FILE]]
 
 Registers a service and a node with a TTL, renews it once, lists the nodes,
 then watches the service until the node expires.
@@ -344,7 +387,13 @@ then watches the service until the node expires.
   --server   host:port of discovered (default 127.0.0.1:50051)
   --service  service name (default example-node)
   --node     node name (default node-1)
-  --ttl      node TTL in seconds (default 2)`;
+  --ttl      node TTL in seconds (default 2)
+  --tls-ca   PEM file of the CAs to trust: connect over TLS
+  --tls-cert, --tls-key
+             PEM files of this client's certificate and key (mutual TLS)
+
+The token, if any, is read from $DISCOVERED_TOKEN (sent as a bearer token;
+needs --tls-ca).`;
 
 /**
  * The walk-through. Prints what it does to stdout; on failure prints
@@ -364,6 +413,9 @@ async function main(argv = process.argv.slice(2)) {
         service: { type: 'string', default: 'example-node' },
         node: { type: 'string', default: 'node-1' },
         ttl: { type: 'string', default: '2' },
+        'tls-ca': { type: 'string' },
+        'tls-cert': { type: 'string' },
+        'tls-key': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     }));
@@ -381,7 +433,18 @@ async function main(argv = process.argv.slice(2)) {
     return 2;
   }
 
-  const client = connect(args.server);
+  let client;
+  try {
+    client = connect(args.server, {
+      ca: args['tls-ca'],
+      cert: args['tls-cert'],
+      key: args['tls-key'],
+      token: process.env.DISCOVERED_TOKEN || undefined,
+    });
+  } catch (err) {
+    console.error(`error: ${err.message}`);
+    return 2;
+  }
   try {
     const svc = await registerService(client, {
       serviceName: args.service,
@@ -430,6 +493,7 @@ module.exports = {
   DEFAULT_TIMEOUT_MS,
   LOADER_OPTIONS,
   PROTO_FILE,
+  credentials,
   connect,
   registerService,
   registerNode,

@@ -9,6 +9,12 @@ them before its tests).
 Walk-through against a running server:
 
     python discovery_client.py --server 127.0.0.1:50051
+
+and against a protected server (TLS, mutual TLS and a bearer token, which
+is read from $DISCOVERED_TOKEN to keep it out of the process list):
+
+    DISCOVERED_TOKEN=... python discovery_client.py --server localhost:50051 \
+        --tls-ca ca.pem --tls-cert client.pem --tls-key client-key.pem
 """
 
 from __future__ import annotations
@@ -59,9 +65,45 @@ from discovered.v1 import discovery_pb2_grpc as pb_grpc  # noqa: E402
 EventType = pb.EventType
 
 
-def connect(server: str) -> pb_grpc.DiscoveryStub:
-    """Returns a Discovery stub over an insecure channel to host:port."""
-    return pb_grpc.DiscoveryStub(grpc.insecure_channel(server))
+def _read(path: Optional[str]) -> Optional[bytes]:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def channel(
+    server: str,
+    ca: Optional[str] = None,
+    cert: Optional[str] = None,
+    key: Optional[str] = None,
+    token: Optional[str] = None,
+) -> grpc.Channel:
+    """Returns a channel to host:port: plaintext, or TLS when ca is given.
+
+    ca: PEM file of the CAs to trust for the server's certificate.
+    cert, key: PEM files of this client's certificate and key (mutual TLS).
+    token: sent as `authorization: Bearer <token>` on every call. grpcio
+    sends call credentials over TLS only, so a token needs ca.
+    """
+    if ca is None:
+        if cert or key or token:
+            raise ValueError("cert, key and token need TLS: give ca too")
+        return grpc.insecure_channel(server)
+    if (cert is None) != (key is None):
+        raise ValueError("give cert and key together (mutual TLS) or neither")
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=_read(ca), private_key=_read(key), certificate_chain=_read(cert)
+    )
+    if token:
+        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
+    return grpc.secure_channel(server, creds)
+
+
+def connect(server: str, **security) -> pb_grpc.DiscoveryStub:
+    """Returns a Discovery stub for host:port; security is channel()'s
+    ca, cert, key and token (plaintext without them)."""
+    return pb_grpc.DiscoveryStub(channel(server, **security))
 
 
 def register_service(
@@ -211,9 +253,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--service", default="example-py")
     parser.add_argument("--node", default="node-1")
     parser.add_argument("--ttl", type=int, default=2, help="node TTL in seconds")
+    parser.add_argument("--tls-ca", help="PEM file of the CAs to trust (TLS)")
+    parser.add_argument("--tls-cert", help="PEM file of this client's certificate (mutual TLS)")
+    parser.add_argument("--tls-key", help="PEM file of this client's key (mutual TLS)")
     args = parser.parse_args(argv)
 
-    stub = connect(args.server)
+    try:
+        stub = connect(args.server, ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
+                       token=os.environ.get("DISCOVERED_TOKEN") or None)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         svc = register_service(
             stub, args.service, endpoint="http://127.0.0.1:8080", endpoint_type="http",

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Iterator, List
+from typing import Iterator, List, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_BIN = os.path.normpath(os.path.join(HERE, "..", "..", "target", "debug", "discovered"))
@@ -75,8 +75,12 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def live_server() -> Iterator[str]:
-    """Yields the host:port of a running server backed by its own Redis."""
+def live_server(serve_args: Sequence[str] = ()) -> Iterator[str]:
+    """Yields the host:port of a running server backed by its own Redis.
+
+    serve_args are added to `discovered serve` (secure_setup.Secure.serve_args()
+    for TLS, mutual TLS and an auth file).
+    """
     binary = server_binary()
     redis_bin = shutil.which("redis-server")
     if redis_bin is None:
@@ -103,7 +107,7 @@ def live_server() -> Iterator[str]:
             procs.append(
                 subprocess.Popen(
                     [binary, "serve", "--listen", f"127.0.0.1:{port}",
-                     "--redis-url", f"redis://127.0.0.1:{redis_port}/"],
+                     "--redis-url", f"redis://127.0.0.1:{redis_port}/", *serve_args],
                     stdout=log, stderr=subprocess.STDOUT,
                 )
             )

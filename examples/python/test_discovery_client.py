@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import discovery_client as dc
 from live_server import live_server
+from secure_setup import make_secure
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,108 @@ def test_health_serving(server):
 
 def test_main_walkthrough(server, capsys):
     assert dc.main(["--server", server, "--service", f"walk-{uuid.uuid4().hex[:8]}", "--ttl", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "heartbeat: expires_at=" in out
+    assert "expired" in out
+
+
+# ---------------------------------------------------------------------------
+# A protected server: TLS, mutual TLS (--tls-client-ca) and an auth file with a
+# register token and a read token (certificates and tokens by secure_setup).
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory):
+    return make_secure(str(tmp_path_factory.mktemp("secure")))
+
+
+@pytest.fixture(scope="module")
+def secure_server(secure):
+    with live_server(secure.serve_args()) as address:
+        yield address
+
+
+def secure_stub(server, secure, role=None, **overrides):
+    """A stub over mutual TLS with the given role's token (none if role is None)."""
+    security = dict(ca=secure.ca, cert=secure.client_cert, key=secure.client_key,
+                    token=secure.tokens[role] if role else None)
+    security.update(overrides)
+    return dc.connect(server, **security)
+
+
+def test_tls_register_token_registers_and_reads(secure_server, secure, service_name):
+    stub = secure_stub(secure_server, secure, "register")
+    node = dc.register_node(stub, service_name, "tls-1", ["10.4.0.1"], port=8443, ttl_seconds=60)
+    assert node.node_name == "tls-1"
+    [got] = dc.get_nodes(stub, service_name)
+    assert got.node_name == "tls-1" and list(got.ip) == ["10.4.0.1"] and got.port == 8443
+    # A read token sees it too.
+    [seen] = dc.get_nodes(secure_stub(secure_server, secure, "read"), service_name)
+    assert seen.instance_id == node.instance_id
+
+
+def test_tls_read_token_may_not_register(secure_server, secure, service_name):
+    with pytest.raises(grpc.RpcError) as err:
+        dc.register_node(secure_stub(secure_server, secure, "read"), service_name, "n", ["10.4.0.2"])
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "needs role register" in err.value.details()
+
+
+def test_tls_without_token_is_unauthenticated(secure_server, secure, service_name):
+    with pytest.raises(grpc.RpcError) as err:
+        dc.get_nodes(secure_stub(secure_server, secure), service_name)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_tls_unknown_token_is_unauthenticated(secure_server, secure, service_name):
+    with pytest.raises(grpc.RpcError) as err:
+        dc.get_nodes(secure_stub(secure_server, secure, token="not-a-token"), service_name)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "not-a-token" not in err.value.details()
+
+
+def test_tls_without_the_ca_fails(secure_server, secure):
+    """Without ca.pem the client trusts only public roots: the server's
+    certificate is refused and no call gets through."""
+    creds = grpc.ssl_channel_credentials(
+        private_key=open(secure.client_key, "rb").read(),
+        certificate_chain=open(secure.client_cert, "rb").read(),
+    )
+    with grpc.secure_channel(secure_server, creds) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            dc.get_nodes(dc.pb_grpc.DiscoveryStub(channel), "any", timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_without_client_certificate_fails(secure_server, secure):
+    stub = secure_stub(secure_server, secure, "register", cert=None, key=None)
+    with pytest.raises(grpc.RpcError) as err:
+        dc.get_nodes(stub, "any", timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_plaintext_against_tls_fails(secure_server):
+    with pytest.raises(grpc.RpcError) as err:
+        dc.get_nodes(dc.connect(secure_server), "any", timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_token_needs_tls():
+    with pytest.raises(ValueError, match="need TLS"):
+        dc.connect("127.0.0.1:1", token="secret")
+
+
+def test_health_needs_no_token(secure_server, secure):
+    with dc.channel(secure_server, ca=secure.ca, cert=secure.client_cert, key=secure.client_key) as ch:
+        resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_main_walkthrough_over_tls(secure_server, secure, capsys, monkeypatch):
+    monkeypatch.setenv("DISCOVERED_TOKEN", secure.tokens["register"])
+    assert dc.main(["--server", secure_server, "--service", f"walk-{uuid.uuid4().hex[:8]}", "--ttl", "1",
+                    "--tls-ca", secure.ca, "--tls-cert", secure.client_cert,
+                    "--tls-key", secure.client_key]) == 0
     out = capsys.readouterr().out
     assert "heartbeat: expires_at=" in out
     assert "expired" in out

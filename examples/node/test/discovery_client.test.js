@@ -10,7 +10,7 @@
 
 'use strict';
 
-const { test, before, after } = require('node:test');
+const { test, describe, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
 const { once } = require('node:events');
@@ -20,8 +20,10 @@ const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
 
 const dc = require('../discovery_client');
+const { makeSecure } = require('./secure_setup');
 
 const EXAMPLE_DIR = path.resolve(__dirname, '..');
 const DEFAULT_BIN = path.resolve(EXAMPLE_DIR, '..', '..', 'target', 'debug', 'discovered');
@@ -180,10 +182,12 @@ function findOnPath(name) {
 }
 
 /**
- * Starts redis-server and `discovered serve` in a fresh temporary directory.
- * Resolves with { address, stop }; on failure stops whatever it started.
+ * Starts redis-server and `discovered serve` in a fresh temporary directory,
+ * with serveArgs added to `discovered serve` (makeSecure()'s serveArgs for
+ * a protected server). Resolves with { address, stop }; on failure stops
+ * whatever it started.
  */
-async function startServers() {
+async function startServers(serveArgs = []) {
   const binary = path.resolve(process.env.DISCOVERED_BIN || DEFAULT_BIN);
   if (!isExecutableFile(binary)) {
     throw new Error(
@@ -224,7 +228,7 @@ async function startServers() {
     const serverLog = path.join(tmp, 'discovered.log');
     const server = startProcess(
       binary,
-      ['serve', '--listen', `127.0.0.1:${port}`, '--redis-url', `redis://127.0.0.1:${redisPort}/`],
+      ['serve', '--listen', `127.0.0.1:${port}`, '--redis-url', `redis://127.0.0.1:${redisPort}/`, ...serveArgs],
       serverLog,
       serverEnv,
     );
@@ -238,9 +242,9 @@ async function startServers() {
 }
 
 /** Runs a command to completion, killing it after timeoutMs. */
-function run(command, args, timeoutMs) {
+function run(command, args, timeoutMs, env = process.env) {
   return new Promise((resolve, reject) => {
-    const proc = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     children.add(proc);
     let stdout = '';
     let stderr = '';
@@ -477,4 +481,135 @@ test('main walk-through exits 0 once the node expires', { timeout: TEST_TIMEOUT_
   assert.equal(result.code, 0, report);
   assert.match(result.stdout, /^heartbeat: expires_at=\d{4}-\d\d-\d\dT\S+Z$/m, report);
   assert.match(result.stdout, /^node node-1 expired \(ip=\[127\.0\.0\.1\]\)$/m, report);
+});
+
+// ---------------------------------------------------------------------------
+// A protected server: TLS, mutual TLS (--tls-client-ca) and an auth file with
+// a register token and a read token (certificates and tokens by secure_setup.js).
+
+describe('a protected server', () => {
+  let secure;
+  let secureServer;
+  const clients = [];
+
+  /** A client over mutual TLS with the role's token (none if role is null). */
+  function secureClient(role, overrides = {}) {
+    const c = dc.connect(secureServer.address, {
+      ca: secure.ca,
+      cert: secure.clientCert,
+      key: secure.clientKey,
+      token: role ? secure.tokens[role] : undefined,
+      ...overrides,
+    });
+    clients.push(c);
+    return c;
+  }
+
+  /** Asserts that promise rejects with the gRPC status code; returns the error. */
+  async function rejectsWith(promise, code) {
+    let error;
+    await assert.rejects(promise, (err) => {
+      assert.ok(dc.isServiceError(err), `a gRPC error, got ${err}`);
+      assert.equal(err.code, code, `${grpc.status[err.code]}: ${err.details}`);
+      error = err;
+      return true;
+    });
+    return error;
+  }
+
+  before(
+    async () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'discovered-node-certs-'));
+      tempDirs.add(dir);
+      secure = makeSecure(dir);
+      secureServer = await startServers(secure.serveArgs);
+    },
+    { timeout: 60000 },
+  );
+
+  after(
+    async () => {
+      for (const c of clients) c.close();
+      if (secureServer) await secureServer.stop();
+    },
+    { timeout: 30000 },
+  );
+
+  test('a register token registers and reads a node', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const serviceName = uniqueName('tls');
+    const c = secureClient('register');
+    const node = await dc.registerNode(c, { serviceName, nodeName: 'tls-1', ip: ['10.4.0.1'], port: 8443, ttlSeconds: 60 });
+    assert.equal(node.nodeName, 'tls-1');
+    const [got] = await dc.getNodes(c, { serviceName });
+    assert.equal(got.nodeName, 'tls-1');
+    assert.deepEqual(got.ip, ['10.4.0.1']);
+    assert.equal(got.port, 8443);
+    const [seen] = await dc.getNodes(secureClient('read'), { serviceName });
+    assert.equal(seen.instanceId, node.instanceId);
+  });
+
+  test('a read token may not RegisterNode: PERMISSION_DENIED', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const err = await rejectsWith(
+      dc.registerNode(secureClient('read'), { serviceName: uniqueName('tls'), nodeName: 'n', ip: ['10.4.0.2'] }),
+      grpc.status.PERMISSION_DENIED,
+    );
+    assert.match(err.details, /needs role register/);
+  });
+
+  test('no token is UNAUTHENTICATED', { timeout: TEST_TIMEOUT_MS }, async () => {
+    await rejectsWith(dc.getNodes(secureClient(null), { serviceName: uniqueName('tls') }), grpc.status.UNAUTHENTICATED);
+  });
+
+  test('an unknown token is UNAUTHENTICATED and not echoed', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const err = await rejectsWith(
+      dc.getNodes(secureClient(null, { token: 'not-a-token' }), { serviceName: uniqueName('tls') }),
+      grpc.status.UNAUTHENTICATED,
+    );
+    assert.doesNotMatch(err.details, /not-a-token/);
+  });
+
+  test('without the CA the connection fails', { timeout: TEST_TIMEOUT_MS }, async () => {
+    // TLS trusting only the public roots: the server's certificate is refused.
+    const { Discovery } = grpc.loadPackageDefinition(
+      protoLoader.loadSync(dc.PROTO_FILE, { ...dc.LOADER_OPTIONS, includeDirs: [path.resolve(EXAMPLE_DIR, '..', '..', 'proto')] }),
+    ).discovered.v1;
+    const creds = grpc.credentials.createSsl(null, fs.readFileSync(secure.clientKey), fs.readFileSync(secure.clientCert));
+    const c = new Discovery(secureServer.address, creds);
+    clients.push(c);
+    await rejectsWith(dc.getNodes(c, { serviceName: 'any' }), grpc.status.UNAVAILABLE);
+  });
+
+  test('plaintext against it fails', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const c = dc.connect(secureServer.address);
+    clients.push(c);
+    await rejectsWith(dc.getNodes(c, { serviceName: 'any' }), grpc.status.UNAVAILABLE);
+  });
+
+  test('without a client certificate the connection fails', { timeout: TEST_TIMEOUT_MS }, async () => {
+    await rejectsWith(
+      dc.getNodes(secureClient('register', { cert: undefined, key: undefined }), { serviceName: 'any' }),
+      grpc.status.UNAVAILABLE,
+    );
+  });
+
+  test('a token needs TLS', () => {
+    assert.throws(() => dc.connect('127.0.0.1:1', { token: 'secret' }), /need TLS/);
+  });
+
+  test('health needs no token', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const security = { ca: secure.ca, cert: secure.clientCert, key: secure.clientKey };
+    assert.equal(await dc.checkHealth(secureServer.address, { security }), 'SERVING');
+  });
+
+  test('main walk-through over TLS with $DISCOVERED_TOKEN', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const script = path.join(EXAMPLE_DIR, 'discovery_client.js');
+    const args = [script, '--server', secureServer.address, '--service', uniqueName('walk'), '--ttl', '1',
+      '--tls-ca', secure.ca, '--tls-cert', secure.clientCert, '--tls-key', secure.clientKey];
+    const env = { ...process.env, DISCOVERED_TOKEN: secure.tokens.register };
+    const result = await run(process.execPath, args, 35000, env);
+    const report = `exit code ${result.code}, signal ${result.signal}, timed out: ${result.timedOut}\n` +
+      `stdout:\n${result.stdout}\nstderr:\n${result.stderr}`;
+    assert.equal(result.code, 0, report);
+    assert.match(result.stdout, /^node node-1 expired \(ip=\[127\.0\.0\.1\]\)$/m, report);
+  });
 });
