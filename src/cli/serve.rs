@@ -411,6 +411,11 @@ pub fn run(args: ServeArgs, secret_flags: Vec<&'static str>) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    // First, so that a signal during the start (the Redis check can take
+    // seconds) stops the server cleanly or reloads, instead of killing it.
+    let shutdown = super::signal::shutdown();
+    let reload = Reload::new();
+    super::signal::reload_on_sighup(reload.clone());
     // rediss:// needs a TLS crypto provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let defaults = args.defaults()?;
@@ -442,11 +447,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         auth,
         tls,
         // One SIGHUP reloads everything that can be reloaded.
-        reload: Reload::new(),
+        reload,
     };
     log_start(&args, registry.as_ref(), &settings);
-    super::signal::reload_on_sighup(settings.reload.clone());
-    server::serve(registry, settings, listener, super::signal::shutdown()).await?;
+    server::serve(registry, settings, listener, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

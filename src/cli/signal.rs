@@ -3,29 +3,36 @@
 
 use crate::server::Reload;
 
-/// Completes on SIGINT or SIGTERM.
-pub(super) async fn shutdown() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that comes while
+/// the server is still starting (checking Redis, binding) then stops it
+/// cleanly instead of killing it by the signal's default action. Call from
+/// within the runtime.
+pub(super) fn shutdown() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = ctrl_c.await;
-                return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                (int, term) => {
+                    let e = int.err().or(term.err()).map(|e| e.to_string());
+                    tracing::warn!(error = ?e, "cannot listen for SIGINT and SIGTERM; falling back to Ctrl-C only");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
         }
     }
     #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

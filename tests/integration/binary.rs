@@ -325,3 +325,24 @@ fn an_unprotected_server_listens_only_on_loopback_unless_insecure() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_signal_during_the_start_does_not_kill_the_server() {
+    use std::os::unix::process::ExitStatusExt;
+
+    // A "Redis" that accepts and never answers: the start's Redis check
+    // takes its full timeout, and the SIGTERM lands in the middle of it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let proc = Proc::spawn(
+        &format!("serve --listen 127.0.0.1:0 --redis-url redis://127.0.0.1:{port}"),
+        &[],
+    );
+    let _accepted = silent.accept().expect("the server connects to Redis");
+    proc.signal("TERM");
+    let (status, stderr) = proc.wait();
+    // Not ended by the signal's default action: the start goes on to its
+    // own end (here the failed Redis check, one line and exit code 1).
+    assert_eq!(status.signal(), None, "killed by the signal: {stderr}");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+}
