@@ -13,6 +13,7 @@ mod auth;
 mod binary;
 mod cli;
 mod client;
+mod cluster;
 mod conformance;
 mod decoding;
 mod decoding_framing;

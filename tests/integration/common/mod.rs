@@ -28,6 +28,7 @@ use discovered::store::{Hub, MemoryRegistry, RedisConfig, RedisRegistry, Registr
 use tonic::transport::Channel;
 
 pub mod calls;
+pub mod cluster;
 pub mod pki;
 pub mod requests;
 pub mod sentinel;
@@ -58,6 +59,11 @@ pub fn redis_server_binary() -> PathBuf {
 /// /usr/sbin), or fails the test saying why it is needed (`why`) and how to
 /// install it (the package has the binary's name).
 pub fn find_binary(name: &str, why: &str) -> PathBuf {
+    find_binary_in(name, name, why)
+}
+
+/// [`find_binary`] for a binary of Debian package `package`.
+pub fn find_binary_in(name: &str, package: &str, why: &str) -> PathBuf {
     let candidates = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();
@@ -71,7 +77,7 @@ pub fn find_binary(name: &str, why: &str) -> PathBuf {
         }
     }
     panic!(
-        "{name} not found on PATH: {why}. Install it with `apt-get install {name}` \
+        "{name} not found on PATH: {why}. Install it with `apt-get install {package}` \
          (./scripts/test does this for you)"
     );
 }
