@@ -8,8 +8,9 @@
 //! client's address), `call` (the RPC), `what` (group, service, node) and
 //! `outcome` (`ok`, or the status code and its message). Never a secret:
 //! callers are named by their entries' names, and no request field that
-//! can hold one (credentials, metadata) is written. Heartbeats renew a
-//! deadline and change nothing registered, so they have no line.
+//! can hold one (credentials, metadata) is written. Heartbeats, and
+//! registrations of exactly what is there, renew a deadline and change
+//! nothing registered, so they have no line.
 
 use std::fmt::Display;
 use std::net::SocketAddr;

@@ -273,8 +273,13 @@ impl Discovery for DiscoveryService {
             })
             .await
             .map_err(Status::from);
-        audit.record(&target, &result);
-        Ok(Response::new(result?.into()))
+        // Registering the same again only renews the node, like a
+        // heartbeat: no audit line (nodes that re-register to stay listed
+        // would fill the log).
+        if result.as_ref().map_or(true, |r| r.changed) {
+            audit.record(&target, &result);
+        }
+        Ok(Response::new(result?.record.into()))
     }
 
     async fn get_service(

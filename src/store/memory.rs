@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use tokio::sync::{Notify, broadcast};
 
 use super::{
-    Change, Hub, NodeRegistration, Registry, Removal, Renewal, Snapshot, StoreError, StoreEvent,
-    StoreResult,
+    Change, Hub, NodeRegistration, Registered, Registry, Removal, Renewal, Snapshot, StoreError,
+    StoreEvent, StoreResult,
 };
 use crate::model::{
     Actor, Millis, NodeRecord, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec,
@@ -251,7 +251,7 @@ impl Registry for MemoryRegistry {
         Ok(record)
     }
 
-    async fn register_node(&self, reg: NodeRegistration) -> StoreResult<NodeRecord> {
+    async fn register_node(&self, reg: NodeRegistration) -> StoreResult<Registered> {
         let now = now_millis();
         let mut state = self.lock()?;
         let old = state.service_mut(&reg.key).nodes.get(&reg.name).cloned();
@@ -292,19 +292,24 @@ impl Registry for MemoryRegistry {
             .service_mut(&record.key)
             .nodes
             .insert(record.name.clone(), record.clone());
-        match old {
+        let changed = match old {
             Some(old) if !old.is_expired(now) => {
                 if old.spec != record.spec {
                     state.emit(Change::NodeUpdated(record.clone()), now);
                 }
+                old.spec != record.spec || old.owner != record.owner
             }
             Some(old) => {
                 state.emit(Change::NodeExpired(old), now);
                 state.emit(Change::NodeAdded(record.clone()), now);
+                true
             }
-            None => state.emit(Change::NodeAdded(record.clone()), now),
-        }
-        Ok(record)
+            None => {
+                state.emit(Change::NodeAdded(record.clone()), now);
+                true
+            }
+        };
+        Ok(Registered { record, changed })
     }
 
     async fn get_service(&self, key: &ServiceKey) -> StoreResult<Option<ServiceRecord>> {

@@ -68,6 +68,16 @@ pub struct NodeRegistration {
     pub actor: Option<Actor>,
 }
 
+/// What a RegisterNode did: the node as stored, and whether that changed
+/// anything (a new node, another record, another owner) or only renewed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// The node as stored.
+    pub record: NodeRecord,
+    /// `false` for a registration of exactly what was there (times aside).
+    pub changed: bool,
+}
+
 /// What a RemoveNode did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Removal {
@@ -106,7 +116,7 @@ pub trait Registry: Send + Sync + 'static {
     /// Registers a node or replaces its record whole, keeping
     /// `registered_at` (unless the old record had expired), and lists its
     /// service in the group.
-    async fn register_node(&self, reg: NodeRegistration) -> StoreResult<NodeRecord>;
+    async fn register_node(&self, reg: NodeRegistration) -> StoreResult<Registered>;
 
     /// The service's record; an implicit record for a service listed only
     /// through its nodes; `None` if the service is not known.

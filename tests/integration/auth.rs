@@ -848,6 +848,10 @@ async fn every_change_writes_one_audit_line_naming_who_from_where_and_what() {
     c.register_node(with(node(8443, ""), Some("tok-a")))
         .await
         .expect("A registers");
+    // The same again only renews the node: no line.
+    c.register_node(with(node(8443, ""), Some("tok-a")))
+        .await
+        .expect("A registers the same again");
     c.register_node(with(node(6666, ""), Some("tok-b")))
         .await
         .expect_err("B is refused");

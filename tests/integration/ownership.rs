@@ -64,8 +64,14 @@ async fn nodes_are_owned_by_who_registered_them(registry: Arc<dyn Registry>) {
     let record = registry
         .register_node(registration(Some(owner.clone()), "i1", 80, 60))
         .await
-        .expect("register");
+        .expect("register")
+        .record;
     assert_eq!(record.owner.as_deref(), Some("payments-agent"));
+    let again = registry
+        .register_node(registration(Some(owner.clone()), "i1", 80, 60))
+        .await
+        .expect("the same again");
+    assert!(!again.changed, "registering the same again only renews");
 
     // Another identity: refused, and nothing changes (port, deadline).
     let intruder = actor("orders-agent");
@@ -104,7 +110,8 @@ async fn nodes_are_owned_by_who_registered_them(registry: Arc<dyn Registry>) {
     let taken = registry
         .register_node(registration(Some(owner.clone()), "i2", 81, 60))
         .await
-        .expect("a new instance of the owner");
+        .expect("a new instance of the owner")
+        .record;
     assert_eq!(taken.spec.instance_id, "i2");
     registry
         .heartbeat(
@@ -117,8 +124,15 @@ async fn nodes_are_owned_by_who_registered_them(registry: Arc<dyn Registry>) {
         .await
         .expect("the owner renews");
 
-    // An admin may do anything; a node it registers again becomes its own.
+    // An admin may do anything; a node it registers again becomes its own,
+    // which is a change even when the record is the same.
     let ops = admin();
+    let claimed = registry
+        .register_node(registration(Some(ops.clone()), "i2", 81, 60))
+        .await
+        .expect("an admin registers the same record");
+    assert!(claimed.changed, "a new owner is a change");
+    assert_eq!(claimed.record.owner.as_deref(), Some("ops"));
     registry
         .heartbeat(&key, "n1", Some(Duration::from_secs(60)), None, Some(&ops))
         .await
@@ -126,7 +140,8 @@ async fn nodes_are_owned_by_who_registered_them(registry: Arc<dyn Registry>) {
     let record = registry
         .register_node(registration(Some(ops.clone()), "i3", 82, 60))
         .await
-        .expect("an admin registers again");
+        .expect("an admin registers again")
+        .record;
     assert_eq!(record.owner.as_deref(), Some("ops"));
     registry
         .remove_node(&key, "n1", None, Some(&ops))
@@ -143,12 +158,14 @@ async fn nodes_are_owned_by_who_registered_them(registry: Arc<dyn Registry>) {
     let record = registry
         .register_node(registration(Some(owner.clone()), "i4", 91, 60))
         .await
-        .expect("claiming an unowned node");
+        .expect("claiming an unowned node")
+        .record;
     assert_eq!(record.owner.as_deref(), Some("payments-agent"));
     let record = registry
         .register_node(registration(None, "plain2", 92, 60))
         .await
-        .expect("without auth");
+        .expect("without auth")
+        .record;
     assert_eq!(record.owner.as_deref(), Some("payments-agent"));
     assert_not_owner(
         registry
@@ -166,7 +183,8 @@ async fn nodes_are_owned_by_who_registered_them(registry: Arc<dyn Registry>) {
     let record = registry
         .register_node(registration(Some(actor("orders-agent")), "i6", 94, 60))
         .await
-        .expect("an expired node can be registered by anyone");
+        .expect("an expired node can be registered by anyone")
+        .record;
     assert_eq!(record.owner.as_deref(), Some("orders-agent"));
 }
 

@@ -55,7 +55,7 @@ async fn register(
         actor: None,
     };
     match run(conn, keys, call).await {
-        NodeWrite::Stored(stored) => stored,
+        NodeWrite::Stored { envelope, .. } => envelope,
         other => panic!("register without auth refused: {other:?}"),
     }
 }

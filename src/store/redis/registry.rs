@@ -26,8 +26,8 @@ use crate::model::{
 };
 use crate::store::secrets::{self, RevealError, SecretKey};
 use crate::store::{
-    Hub, NodeRegistration, Registry, Removal, Renewal, Snapshot, StoreError, StoreEvent,
-    StoreResult,
+    Hub, NodeRegistration, Registered, Registry, Removal, Renewal, Snapshot, StoreError,
+    StoreEvent, StoreResult,
 };
 
 /// How long [`RedisRegistry::check`] waits for the change subscription.
@@ -430,7 +430,7 @@ impl Registry for RedisRegistry {
         service_record(&key, &stored)
     }
 
-    async fn register_node(&self, reg: NodeRegistration) -> StoreResult<NodeRecord> {
+    async fn register_node(&self, reg: NodeRegistration) -> StoreResult<Registered> {
         let now = now_millis();
         let expires_at = expiry(now, reg.ttl);
         let record = record::encode(&reg.spec)?;
@@ -451,7 +451,10 @@ impl Registry for RedisRegistry {
         }
         .add_to(&mut pipe, self.keys());
         match self.pool().query(&pipe).await? {
-            (NodeWrite::Stored(stored),) => node_record(&reg.key, &reg.name, &stored),
+            (NodeWrite::Stored { envelope, changed },) => Ok(Registered {
+                record: node_record(&reg.key, &reg.name, &envelope)?,
+                changed,
+            }),
             (NodeWrite::Owned(owner),) => Err(StoreError::NotOwner {
                 node: reg.name,
                 owner,

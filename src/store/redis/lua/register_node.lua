@@ -11,8 +11,10 @@
 -- Publishes node_added, or node_updated if a field of a live node's record
 -- changed (timestamps and the deadline do not count); an old record past
 -- its deadline is published as node_expired first.
--- Returns { "stored", envelope }, or { "owned", owner } when a live node
--- was registered by another identity (nothing changes).
+-- Returns { "stored", envelope, changed }, changed "1" when the record
+-- or the owner differs from the live node's (a plain renewal is ""), or
+-- { "owned", owner } when a live node was registered by another identity
+-- (nothing changes).
 local name = ARGV[5]
 local record = ARGV[6]
 local owner = nil
@@ -21,6 +23,7 @@ if ARGV[9] ~= '' then
 end
 local registered = CHANGE.now
 local kind = 'node_added'
+local changed = '1'
 local old = redis.call('HGET', KEYS[2], name)
 if old then
   if is_expired(old, tonumber(CHANGE.now)) then
@@ -37,6 +40,9 @@ if old then
     end
     if record_of(old) == record then
       kind = nil
+      if owner == owner_of(old) then
+        changed = ''
+      end
     else
       kind = 'node_updated'
     end
@@ -52,4 +58,4 @@ redis.call('HSET', KEYS[2], name, stored)
 if kind then
   publish(kind, name, stored)
 end
-return { 'stored', stored }
+return { 'stored', stored, changed }

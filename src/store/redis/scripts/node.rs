@@ -73,8 +73,14 @@ fn owner_name(script: &str, json: &str, v: &Value) -> Result<String, ParsingErro
 /// What [`RegisterNode`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeWrite {
-    /// Written; the stored envelope.
-    Stored(String),
+    /// Written: the stored envelope, and whether the record or the owner
+    /// changed (not for a renewal that registered the same again).
+    Stored {
+        /// The stored envelope.
+        envelope: String,
+        /// Whether anything but the times and the deadline changed.
+        changed: bool,
+    },
     /// A live node registered by another identity (its name) is there;
     /// nothing changed.
     Owned(String),
@@ -84,7 +90,10 @@ impl FromRedisValue for NodeWrite {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
         let items: Vec<String> = redis::from_redis_value_ref(&v)?;
         match items.as_slice() {
-            [status, stored] if status == "stored" => Ok(Self::Stored(stored.clone())),
+            [status, stored, changed] if status == "stored" => Ok(Self::Stored {
+                envelope: stored.clone(),
+                changed: changed == "1",
+            }),
             [status, owner] if status == "owned" => {
                 Ok(Self::Owned(owner_name("register_node", owner, &v)?))
             }
