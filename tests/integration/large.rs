@@ -23,6 +23,28 @@ async fn connections_received(redis: &RedisServer) -> u64 {
         .expect("total_connections_received in INFO stats")
 }
 
+/// `name(age s)` of every client connected to `redis`: each pool names
+/// its connections (`Purpose::client_name`), so a failure shows which
+/// pool reconnected.
+async fn client_names(redis: &RedisServer) -> String {
+    let mut conn = redis.connection().await;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT LIST");
+    let field = |line: &str, key: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(key))
+            .unwrap_or("?")
+            .to_string()
+    };
+    list.lines()
+        .map(|l| format!("{}({} s)", field(l, "name="), field(l, "age=")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_service_is_read_watched_and_removed_without_errors_or_new_connections() {
     let mut t = TestServer::start(Backend::Redis).await;
@@ -62,6 +84,7 @@ async fn a_large_service_is_read_watched_and_removed_without_errors_or_new_conne
     assert_eq!(
         after - before,
         1,
-        "the server opened new Redis connections during slow calls"
+        "the server opened new Redis connections during slow calls; the clients now: {}",
+        client_names(t.redis()).await
     );
 }

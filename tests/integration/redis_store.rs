@@ -359,3 +359,32 @@ async fn writes_survive_redis_forgetting_the_scripts() {
         .expect("RemoveService");
     assert_eq!(all_keys(&mut t).await, ["discovered:v1:revision"]);
 }
+
+#[tokio::test]
+async fn each_pool_names_its_connections() {
+    use discovered::store::redis::Purpose;
+
+    let mut t = TestServer::start(Backend::Redis).await;
+    let mut client = t.client.clone();
+    // A call, a snapshot (a watch) and a few health probes use each pool.
+    assert!(get_nodes(&mut client, "g", "s").await.is_empty());
+    let mut w = Watch::open(&mut client, "g", "s", None).await;
+    assert!(w.initial("g", "s").await.is_empty());
+    let conn = t.redis().connection().await;
+    let names = eventually("every pool connected", || {
+        let mut conn = conn.clone();
+        async move {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            let all = [Purpose::Requests, Purpose::LargeReads, Purpose::Health];
+            all.iter()
+                .all(|p| list.contains(&format!("name={} ", p.client_name())))
+                .then_some(list)
+        }
+    })
+    .await;
+    assert!(names.contains("name=discovered-requests "), "{names}");
+}

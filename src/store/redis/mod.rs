@@ -58,6 +58,6 @@ mod sweeper;
 
 pub use config::{ConfigError, DataNode, RedisConfig, Target};
 pub use keys::Keys;
-pub use pool::RedisPool;
+pub use pool::{Purpose, RedisPool};
 pub use registry::{CheckError, RedisRegistry};
 pub use sentinel::{ResolveError, Sentinels};

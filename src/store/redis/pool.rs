@@ -32,11 +32,51 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one pipeline may take, connection wait excluded. Ours, not
 /// redis-rs's (whose default of 500 ms would end a large but healthy
 /// reply and retire its connection): connections are made without one.
-pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most connections in a request pool ([`RedisPool::new`]). Each is
-/// multiplexed and shared by every caller that draws it, so two suffice;
-/// the second keeps one slow reply from holding up everything.
-const POOL_SIZE: u32 = 2;
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// What a pool is for: its size, its timeout and the name its connections
+/// show in Redis's `CLIENT LIST`. Each kind of traffic has a pool of its
+/// own, so that one neither waits behind another nor holds it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The calls of requests. Each connection is multiplexed and shared by
+    /// every caller that draws it, so two suffice; the second keeps one
+    /// slow reply from holding up everything.
+    Requests,
+    /// Large reads (snapshots, group removals): two connections, and a
+    /// timeout of 10 s, since their time grows with the group (a
+    /// 50,000-node removal takes over 2 s in a debug build on a busy
+    /// machine); a timeout fails only the large call itself.
+    LargeReads,
+    /// The health probe: one connection, so a probe never queues behind
+    /// anything.
+    Health,
+}
+
+impl Purpose {
+    fn size(self) -> u32 {
+        match self {
+            Purpose::Requests | Purpose::LargeReads => 2,
+            Purpose::Health => 1,
+        }
+    }
+
+    fn query_timeout(self) -> Duration {
+        match self {
+            Purpose::LargeReads => Duration::from_secs(10),
+            Purpose::Requests | Purpose::Health => QUERY_TIMEOUT,
+        }
+    }
+
+    /// The `CLIENT SETNAME` of its connections, for operators reading
+    /// `CLIENT LIST` (and tests telling which pool reconnected).
+    pub fn client_name(self) -> &'static str {
+        match self {
+            Purpose::Requests => "discovered-requests",
+            Purpose::LargeReads => "discovered-large-reads",
+            Purpose::Health => "discovered-health",
+        }
+    }
+}
 
 /// A pooled connection, whether it has failed, and the generation of the
 /// master it was made in. The flag is shared with the clones handed to
@@ -51,6 +91,7 @@ pub struct PooledConn {
 /// that failed or belong to an older generation.
 pub struct Manager {
     master: Arc<Master>,
+    purpose: Purpose,
 }
 
 impl Manager {
@@ -65,7 +106,13 @@ impl ManageConnection for Manager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<PooledConn, RedisError> {
-        let (conn, generation) = self.master.connect().await?;
+        let (mut conn, generation) = self.master.connect().await?;
+        // Best effort: an ACL user without `client|setname` still works.
+        let _ = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(self.purpose.client_name())
+            .query_async::<()>(&mut conn)
+            .await;
         Ok(PooledConn {
             conn,
             broken: Arc::new(AtomicBool::new(false)),
@@ -105,29 +152,17 @@ pub fn display_addr(info: &ConnectionInfo) -> String {
 }
 
 impl RedisPool {
-    /// A pool of connections to `master`. Connects lazily; see
-    /// [`RedisPool::check`] to fail fast at start. `scripts` are reloaded
-    /// when Redis says it lacks them.
-    pub fn new(master: Arc<Master>, scripts: &'static [&'static Script]) -> Self {
-        Self::with_size(master, scripts, POOL_SIZE, QUERY_TIMEOUT)
-    }
-
-    /// [`RedisPool::new`] with at most `size` connections: for traffic
-    /// kept apart from the request pool (large reads, the health probe),
-    /// so that it neither waits behind requests nor holds them up. Its
-    /// connections follow the master's generation all the same. Each
-    /// pipeline may take `query_timeout`.
-    pub fn with_size(
-        master: Arc<Master>,
-        scripts: &'static [&'static Script],
-        size: u32,
-        query_timeout: Duration,
-    ) -> Self {
+    /// A pool of connections to `master` for `purpose`. Connects lazily;
+    /// see [`RedisPool::check`] to fail fast at start. `scripts` are
+    /// reloaded when Redis says it lacks them. Its connections follow the
+    /// master's generation.
+    pub fn new(master: Arc<Master>, scripts: &'static [&'static Script], purpose: Purpose) -> Self {
         let manager = Manager {
             master: master.clone(),
+            purpose,
         };
         let pool = Pool::builder()
-            .max_size(size)
+            .max_size(purpose.size())
             .connection_timeout(CONNECTION_TIMEOUT)
             // A PING before every use would double the round trips; failed
             // connections are retired through `has_broken` instead.
@@ -142,7 +177,7 @@ impl RedisPool {
             pool,
             master,
             scripts,
-            query_timeout,
+            query_timeout: purpose.query_timeout(),
         }
     }
 

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::RedisConfig;
 use super::keys::{Keys, deadline_member};
 use super::master::Master;
-use super::pool::{self, RedisPool};
+use super::pool::{self, Purpose, RedisPool};
 use super::record::{self, live_nodes, node_record, service_record};
 use super::scripts::{
     self, Heartbeat, ListingAdd, ListingRemove, NodeRemoval, NodeRenewal, NodeWrite, RegisterNode,
@@ -34,14 +34,6 @@ use crate::store::{
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long [`RedisRegistry::check`] waits to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Connections for large reads (snapshots, group removals), apart from
-/// the request pool.
-const LARGE_READ_CONNECTIONS: u32 = 2;
-/// How long one large read may take. Its time grows with the group (a
-/// 50,000-node removal takes over 2 s in a debug build on a busy machine),
-/// and a timeout here only fails the large call itself: small calls and
-/// the health probe have their own connections and the 2 s bound.
-const LARGE_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Large reads in flight at once. Redis runs the commands it has read
 /// from one connection back to back, so hundreds of snapshots sent at once
 /// (a RESYNC of every watcher) would hold every other client, the request
@@ -208,14 +200,9 @@ impl RedisRegistry {
     pub fn new(config: RedisConfig) -> StoreResult<Self> {
         let master = Arc::new(Master::new(config.target));
         let db = master.db();
-        let pool = RedisPool::new(master.clone(), scripts::all());
-        let large = RedisPool::with_size(
-            master.clone(),
-            scripts::all(),
-            LARGE_READ_CONNECTIONS,
-            LARGE_READ_TIMEOUT,
-        );
-        let probe = RedisPool::with_size(master.clone(), scripts::all(), 1, pool::QUERY_TIMEOUT);
+        let pool = RedisPool::new(master.clone(), scripts::all(), Purpose::Requests);
+        let large = RedisPool::new(master.clone(), scripts::all(), Purpose::LargeReads);
+        let probe = RedisPool::new(master.clone(), scripts::all(), Purpose::Health);
         let keys = Keys::new(&config.key_prefix);
         let hub = Hub::new();
         let stop = CancellationToken::new();
