@@ -26,8 +26,9 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 pub use file::{AuthFile, AuthFileError, IdentityEntry, TokenEntry};
 pub use policy::{Action, Caller, Denied, How, Role, Scope};
 
-/// How often [`Auth::watch`] looks at the file.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the server looks at the file to see whether it changed (the
+/// one interval of every file it follows).
+pub const POLL_INTERVAL: Duration = crate::server::reload::POLL;
 
 /// SHA-256 of `token` as 64 lowercase hex digits: what a `[[token]]`
 /// entry's `sha256` holds (the same as `printf %s TOKEN | sha256sum`).

@@ -15,9 +15,9 @@
 use std::fmt::Display;
 use std::net::SocketAddr;
 
-use tonic::{Request, Status};
+use tonic::Status;
 
-use super::auth::caller;
+use crate::auth::Caller;
 
 /// The target of audit lines.
 pub const TARGET: &str = "discovered::audit";
@@ -31,11 +31,16 @@ pub(crate) struct Audit {
 }
 
 impl Audit {
-    /// The audit of `call` made by `request`.
-    pub(crate) fn of<T>(request: &Request<T>, call: &'static str) -> Self {
+    /// The audit of `call` by `caller` (`None` without an auth file) from
+    /// `from`.
+    pub(crate) fn new(
+        call: &'static str,
+        caller: Option<&Caller>,
+        from: Option<SocketAddr>,
+    ) -> Self {
         Self {
-            who: caller(request).map_or_else(|| "anonymous".into(), |c| c.name),
-            from: request.remote_addr(),
+            who: caller.map_or_else(|| "anonymous".into(), |c| c.name.clone()),
+            from,
             call,
         }
     }

@@ -340,9 +340,9 @@ struct Tracked<S> {
 }
 
 impl<S: GrpcService> Service<Request<Incoming>> for Tracked<S> {
-    type Response = Response<Body>;
+    type Response = Response<Counted>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Counted>, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -358,7 +358,7 @@ impl<S: GrpcService> Service<Request<Incoming>> for Tracked<S> {
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            Ok(response.map(|body| Body::new(Counted { body, _open: open })))
+            Ok(response.map(|body| Counted { body, _open: open }))
         })
     }
 }

@@ -220,8 +220,8 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::RegisterServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
-        let audit = Audit::of(&request, "RegisterService");
         let caller = caller(&request);
+        let audit = Audit::new("RegisterService", caller.as_ref(), request.remote_addr());
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
         let target = what(&key.group, Some(&key.service), None);
@@ -241,8 +241,8 @@ impl Discovery for DiscoveryService {
         request: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let peer = request.remote_addr();
-        let audit = Audit::of(&request, "RegisterNode");
         let caller = caller(&request);
+        let audit = Audit::new("RegisterNode", caller.as_ref(), request.remote_addr());
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
         let node = name("node_name", &r.node_name)?;
@@ -386,8 +386,8 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        let audit = Audit::of(&request, "RemoveNode");
         let caller = caller(&request);
+        let audit = Audit::new("RemoveNode", caller.as_ref(), request.remote_addr());
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
         let node = name("node_name", &r.node_name)?;
@@ -450,8 +450,8 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::RemoveServiceRequest>,
     ) -> Result<Response<pb::RemoveServiceResponse>, Status> {
-        let audit = Audit::of(&request, "RemoveService");
         let caller = caller(&request);
+        let audit = Audit::new("RemoveService", caller.as_ref(), request.remote_addr());
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
         let target = what(&key.group, Some(&key.service), None);
@@ -478,8 +478,8 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<pb::RemoveServiceGroupRequest>,
     ) -> Result<Response<pb::RemoveServiceGroupResponse>, Status> {
-        let audit = Audit::of(&request, "RemoveServiceGroup");
         let caller = caller(&request);
+        let audit = Audit::new("RemoveServiceGroup", caller.as_ref(), request.remote_addr());
         let r = request.into_inner();
         // Never defaulted: leaving the field out must not wipe the default
         // group.

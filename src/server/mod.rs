@@ -12,7 +12,7 @@ mod framing;
 mod health;
 pub mod limits;
 mod peer;
-mod reload;
+pub(crate) mod reload;
 mod status;
 pub mod tls;
 mod watch;
@@ -153,12 +153,11 @@ fn follow_files(
 ) -> CancellationToken {
     let stop = CancellationToken::new();
     if let Some(tls) = tls {
-        let follow = reload::follow(tls.clone(), tls::POLL, reload.subscribe(), stop.clone());
+        let follow = reload::follow(tls.clone(), reload.subscribe(), stop.clone());
         tokio::spawn(follow);
     }
     if let Some(auth) = auth {
-        let every = crate::auth::POLL_INTERVAL;
-        let follow = reload::follow(auth.clone(), every, reload.subscribe(), stop.clone());
+        let follow = reload::follow(auth.clone(), reload.subscribe(), stop.clone());
         tokio::spawn(follow);
     }
     stop

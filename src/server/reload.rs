@@ -43,6 +43,9 @@ impl Reload {
     }
 }
 
+/// How often a followed file is read to see whether it changed.
+pub(crate) const POLL: Duration = Duration::from_secs(2);
+
 /// A part of the server that reads files and can read them again.
 pub(crate) trait Reloadable: Send + Sync + 'static {
     /// Reads the files again if they changed since the last look; a
@@ -53,16 +56,15 @@ pub(crate) trait Reloadable: Send + Sync + 'static {
 }
 
 /// Keeps `part` following its files until `stop` is cancelled: a look
-/// every `poll` (which catches edits and Kubernetes' symlink swaps alike),
+/// every [`POLL`] (which catches edits and Kubernetes' symlink swaps alike),
 /// and a reload at once on every trigger of `reload`. Reads run on the
 /// blocking pool: a file on a slow mount must not hold up a worker.
 pub(crate) async fn follow<R: Reloadable>(
     part: Arc<R>,
-    poll: Duration,
     mut reload: watch::Receiver<u64>,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(poll);
+    let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut triggers = true;

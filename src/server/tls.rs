@@ -28,8 +28,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use tokio_rustls::TlsAcceptor;
 
-/// How often the files are read to see whether they changed.
-pub const POLL: Duration = Duration::from_secs(2);
+/// How often the files are read to see whether they changed (the one
+/// interval of every file the server follows).
+pub const POLL: Duration = super::reload::POLL;
 
 /// Where the server's TLS material is (PEM files).
 #[derive(Debug, Clone, PartialEq, Eq)]
