@@ -864,24 +864,16 @@ async fn every_change_writes_one_audit_line_naming_who_from_where_and_what() {
     ))
     .await
     .expect("a read");
-    c.remove_service(with(
-        pb::RemoveServiceRequest {
-            service_name: "payments".into(),
-            ..Default::default()
-        },
-        Some("tok-a"),
-    ))
-    .await
-    .expect_err("a register token may not remove a service");
-    c.remove_service(with(
-        pb::RemoveServiceRequest {
-            service_name: "payments".into(),
-            ..Default::default()
-        },
-        Some("tok-ops"),
-    ))
-    .await
-    .expect("an admin removes the service");
+    let remove = pb::RemoveServiceRequest {
+        service_name: "payments".into(),
+        ..Default::default()
+    };
+    c.remove_service(with(remove.clone(), Some("tok-a")))
+        .await
+        .expect_err("a register token may not remove a service");
+    c.remove_service(with(remove, Some("tok-ops")))
+        .await
+        .expect("an admin removes the service");
     proc.signal("TERM");
     let (_, stderr) = proc.wait_async().await;
     let lines: Vec<&str> = stderr
