@@ -111,8 +111,9 @@ impl From<Denied> for Status {
 
 /// Who a handler's request is from: the [`Caller`] the layer found, or
 /// `None` when the server runs without an auth file.
-pub(crate) fn caller<T>(request: &tonic::Request<T>) -> Option<Caller> {
-    request.extensions().get::<Caller>().cloned()
+/// Taken out of the request, not cloned: a handler reads it once.
+pub(crate) fn caller<T>(request: &mut tonic::Request<T>) -> Option<Caller> {
+    request.extensions_mut().remove::<Caller>()
 }
 
 #[cfg(test)]

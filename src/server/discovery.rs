@@ -185,9 +185,9 @@ impl Discovery for DiscoveryService {
 
     async fn watch_service(
         &self,
-        request: Request<pb::WatchServiceRequest>,
+        mut request: Request<pb::WatchServiceRequest>,
     ) -> Result<Response<Self::WatchServiceStream>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&mut request);
         let r = request.into_inner();
         let group = group_or_default(&r.service_group, &self.defaults.service_group)?;
         let service = if r.service_name.is_empty() {
@@ -218,9 +218,9 @@ impl Discovery for DiscoveryService {
 
     async fn register_service(
         &self,
-        request: Request<pb::RegisterServiceRequest>,
+        mut request: Request<pb::RegisterServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&mut request);
         let audit = Audit::new("RegisterService", caller.as_ref(), request.remote_addr());
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
@@ -238,10 +238,10 @@ impl Discovery for DiscoveryService {
 
     async fn register_node(
         &self,
-        request: Request<pb::RegisterNodeRequest>,
+        mut request: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let peer = request.remote_addr();
-        let caller = caller(&request);
+        let caller = caller(&mut request);
         let audit = Audit::new("RegisterNode", caller.as_ref(), request.remote_addr());
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
@@ -284,9 +284,9 @@ impl Discovery for DiscoveryService {
 
     async fn get_service(
         &self,
-        request: Request<pb::GetServiceRequest>,
+        mut request: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::Service>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&mut request);
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
         let action = if r.reveal_credentials {
@@ -314,9 +314,9 @@ impl Discovery for DiscoveryService {
 
     async fn get_nodes(
         &self,
-        request: Request<pb::GetNodesRequest>,
+        mut request: Request<pb::GetNodesRequest>,
     ) -> Result<Response<pb::GetNodesResponse>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&mut request);
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
         self.allow_key(caller.as_ref(), Action::GetNodes, &key)?;
@@ -328,9 +328,9 @@ impl Discovery for DiscoveryService {
 
     async fn list_services(
         &self,
-        request: Request<pb::ListServicesRequest>,
+        mut request: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&mut request);
         let r = request.into_inner();
         let group = group_or_default(&r.service_group, &self.defaults.service_group)?;
         self.allow(caller.as_ref(), Action::ListServices, &group, None)?;
@@ -357,9 +357,9 @@ impl Discovery for DiscoveryService {
 
     async fn list_service_groups(
         &self,
-        request: Request<pb::ListServiceGroupsRequest>,
+        mut request: Request<pb::ListServiceGroupsRequest>,
     ) -> Result<Response<pb::ListServiceGroupsResponse>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&mut request);
         let r = request.into_inner();
         let group = &self.defaults.service_group;
         self.allow(caller.as_ref(), Action::ListServiceGroups, group, None)?;
@@ -384,9 +384,9 @@ impl Discovery for DiscoveryService {
 
     async fn remove_node(
         &self,
-        request: Request<pb::RemoveNodeRequest>,
+        mut request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&mut request);
         let audit = Audit::new("RemoveNode", caller.as_ref(), request.remote_addr());
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
@@ -418,9 +418,9 @@ impl Discovery for DiscoveryService {
 
     async fn heartbeat(
         &self,
-        request: Request<pb::HeartbeatRequest>,
+        mut request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&mut request);
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
         self.allow_key(caller.as_ref(), Action::Heartbeat, &key)?;
@@ -448,9 +448,9 @@ impl Discovery for DiscoveryService {
 
     async fn remove_service(
         &self,
-        request: Request<pb::RemoveServiceRequest>,
+        mut request: Request<pb::RemoveServiceRequest>,
     ) -> Result<Response<pb::RemoveServiceResponse>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&mut request);
         let audit = Audit::new("RemoveService", caller.as_ref(), request.remote_addr());
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
@@ -476,9 +476,9 @@ impl Discovery for DiscoveryService {
 
     async fn remove_service_group(
         &self,
-        request: Request<pb::RemoveServiceGroupRequest>,
+        mut request: Request<pb::RemoveServiceGroupRequest>,
     ) -> Result<Response<pb::RemoveServiceGroupResponse>, Status> {
-        let caller = caller(&request);
+        let caller = caller(&mut request);
         let audit = Audit::new("RemoveServiceGroup", caller.as_ref(), request.remote_addr());
         let r = request.into_inner();
         // Never defaulted: leaving the field out must not wipe the default
