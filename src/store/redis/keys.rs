@@ -173,13 +173,20 @@ pub fn parse_deadline_member(member: &str) -> Option<(ServiceKey, String)> {
     Some((ServiceKey::new(g, s), n.to_string()))
 }
 
-/// The shard of a deadline member: FNV-1a of its bytes. Fixed by the
-/// layout (every server must agree), so not `std`'s randomly keyed hash.
+/// The shard of a deadline member: FNV-1a of its bytes, mixed with
+/// MurmurHash3's finalizer (FNV's low bits alone spread names that differ
+/// in their last characters unevenly). Fixed by the layout (every server
+/// must agree), so not `std`'s randomly keyed hash.
 fn deadline_shard(member: &str) -> u32 {
-    let hash = member.bytes().fold(0x811c_9dc5_u32, |h, b| {
+    let mut h = member.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
-    hash % DEADLINE_SHARDS
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h % DEADLINE_SHARDS
 }
 
 #[cfg(test)]
