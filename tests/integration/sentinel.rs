@@ -338,10 +338,7 @@ impl WatcherState {
         self.events += 1;
         let t = kind(e);
         if !matches!(t, EventType::Resync | EventType::Synced) {
-            let max = self
-                .max_revision
-                .entry(e.service_name.clone())
-                .or_default();
+            let max = self.max_revision.entry(e.service_name.clone()).or_default();
             if e.revision < *max {
                 // One problem per drop (a snapshot's INITIAL events of one
                 // service share one revision): the first event at the

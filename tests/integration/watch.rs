@@ -382,8 +382,14 @@ async fn remove_group_events(backend: Backend) {
             .iter()
             .find(|e| e.service_name == service)
             .map_or(0, |e| e.revision);
-        assert!(revisions[0] > snapshot, "{service}: {revisions:?} after {snapshot}");
-        assert_increasing(&revisions, &format!("RemoveServiceGroup events of {service}"));
+        assert!(
+            revisions[0] > snapshot,
+            "{service}: {revisions:?} after {snapshot}"
+        );
+        assert_increasing(
+            &revisions,
+            &format!("RemoveServiceGroup events of {service}"),
+        );
     }
 
     let mut removed_nodes = Vec::new();
