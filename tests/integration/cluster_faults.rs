@@ -1021,7 +1021,7 @@ async fn a_slot_migration_under_load_loses_no_change() {
 const SPREAD_SERVICES: usize = 1000;
 const NODES_PER_SERVICE: usize = 20;
 /// Heartbeat rounds over every node.
-const HEARTBEAT_ROUNDS: usize = 3;
+const HEARTBEAT_ROUNDS: usize = 2;
 /// Calls in flight at once, over [`SPREAD_CHANNELS`] connections.
 const IN_FLIGHT: usize = 48;
 const SPREAD_CHANNELS: usize = 4;
