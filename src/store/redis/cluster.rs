@@ -98,14 +98,20 @@ impl ClusterLink {
         sentinel::with_addr(&self.seeds[0], host, port)
     }
 
-    /// The cluster's shape as any answering node sees it: the seeds are
-    /// asked in turn, then the nodes of `known` (the last shape), so a
-    /// lost seed does not matter once the cluster was found.
+    /// The cluster's shape as any answering node sees it: the live nodes
+    /// of `known` (the last shape) are asked in turn, then the seeds, so a
+    /// lost seed costs nothing once the cluster was found.
     pub async fn topology(&self, known: Option<&Topology>) -> RedisResult<Topology> {
-        let mut asked: Vec<ConnectionInfo> = self.seeds.clone();
-        if let Some(t) = known {
-            asked.extend(t.nodes.iter().map(|n| self.node(&n.host, n.port)));
-        }
+        let mut asked: Vec<ConnectionInfo> = known
+            .map(|t| {
+                t.nodes
+                    .iter()
+                    .filter(|n| !n.failed)
+                    .map(|n| self.node(&n.host, n.port))
+                    .collect()
+            })
+            .unwrap_or_default();
+        asked.extend(self.seeds.iter().cloned());
         let mut last = None;
         for info in &asked {
             let read = async {

@@ -4,6 +4,8 @@
 //! | --- | --- |
 //! | `config.rs` | [`RedisConfig`]: where the registry lives |
 //! | `registry.rs` | [`RedisRegistry`]: the [`crate::store::Registry`] operations |
+//! | `writes.rs` | the writes that take more than one request (a first registration, a removal) |
+//! | `check.rs` | the start-up check, and its one-line errors ([`CheckError`]) |
 //! | `keys.rs` | the key layout ([`Keys`]): one layout for single Redis, Sentinel and Cluster |
 //! | `record.rs` | how records are stored: the envelope, and what the scripts rely on |
 //! | `scripts/` | one type per Lua script (`lua/`): its KEYS, ARGV and reply |
@@ -46,6 +48,7 @@
 //! records listed (see `scripts/listing.rs`).
 
 mod changes;
+mod check;
 mod cluster;
 mod config;
 mod keys;
@@ -63,9 +66,11 @@ mod sentinel;
 mod shards;
 mod subscriber;
 mod sweeper;
+mod writes;
 
+pub use check::CheckError;
 pub use config::{ConfigError, DataNode, RedisConfig, Target};
 pub use keys::{DEADLINE_SHARDS, Keys};
 pub use pool::{Purpose, RedisPool};
-pub use registry::{CheckError, RedisRegistry};
+pub use registry::RedisRegistry;
 pub use sentinel::{ResolveError, Sentinels};

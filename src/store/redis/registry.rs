@@ -1,7 +1,6 @@
 //! [`RedisRegistry`]: the [`Registry`] operations as pipelines of the
 //! typed script calls (`scripts/`) and plain commands.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,24 +10,23 @@ use tokio_util::sync::CancellationToken;
 
 use futures::{StreamExt, TryStreamExt};
 
+use super::check::{self, CheckError};
 use super::cluster::ClusterLink;
 use super::config::{RedisConfig, Target};
 use super::keys::{Keys, deadline_member};
 use super::master::Master;
 use super::migrate;
-use super::pool::{self, Purpose, RedisPool};
+use super::pool::{Purpose, RedisPool};
 use super::record::{self, live_nodes, node_record, service_record};
 use super::scripts::{
-    self, Heartbeat, ListingAdd, ListingRemove, MarkListed, NodeRemoval, NodeRenewal, NodeWrite,
-    RegisterNode, RegisterService, RemoveNode, RemoveService, RemovedService, ScriptCall,
-    ServiceWrite, pending_member,
+    self, Heartbeat, NodeRemoval, NodeRenewal, NodeWrite, RegisterNode, RegisterService,
+    RemoveNode, ScriptCall, ServiceWrite,
 };
-use super::sentinel::{self, ResolveError};
-use super::shards::{self, ShardSubscriber};
-use super::subscriber::{self, Subscriber};
+use super::shards::ShardSubscriber;
+use super::subscriber::{FeedSettings, Subscriber};
 use super::sweeper::Sweeper;
 use crate::model::{
-    Actor, Millis, NodeRecord, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec, expiry,
+    Actor, NodeRecord, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec, expiry,
     now_millis,
 };
 use crate::store::secrets::{self, RevealError, SecretKey};
@@ -39,8 +37,6 @@ use crate::store::{
 
 /// How long [`RedisRegistry::check`] waits for the change subscription.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long [`RedisRegistry::check`] waits to connect.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Large reads in flight at once. Redis runs the commands it has read
 /// from one connection back to back, so hundreds of snapshots sent at once
 /// (a RESYNC of every watcher) would hold every other client, the request
@@ -48,72 +44,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// both large-read connections busy and let Redis serve the others in
 /// between; the rest wait here, in the process, where no reply bound runs.
 const LARGE_READS_IN_FLIGHT: usize = 4;
-
-/// Why [`RedisRegistry::check`] found Redis unusable; each says where
-/// (`host:port`), for a one-line message at start.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckError {
-    /// Sentinel could not name a master: no sentinel answered, they do not
-    /// know the name, or none names a master that is up.
-    #[error("{0}")]
-    Master(#[from] ResolveError),
-    /// Redis refused the username or password.
-    #[error("Redis at {addr} refused the credentials: {source}")]
-    Credentials {
-        /// `host:port` of Redis.
-        addr: String,
-        /// What Redis said.
-        source: redis::RedisError,
-    },
-    /// Redis could not be reached or did not answer PING.
-    #[error("cannot reach Redis at {addr}: {source}")]
-    Unreachable {
-        /// `host:port` of Redis.
-        addr: String,
-        /// What went wrong.
-        source: redis::RedisError,
-    },
-    /// CONFIG SET of the notification flags failed (a managed Redis, say).
-    #[error(
-        "cannot enable keyspace notifications on Redis at {addr}: {source}. Set notify-keyspace-events to include '{flags}' in the Redis configuration and start with --no-config-set",
-        flags = subscriber::REQUIRED_FLAGS
-    )]
-    Notifications {
-        /// `host:port` of Redis.
-        addr: String,
-        /// What went wrong.
-        source: redis::RedisError,
-    },
-    /// Data of an older key layout could not be moved over.
-    #[error("cannot move the registry at {addr} to the current key layout: {reason}")]
-    Migration {
-        /// Where Redis is.
-        addr: String,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The change subscription did not come up in time.
-    #[error("cannot subscribe to change notifications on Redis at {addr}")]
-    NotSubscribed {
-        /// `host:port` of Redis.
-        addr: String,
-    },
-}
-
-impl CheckError {
-    /// Why connecting and PING failed: refused credentials or no answer.
-    fn connecting(addr: String, source: redis::RedisError) -> Self {
-        let refused = source.kind() == redis::ErrorKind::AuthenticationFailed
-            || source
-                .code()
-                .is_some_and(|c| c == "WRONGPASS" || c == "NOAUTH");
-        if refused {
-            Self::Credentials { addr, source }
-        } else {
-            Self::Unreachable { addr, source }
-        }
-    }
-}
 
 /// A registry kept in Redis.
 #[derive(Clone)]
@@ -158,6 +88,57 @@ enum Deployment {
     Cluster(Arc<ClusterLink>),
 }
 
+/// The three pools of a registry (see [`Purpose`]).
+struct Pools {
+    pool: RedisPool,
+    large: RedisPool,
+    probe: RedisPool,
+}
+
+impl Deployment {
+    /// The deployment `target` names, with its pools. On one Redis or
+    /// Sentinel, also follows the master's moves until `stop`.
+    fn open(target: Target, stop: &CancellationToken) -> StoreResult<(Self, Pools)> {
+        if let Target::Cluster { seeds } = target {
+            let pool_of = |purpose| {
+                RedisPool::cluster(seeds.clone(), scripts::all(), purpose)
+                    .map_err(|e| StoreError::Internal(format!("Redis Cluster settings: {e}")))
+            };
+            let pools = Pools {
+                pool: pool_of(Purpose::Requests)?,
+                large: pool_of(Purpose::LargeReads)?,
+                probe: pool_of(Purpose::Health)?,
+            };
+            let link = pools.pool.cluster_link().expect("a cluster pool").clone();
+            return Ok((Deployment::Cluster(link), pools));
+        }
+        let master = Arc::new(Master::new(target));
+        master.follow(stop);
+        let pool_of = |purpose| RedisPool::new(master.clone(), scripts::all(), purpose);
+        let pools = Pools {
+            pool: pool_of(Purpose::Requests),
+            large: pool_of(Purpose::LargeReads),
+            probe: pool_of(Purpose::Health),
+        };
+        Ok((Deployment::Master(master), pools))
+    }
+
+    /// The change subscription on this deployment, in database `db`.
+    fn feed(&self, db: i64, feed: FeedSettings) -> Feed {
+        match self {
+            Deployment::Master(master) => Feed::Master(Subscriber {
+                master: master.clone(),
+                db,
+                feed,
+            }),
+            Deployment::Cluster(link) => Feed::Cluster(ShardSubscriber {
+                link: link.clone(),
+                feed,
+            }),
+        }
+    }
+}
+
 /// The change subscription of either deployment, until it starts.
 enum Feed {
     Master(Subscriber),
@@ -167,42 +148,6 @@ enum Feed {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop.cancel();
-    }
-}
-
-/// What removing one service did.
-struct ServiceRemoval {
-    /// Whether the service had a record, nodes or a listing.
-    existed: bool,
-    /// How many of its nodes were live.
-    live: u32,
-    /// The deadline hints of its nodes, to drop.
-    deadlines: Vec<String>,
-}
-
-impl ServiceRemoval {
-    /// Reads what [`RemoveService`] and [`ListingRemove`] replied.
-    fn new(
-        key: &ServiceKey,
-        removed: RemovedService,
-        unlisted: i64,
-        now: Millis,
-    ) -> StoreResult<Self> {
-        let mut live = 0;
-        let mut deadlines = Vec::new();
-        for (name, raw) in &removed.nodes {
-            let node = node_record(key, name, raw)?;
-            if node.expires_at.is_some() {
-                deadlines.push(deadline_member(key, name));
-            }
-            live += u32::from(!node.is_expired(now));
-        }
-        Ok(Self {
-            // -1: still listed for a registration racing this removal.
-            existed: removed.had_record || !removed.nodes.is_empty() || unlisted != 0,
-            live,
-            deadlines,
-        })
     }
 }
 
@@ -225,47 +170,17 @@ impl RedisRegistry {
         let hub = Hub::new();
         let stop = CancellationToken::new();
         let (subscribed_tx, subscribed) = tokio::sync::watch::channel(false);
-        let (deployment, pool, large, probe, feed) = match config.target {
-            Target::Cluster { seeds } => {
-                let pool_of = |purpose| {
-                    RedisPool::cluster(seeds.clone(), scripts::all(), purpose)
-                        .map_err(|e| StoreError::Internal(format!("Redis Cluster settings: {e}")))
-                };
-                let pool = pool_of(Purpose::Requests)?;
-                let link = pool.cluster_link().expect("a cluster pool").clone();
-                let feed = Feed::Cluster(ShardSubscriber {
-                    link: link.clone(),
-                    keys: keys.clone(),
-                    config_set: config.config_set,
-                    hub: hub.clone(),
-                    stop: stop.clone(),
-                    subscribed: subscribed_tx,
-                });
-                let large = pool_of(Purpose::LargeReads)?;
-                let probe = pool_of(Purpose::Health)?;
-                (Deployment::Cluster(link), pool, large, probe, feed)
-            }
-            target => {
-                let master = Arc::new(Master::new(target));
-                master.follow(&stop);
-                let pool_of = |purpose| RedisPool::new(master.clone(), scripts::all(), purpose);
-                let feed = Feed::Master(Subscriber {
-                    master: master.clone(),
-                    keys: keys.clone(),
-                    db,
-                    config_set: config.config_set,
-                    hub: hub.clone(),
-                    stop: stop.clone(),
-                    subscribed: subscribed_tx,
-                });
-                let (pool, large, probe) = (
-                    pool_of(Purpose::Requests),
-                    pool_of(Purpose::LargeReads),
-                    pool_of(Purpose::Health),
-                );
-                (Deployment::Master(master), pool, large, probe, feed)
-            }
-        };
+        let (deployment, Pools { pool, large, probe }) = Deployment::open(config.target, &stop)?;
+        let feed = deployment.feed(
+            db,
+            FeedSettings {
+                keys: keys.clone(),
+                config_set: config.config_set,
+                hub: hub.clone(),
+                stop: stop.clone(),
+                subscribed: subscribed_tx,
+            },
+        );
         tokio::spawn(
             Sweeper {
                 pool: pool.clone(),
@@ -298,9 +213,10 @@ impl RedisRegistry {
     /// every node that may hold our keys, moves data of an older layout
     /// over (`migrate.rs`), and waits for the change subscription.
     pub async fn check(&self) -> Result<(), CheckError> {
+        let config_set = self.inner.config_set;
         let addr = match &self.inner.deployment {
-            Deployment::Master(master) => self.check_master(master).await?,
-            Deployment::Cluster(link) => self.check_cluster(link).await?,
+            Deployment::Master(master) => check::master(master, config_set).await?,
+            Deployment::Cluster(link) => check::cluster(link, config_set).await?,
         };
         migrate::from_v1(&self.inner.pool, &self.inner.keys)
             .await
@@ -325,49 +241,7 @@ impl RedisRegistry {
         }
     }
 
-    /// [`Self::check`] on one Redis: returns its `host:port`.
-    async fn check_master(&self, master: &Master) -> Result<String, CheckError> {
-        let info = master.resolve().await?;
-        let addr = pool::display_addr(&info);
-        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, sentinel::connect(&info))
-            .await
-            .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "timed out connecting").into()))
-            .map_err(|source| CheckError::connecting(addr.clone(), source))?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map_err(|source| CheckError::connecting(addr.clone(), source))?;
-        if self.inner.config_set {
-            subscriber::ensure_notifications(&mut conn)
-                .await
-                .map_err(|source| CheckError::Notifications {
-                    addr: addr.clone(),
-                    source,
-                })?;
-        }
-        Ok(addr)
-    }
-
-    /// [`Self::check`] on a cluster: returns its description.
-    async fn check_cluster(&self, link: &ClusterLink) -> Result<String, CheckError> {
-        let addr = link.describe();
-        let mut conn = link
-            .connection()
-            .await
-            .map_err(|source| CheckError::connecting(addr.clone(), source))?;
-        redis::cmd("PING")
-            .query_async::<redis::Value>(&mut conn)
-            .await
-            .map_err(|source| CheckError::connecting(addr.clone(), source))?;
-        if self.inner.config_set {
-            shards::ensure_notifications(link, None)
-                .await
-                .map_err(|(addr, source)| CheckError::Notifications { addr, source })?;
-        }
-        Ok(addr)
-    }
-
-    fn keys(&self) -> &Keys {
+    pub(super) fn keys(&self) -> &Keys {
         &self.inner.keys
     }
 
@@ -399,131 +273,30 @@ impl RedisRegistry {
         Ok(kept.unwrap_or_else(|| secret.seal(key, &plaintext)))
     }
 
-    fn pool(&self) -> &RedisPool {
+    pub(super) fn pool(&self) -> &RedisPool {
         &self.inner.pool
     }
 
-    /// Sets a node's deadline hint to its new deadline, or drops it for a
-    /// node without TTL.
-    async fn set_deadline(
-        &self,
-        key: &ServiceKey,
-        node: &str,
-        expires_at: Option<Millis>,
-    ) -> StoreResult<()> {
-        let member = deadline_member(key, node);
-        let mut pipe = redis::pipe();
-        match expires_at {
-            Some(t) => pipe.zadd(self.keys().deadlines_of(&member), &member, t),
-            None => pipe.zrem(self.keys().deadlines_of(&member), &member),
-        };
-        self.pool().query::<()>(pipe.ignore()).await
-    }
-
-    /// Drops deadline hints of removed nodes (no-op for none): one ZREM
-    /// per deadlines shard, sent together.
-    async fn forget_deadlines(&self, members: &[String]) -> StoreResult<()> {
-        let mut by_shard: HashMap<String, Vec<&String>> = HashMap::new();
-        for m in members {
-            by_shard
-                .entry(self.keys().deadlines_of(m))
-                .or_default()
-                .push(m);
-        }
-        let zrems = by_shard.into_iter().map(|(shard, members)| async move {
-            let mut pipe = redis::pipe();
-            pipe.zrem(shard, members).ignore();
-            self.pool().query::<()>(&pipe).await
-        });
-        futures::future::try_join_all(zrems).await.map(drop)
+    /// The large-read connections.
+    pub(super) fn large(&self) -> &RedisPool {
+        &self.inner.large
     }
 
     /// Runs one script call on its own.
-    async fn call<S: ScriptCall>(&self, call: S) -> StoreResult<S::Reply> {
+    pub(super) async fn call<S: ScriptCall>(&self, call: S) -> StoreResult<S::Reply> {
         self.call_on(self.pool(), call).await
     }
 
     /// Runs one script call on its own, on `pool`.
-    async fn call_on<S: ScriptCall>(&self, pool: &RedisPool, call: S) -> StoreResult<S::Reply> {
+    pub(super) async fn call_on<S: ScriptCall>(
+        &self,
+        pool: &RedisPool,
+        call: S,
+    ) -> StoreResult<S::Reply> {
         let mut pipe = redis::pipe();
         call.add_to(&mut pipe, self.keys());
         let (reply,): (S::Reply,) = pool.query(&pipe).await?;
         Ok(reply)
-    }
-
-    /// Lists `key` around `write`, its first records (see
-    /// `scripts/listing.rs`): lists the service and notes the registration
-    /// as pending, writes, drops the note, and marks the service listed so
-    /// that later writes need one round trip. The note is dropped whatever
-    /// `write` did.
-    async fn listing_around<T>(
-        &self,
-        key: &ServiceKey,
-        write: impl AsyncFnOnce() -> StoreResult<T>,
-    ) -> StoreResult<T> {
-        let pending = pending_member(key);
-        self.call(ListingAdd {
-            service: key,
-            pending: &pending,
-            now: now_millis(),
-        })
-        .await?;
-        let written = write().await;
-        let mut pipe = redis::pipe();
-        pipe.zrem(self.keys().pending(), &pending).ignore();
-        let dropped = self.pool().query::<()>(&pipe).await;
-        let written = written?;
-        dropped?;
-        self.call(MarkListed { service: key }).await?;
-        Ok(written)
-    }
-
-    /// Writes a node's record after its deadline hint (so a node with a
-    /// TTL always has a hint no later than its deadline, and the sweeper
-    /// finds it): in one pipeline where the two slots may share one, else
-    /// as two requests in order. The hint only ever moves earlier here
-    /// (`ZADD LT`): a registration refused for another owner must not
-    /// delay that owner's expiry; the sweeper moves a hint that fires
-    /// early to the node's real deadline.
-    async fn write_node(&self, write: RegisterNode<'_>) -> StoreResult<NodeWrite> {
-        let Some(deadline) = write.expires_at else {
-            return self.call(write).await;
-        };
-        let member = deadline_member(write.service, write.node);
-        let mut hint = redis::pipe();
-        hint.cmd("ZADD")
-            .arg(self.keys().deadlines_of(&member))
-            .arg("LT")
-            .arg(deadline)
-            .arg(&member)
-            .ignore();
-        if self.pool().mixes_slots() {
-            write.add_to(&mut hint, self.keys());
-            let (reply,): (NodeWrite,) = self.pool().query(&hint).await?;
-            return Ok(reply);
-        }
-        self.pool().query::<()>(&hint).await?;
-        self.call(write).await
-    }
-
-    /// Removes one service: its records and listing mark, then its
-    /// listing, then its nodes' deadline hints. The removal replies with
-    /// every node, so it goes on the large-read connections.
-    async fn remove_one(&self, key: &ServiceKey) -> StoreResult<ServiceRemoval> {
-        let removal = RemoveService {
-            service: key,
-            now: now_millis(),
-        };
-        let removed = self.call_on(&self.inner.large, removal).await?;
-        let unlisted = self
-            .call(ListingRemove {
-                service: key,
-                now: now_millis(),
-            })
-            .await?;
-        let removal = ServiceRemoval::new(key, removed, unlisted, now_millis())?;
-        self.forget_deadlines(&removal.deadlines).await?;
-        Ok(removal)
     }
 
     /// Waits for a turn to run a large read on the large-read connections

@@ -17,16 +17,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::SelectAll;
 use redis::RedisError;
-use tokio_util::sync::CancellationToken;
 
 use super::cluster::{ClusterLink, Topology};
-use super::keys::Keys;
 use super::pool::display_addr;
 use super::sentinel;
 use super::subscriber::{
-    self, BACKOFF, CONNECT_TIMEOUT, LIVENESS_INTERVAL, LIVENESS_TIMEOUT, deliver,
+    self, BACKOFF, CONNECT_TIMEOUT, FeedSettings, LIVENESS_INTERVAL, LIVENESS_TIMEOUT, deliver,
 };
-use crate::store::{Hub, StoreEvent};
+use crate::store::StoreEvent;
 
 /// How often the cluster's shape is read again.
 const TOPOLOGY_POLL: Duration = Duration::from_secs(1);
@@ -62,16 +60,8 @@ pub async fn ensure_notifications(
 pub struct ShardSubscriber {
     /// The cluster.
     pub link: Arc<ClusterLink>,
-    /// Our key layout.
-    pub keys: Keys,
-    /// Whether to add the notification flags with CONFIG SET.
-    pub config_set: bool,
-    /// Where events go.
-    pub hub: Hub,
-    /// Whether the subscription is up, for [`super::RedisRegistry::check`].
-    pub subscribed: tokio::sync::watch::Sender<bool>,
-    /// Ends the subscriber.
-    pub stop: CancellationToken,
+    /// What it feeds, and how.
+    pub feed: FeedSettings,
 }
 
 /// The subscriptions on one shape of the cluster.
@@ -95,7 +85,7 @@ impl ShardSubscriber {
         loop {
             let subscribing = tokio::time::timeout(CONNECT_TIMEOUT, self.subscribe(known.as_ref()));
             let result = tokio::select! {
-                _ = self.stop.cancelled() => return,
+                _ = self.feed.stop.cancelled() => return,
                 r = subscribing => r.unwrap_or_else(|_| Err((self.link.describe(), (redis::ErrorKind::Io, "timed out subscribing").into()))),
             };
             match result {
@@ -104,9 +94,9 @@ impl ShardSubscriber {
                     known = Some(subs.topology.clone());
                     if failed_before {
                         tracing::info!(cluster = %self.link.describe(), masters = subs.sinks.len(), "Redis Cluster subscriptions restored; watchers resync");
-                        self.hub.send(StoreEvent::Resync);
+                        self.feed.hub.send(StoreEvent::Resync);
                     }
-                    self.subscribed.send_replace(true);
+                    self.feed.subscribed.send_replace(true);
                     match self.listen(subs).await {
                         None => return,
                         Some(why) => {
@@ -114,18 +104,18 @@ impl ShardSubscriber {
                         }
                     }
                     failed_before = true;
-                    self.subscribed.send_replace(false);
+                    self.feed.subscribed.send_replace(false);
                 }
                 Err((addr, e)) => {
                     if !failed_before {
                         tracing::warn!(%addr, error = %e, "cannot subscribe on the Redis Cluster; retrying");
                     }
                     failed_before = true;
-                    self.subscribed.send_replace(false);
+                    self.feed.subscribed.send_replace(false);
                     let wait = BACKOFF.delay(attempt).min(TOPOLOGY_POLL);
                     attempt = attempt.saturating_add(1);
                     tokio::select! {
-                        _ = self.stop.cancelled() => return,
+                        _ = self.feed.stop.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }
@@ -140,7 +130,7 @@ impl ShardSubscriber {
         &self,
         known: Option<&Topology>,
     ) -> Result<Subscriptions, (String, RedisError)> {
-        let topology = if self.config_set {
+        let topology = if self.feed.config_set {
             ensure_notifications(&self.link, known).await?
         } else {
             self.link
@@ -156,9 +146,11 @@ impl ShardSubscriber {
             let subscribed = async {
                 let mut pubsub = redis::Client::open(info)?.get_async_pubsub().await?;
                 if i == 0 {
-                    pubsub.subscribe(self.keys.changes_channel()).await?;
+                    pubsub.subscribe(self.feed.keys.changes_channel()).await?;
                 }
-                pubsub.psubscribe(self.keys.keyspace_pattern(0)).await?;
+                pubsub
+                    .psubscribe(self.feed.keys.keyspace_pattern(0))
+                    .await?;
                 Ok::<_, RedisError>(pubsub)
             };
             let pubsub = subscribed.await.map_err(|e| (addr.clone(), e))?;
@@ -189,9 +181,9 @@ impl ShardSubscriber {
         liveness.reset();
         loop {
             tokio::select! {
-                _ = self.stop.cancelled() => return None,
+                _ = self.feed.stop.cancelled() => return None,
                 msg = subs.messages.next() => match msg {
-                    Some(Some(msg)) => deliver(&self.hub, &msg),
+                    Some(Some(msg)) => deliver(&self.feed.hub, &msg),
                     Some(None) | None => return Some("a master's subscription ended".into()),
                 },
                 _ = poll.tick() => {

@@ -63,10 +63,16 @@ pub enum SubscribeError {
 pub struct Subscriber {
     /// Where to subscribe, and when to move.
     pub master: Arc<Master>,
-    /// Our key layout.
-    pub keys: Keys,
     /// The database our keys live in (keyspace channels name it).
     pub db: i64,
+    /// What it feeds, and how.
+    pub feed: FeedSettings,
+}
+
+/// What a change subscription needs, on any deployment.
+pub struct FeedSettings {
+    /// Our key layout.
+    pub keys: Keys,
     /// Whether to add the notification flags with CONFIG SET.
     pub config_set: bool,
     /// Where events go.
@@ -127,7 +133,7 @@ impl Subscriber {
         loop {
             let subscribing = tokio::time::timeout(CONNECT_TIMEOUT, self.subscribe());
             let result = tokio::select! {
-                _ = self.stop.cancelled() => return,
+                _ = self.feed.stop.cancelled() => return,
                 r = subscribing => r.unwrap_or(Err(SubscribeError::Timeout)),
             };
             match result {
@@ -139,9 +145,9 @@ impl Subscriber {
                         // watchers may take a fresh snapshot. The first
                         // subscription comes before the server serves (see
                         // `check`), with no watcher to tell.
-                        self.hub.send(StoreEvent::Resync);
+                        self.feed.hub.send(StoreEvent::Resync);
                     }
-                    self.subscribed.send_replace(true);
+                    self.feed.subscribed.send_replace(true);
                     match self.listen(pubsub, &node).await {
                         Ended::Stopped => return,
                         Ended::Lost => {
@@ -152,7 +158,7 @@ impl Subscriber {
                         }
                     }
                     failed_before = true;
-                    self.subscribed.send_replace(false);
+                    self.feed.subscribed.send_replace(false);
                 }
                 Err(e) => {
                     if !failed_before {
@@ -164,7 +170,7 @@ impl Subscriber {
                     let mut moves = self.master.moves();
                     moves.mark_unchanged();
                     tokio::select! {
-                        _ = self.stop.cancelled() => return,
+                        _ = self.feed.stop.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
                         // A new master is known: try it now, not after the
                         // backoff that the outage built up.
@@ -182,14 +188,14 @@ impl Subscriber {
         // The flags and the subscription must be on the same node: the
         // master found now (a promoted replica has no flags set).
         let info = self.master.resolve().await?;
-        if self.config_set {
+        if self.feed.config_set {
             ensure_notifications(&mut sentinel::connect(&info).await?).await?;
         }
         let node = display_addr(&info);
         let mut pubsub = redis::Client::open(info)?.get_async_pubsub().await?;
-        pubsub.subscribe(self.keys.changes_channel()).await?;
+        pubsub.subscribe(self.feed.keys.changes_channel()).await?;
         pubsub
-            .psubscribe(self.keys.keyspace_pattern(self.db))
+            .psubscribe(self.feed.keys.keyspace_pattern(self.db))
             .await?;
         Ok((pubsub, node))
     }
@@ -214,7 +220,7 @@ impl Subscriber {
         moves.mark_unchanged();
         loop {
             tokio::select! {
-                _ = self.stop.cancelled() => return Ended::Stopped,
+                _ = self.feed.stop.cancelled() => return Ended::Stopped,
                 _ = moves.changed() => if !self.still_on(node).await {
                     return Ended::Moved;
                 },
@@ -236,7 +242,7 @@ impl Subscriber {
 
     /// Hands one message on to the watchers.
     fn handle(&self, msg: &redis::Msg) {
-        deliver(&self.hub, msg);
+        deliver(&self.feed.hub, msg);
     }
 }
 
