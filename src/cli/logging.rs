@@ -13,11 +13,18 @@ pub(super) enum LogFormat {
     Json,
 }
 
+/// The levels without RUST_LOG: ours at info; redis-rs's only at error,
+/// since its cluster connection warns about every node it fails to reach,
+/// which the server already says once, in its own words (at start, and
+/// when a shard fails over).
+const DEFAULT_LEVELS: &str = "info,redis=error";
+
 /// Sends `tracing` to stderr in `format`, at the levels RUST_LOG asks for
-/// (info without it): stdout stays free for what a command prints.
+/// ([`DEFAULT_LEVELS`] without it): stdout stays free for what a command
+/// prints.
 pub(super) fn init(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LEVELS));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

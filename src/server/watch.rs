@@ -294,12 +294,11 @@ impl Watcher {
         events: &mut broadcast::Receiver<StoreEvent>,
         send_initial: bool,
     ) -> Result<(), End> {
-        let mut seen = if send_initial {
-            self.sync(false).await?
-        } else {
-            self.marker(EventType::Synced).await?;
-            Snapshot::default()
-        };
+        // Without INITIAL events the snapshot is still read, for its
+        // revisions: a change made before the stream opened can reach this
+        // server after it (on Redis Cluster, through another master), and
+        // must not be sent as news.
+        let mut seen = self.sync(false, send_initial).await?;
         loop {
             let event = tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(End::Shutdown),
@@ -316,16 +315,17 @@ impl Watcher {
                     }
                 }
                 Ok(StoreEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    seen = self.sync(true).await?;
+                    seen = self.sync(true, true).await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Err(End::Shutdown),
             }
         }
     }
 
-    /// Sends the current state (after a RESYNC marker when `resync`), then
-    /// SYNCED; returns the snapshot's revisions (its nodes sent).
-    async fn sync(&mut self, resync: bool) -> Result<Snapshot, End> {
+    /// Reads a snapshot and sends the current state (after a RESYNC marker
+    /// when `resync`; INITIAL events when `send_nodes`), then SYNCED;
+    /// returns the snapshot's revisions (its nodes taken out).
+    async fn sync(&mut self, resync: bool, send_nodes: bool) -> Result<Snapshot, End> {
         if resync {
             self.marker(EventType::Resync).await?;
         }
@@ -349,10 +349,13 @@ impl Watcher {
             }
         };
         let now = now_millis();
-        for node in std::mem::take(&mut snapshot.nodes) {
-            let revision = snapshot.revision_of(&node.key.service);
-            let event = initial_event(node, revision, now, self.sequence + 1);
-            self.send(event).await?;
+        let nodes = std::mem::take(&mut snapshot.nodes);
+        if send_nodes {
+            for node in nodes {
+                let revision = snapshot.revision_of(&node.key.service);
+                let event = initial_event(node, revision, now, self.sequence + 1);
+                self.send(event).await?;
+            }
         }
         self.marker(EventType::Synced).await?;
         Ok(snapshot)

@@ -104,7 +104,7 @@ pub async fn master(master: &Master, config_set: bool) -> Result<String, CheckEr
 
 /// [`super::RedisRegistry::check`] on a cluster: returns its description.
 pub async fn cluster(link: &ClusterLink, config_set: bool) -> Result<String, CheckError> {
-    let addr = link.describe();
+    let addr = link.seeds_text();
     let mut conn = link
         .connection()
         .await

@@ -84,8 +84,13 @@ impl ClusterLink {
 
     /// `cluster at host:port,...`, for messages.
     pub fn describe(&self) -> String {
+        format!("cluster at {}", self.seeds_text())
+    }
+
+    /// `host:port,... (cluster)`: the seeds, for "Redis at ..." messages.
+    pub fn seeds_text(&self) -> String {
         let seeds: Vec<String> = self.seeds.iter().map(display_addr).collect();
-        format!("cluster at {}", seeds.join(","))
+        format!("{} (cluster)", seeds.join(","))
     }
 
     /// The first seed's `host:port`, for messages about the whole cluster.

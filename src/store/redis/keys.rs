@@ -11,7 +11,7 @@
 //!   script, and different services spread over the shards;
 //! - the group listings share the tag `{listing}`;
 //! - node deadlines are hints spread over [`DEADLINE_SHARDS`] sorted sets
-//!   with tags `{dl<k>}`, so the busiest write (a heartbeat's new deadline)
+//!   with tags `{dl<k>-<j>}` (see [`deadline_tag`]), so the busiest write (a heartbeat's new deadline)
 //!   spreads too.
 //!
 //! | key | type | holds |
@@ -23,7 +23,7 @@
 //! | `discovered:v2:{<g>/<s>}:nodes` | hash: node name -> JSON | the service's node records |
 //! | `discovered:v2:{<g>/<s>}:rev` | string (integer) | the service's last revision (kept after removal) |
 //! | `discovered:v2:{<g>/<s>}:listed` | string | present while the service is known to be listed |
-//! | `discovered:v2:{dl<k>}:deadlines` | sorted set: `g/s/n` -> ms | deadline hints of nodes with a TTL |
+//! | `discovered:v2:{dl<k>-<j>}:deadlines` | sorted set: `g/s/n` -> ms | deadline hints of nodes with a TTL |
 //!
 //! Changes are published on the channel `discovered:v2:changes` (classic
 //! PUBLISH, which Redis Cluster delivers on every node).

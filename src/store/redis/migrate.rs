@@ -22,41 +22,55 @@ pub async fn from_v1(pool: &RedisPool, keys: &Keys) -> StoreResult<()> {
     let mut pipe = redis::pipe();
     pipe.zrange(v1.groups(), 0, -1);
     let (groups,): (Vec<String>,) = pool.query(&pipe).await?;
+    if groups.is_empty() {
+        // Nothing to move; a v1 registry emptied before the upgrade may
+        // still leave its counter and deadlines set.
+        return delete_each(pool, v1.globals()).await;
+    }
+    // Each service's revision starts above every v1 revision handed out:
+    // the larger of v1's counter and the clock (µs).
+    let mut pipe = redis::pipe();
+    pipe.get(&v1.globals()[1]);
+    let (counter,): (Option<u64>,) = pool.query(&pipe).await?;
+    let now_us = u64::try_from(crate::model::now_millis()).unwrap_or(0) * 1000;
+    let first = counter.unwrap_or(0).max(now_us);
     let mut moved = 0;
     for group in &groups {
         let mut pipe = redis::pipe();
         pipe.zrange(v1.group_services(group), 0, -1);
         let (services,): (Vec<String>,) = pool.query(&pipe).await?;
         for service in services {
-            move_service(pool, keys, &v1, &ServiceKey::new(group.clone(), service)).await?;
+            move_service(
+                pool,
+                keys,
+                &v1,
+                &ServiceKey::new(group.clone(), service),
+                first,
+            )
+            .await?;
             moved += 1;
         }
         let mut pipe = redis::pipe();
         pipe.del(v1.group_services(group)).ignore();
         pool.query::<()>(&pipe).await?;
     }
-    for key in std::iter::once(v1.groups()).chain(v1.globals()) {
-        let mut pipe = redis::pipe();
-        pipe.del(key).ignore();
-        pool.query::<()>(&pipe).await?;
-    }
-    if !groups.is_empty() {
-        tracing::info!(
-            groups = groups.len(),
-            services = moved,
-            "moved the registry from key layout v1 to v2"
-        );
-    }
+    delete_each(pool, std::iter::once(v1.groups()).chain(v1.globals())).await?;
+    tracing::info!(
+        groups = groups.len(),
+        services = moved,
+        "moved the registry from key layout v1 to v2"
+    );
     Ok(())
 }
 
-/// Copies one service (record, nodes, listing) to `v2`, then deletes its
-/// `v1` keys.
+/// Copies one service (record, nodes, listing) to `v2`, with `revision`
+/// as its revision, then deletes its `v1` keys.
 async fn move_service(
     pool: &RedisPool,
     keys: &Keys,
     v1: &V1Keys,
     key: &ServiceKey,
+    revision: u64,
 ) -> StoreResult<()> {
     let mut pipe = redis::pipe();
     pipe.get(v1.service(key)).hgetall(v1.nodes(key));
@@ -84,8 +98,7 @@ async fn move_service(
         }
     }
 
-    // The service's own keys, in its slot. Its revision starts at the
-    // clock, above every v1 revision (which were at least the clock too).
+    // The service's own keys, in its slot.
     let mut pipe = redis::pipe();
     if let Some(record) = &record {
         pipe.cmd("SET")
@@ -97,10 +110,9 @@ async fn move_service(
     for (name, raw) in &nodes {
         pipe.hset_nx(keys.nodes(key), name, raw).ignore();
     }
-    let now_us = crate::model::now_millis().saturating_mul(1000);
     pipe.cmd("SET")
         .arg(keys.revision(key))
-        .arg(now_us)
+        .arg(revision)
         .arg("NX")
         .ignore();
     pipe.set(keys.listed(key), "1").ignore();
@@ -109,4 +121,14 @@ async fn move_service(
     let mut pipe = redis::pipe();
     pipe.del(&[v1.service(key), v1.nodes(key)]).ignore();
     pool.query::<()>(&pipe).await
+}
+
+/// Deletes `keys`, one request each (they may be in different slots).
+async fn delete_each(pool: &RedisPool, keys: impl IntoIterator<Item = String>) -> StoreResult<()> {
+    for key in keys {
+        let mut pipe = redis::pipe();
+        pipe.del(key).ignore();
+        pool.query::<()>(&pipe).await?;
+    }
+    Ok(())
 }
