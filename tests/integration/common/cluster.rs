@@ -80,6 +80,16 @@ impl ClusterFixture {
             .collect()
     }
 
+    /// `redis+cluster://host:port,...` with every node as a seed.
+    pub fn url(&self) -> String {
+        Self::url_of(&self.seeds())
+    }
+
+    /// `redis+cluster://` with the seeds `seeds` (`host:port` each).
+    pub fn url_of(seeds: &[String]) -> String {
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
     /// `CLUSTER INFO` of the node on `port`, as `field:value` lines.
     pub fn info(port: u16) -> String {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("url");
