@@ -21,6 +21,7 @@ mod heartbeat;
 mod host_facts;
 mod large;
 mod limits;
+mod migration;
 mod nofile;
 mod ownership;
 mod redis_scripts;
