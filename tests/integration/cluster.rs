@@ -343,7 +343,7 @@ async fn the_binary_serves_on_a_cluster_from_its_seeds() {
     let mut c2 = wait_serving(&mut by_url, p2, "--redis-url redis+cluster://").await;
 
     let n = register_node(&mut c1, bare_node("shop", "payments", "pay-1", Some(60))).await;
-    assert_eq!(get_nodes(&mut c1, "shop", "payments").await, [n.clone()]);
+    assert_eq!(get_nodes(&mut c1, "shop", "payments").await, std::slice::from_ref(&n));
     assert_eq!(get_nodes(&mut c2, "shop", "payments").await, [n]);
     let m = register_node(&mut c2, full_node("edge", "cache", "c1", 1)).await;
     assert_eq!(get_nodes(&mut c1, "edge", "cache").await, [m]);
