@@ -178,6 +178,6 @@ LOADGEN_PID=$!
 PIDS=("$LOADGEN_PID" "${PIDS[@]}")
 wait "$LOADGEN_PID"
 
-stored=$(redis-cli -p "$REDIS_PORT" HSTRLEN 'discovered:v1:{default/bench-read}:nodes' node-0000 2>/dev/null || echo '?')
+stored=$(redis-cli -p "$REDIS_PORT" HSTRLEN 'discovered:v2:{default/bench-read}:nodes' node-0000 2>/dev/null || echo '?')
 echo
 echo "discovered stores a read-set node as $stored B of JSON in Redis; CPU columns are cores used (1.00 = one core) during each measured window."

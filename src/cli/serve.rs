@@ -72,13 +72,22 @@ pub struct ServeArgs {
     #[arg(long, env = "DISCOVERED_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
 
-    /// Redis to keep the registry in, as a redis:// or rediss:// URL, or
+    /// Redis to keep the registry in, as a redis:// or rediss:// URL,
     /// redis+sentinel://[user:password@]host1:port1,host2:port2/<master-name>[/<db>]
     /// (rediss+sentinel:// for TLS to the data nodes) for the master that
-    /// Redis Sentinel names. Without it (and without any --redis-* flag)
-    /// the registry is kept in memory, for this process only.
-    #[arg(long, env = "DISCOVERED_REDIS_URL", conflicts_with_all = ["redis_host", "redis_port", "redis_db", "redis_username", "redis_password", "redis_sentinels", "redis_master_name"])]
+    /// Redis Sentinel names, or
+    /// redis+cluster://[user:password@]host1:port1,host2:port2 (rediss+cluster://
+    /// for TLS) for a Redis Cluster reached through any of those nodes.
+    /// Without it (and without any --redis-* flag) the registry is kept in
+    /// memory, for this process only.
+    #[arg(long, env = "DISCOVERED_REDIS_URL", conflicts_with_all = ["redis_host", "redis_port", "redis_db", "redis_username", "redis_password", "redis_sentinels", "redis_master_name", "redis_cluster_nodes"])]
     redis_url: Option<String>,
+
+    /// Redis Cluster nodes to start from, host:port,... (port 6379 when
+    /// left out; some of the nodes are enough): the registry spreads over
+    /// the cluster's shards and follows its failovers and resharding.
+    #[arg(long, env = "DISCOVERED_REDIS_CLUSTER_NODES", value_delimiter = ',', conflicts_with_all = ["redis_host", "redis_port", "redis_db", "redis_sentinels", "redis_master_name"])]
+    redis_cluster_nodes: Vec<String>,
 
     /// Redis Sentinel addresses, host:port,... (port 26379 when left out):
     /// the registry lives on the master they name, and follows failovers.
@@ -326,6 +335,15 @@ impl ServeArgs {
         if let Some(url) = &self.redis_url {
             let config = RedisConfig::from_url(url, &self.key_prefix)?;
             return config.with_sentinel_auth(sentinel_auth).map(Some);
+        }
+        if !self.redis_cluster_nodes.is_empty() {
+            return RedisConfig::from_cluster_nodes(
+                &self.redis_cluster_nodes,
+                self.redis_username.as_deref(),
+                self.redis_password.as_deref(),
+                &self.key_prefix,
+            )
+            .map(Some);
         }
         if !self.redis_sentinels.is_empty() {
             let data = DataNode {

@@ -2,8 +2,8 @@
 //!
 //! A stream subscribes to the store's changes first and takes its snapshot
 //! second, so nothing falls between the two: a change that the snapshot
-//! already shows has a revision no higher than the snapshot's and is
-//! skipped. The same happens after every RESYNC.
+//! already shows has a revision no higher than the snapshot's revision of
+//! its service and is skipped. The same happens after every RESYNC.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use crate::auth::{Action, Auth, Caller};
 use crate::model::{NodeRecord, ServiceKey, now_millis};
 use crate::proto::timestamp;
 use crate::proto::v1::{self as pb, EventType};
-use crate::store::{Change, ChangeEvent, Registry, StoreError, StoreEvent};
+use crate::store::{Change, ChangeEvent, Registry, Snapshot, StoreError, StoreEvent};
 
 /// The default of `--watch-buffer-bytes`: encoded bytes of events a stream
 /// holds for a client that reads slowly (issue 11).
@@ -294,11 +294,11 @@ impl Watcher {
         events: &mut broadcast::Receiver<StoreEvent>,
         send_initial: bool,
     ) -> Result<(), End> {
-        let mut revision = if send_initial {
+        let mut seen = if send_initial {
             self.sync(false).await?
         } else {
             self.marker(EventType::Synced).await?;
-            0
+            Snapshot::default()
         };
         loop {
             let event = tokio::select! {
@@ -309,12 +309,14 @@ impl Watcher {
             };
             match event {
                 Ok(StoreEvent::Change(change)) => {
-                    if change.revision > revision && self.filter.matches(change.change.key()) {
+                    let key = change.change.key();
+                    if self.filter.matches(key) && change.revision > seen.revision_of(&key.service)
+                    {
                         self.send(change_event(&change, self.sequence + 1)).await?;
                     }
                 }
                 Ok(StoreEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    revision = self.sync(true).await?;
+                    seen = self.sync(true).await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => return Err(End::Shutdown),
             }
@@ -322,12 +324,12 @@ impl Watcher {
     }
 
     /// Sends the current state (after a RESYNC marker when `resync`), then
-    /// SYNCED; returns the snapshot's revision.
-    async fn sync(&mut self, resync: bool) -> Result<u64, End> {
+    /// SYNCED; returns the snapshot's revisions (its nodes sent).
+    async fn sync(&mut self, resync: bool) -> Result<Snapshot, End> {
         if resync {
             self.marker(EventType::Resync).await?;
         }
-        let snapshot = loop {
+        let mut snapshot = loop {
             match self
                 .registry
                 .snapshot(&self.filter.group, self.filter.service.as_deref())
@@ -347,12 +349,13 @@ impl Watcher {
             }
         };
         let now = now_millis();
-        for node in snapshot.nodes {
-            let event = initial_event(node, snapshot.revision, now, self.sequence + 1);
+        for node in std::mem::take(&mut snapshot.nodes) {
+            let revision = snapshot.revision_of(&node.key.service);
+            let event = initial_event(node, revision, now, self.sequence + 1);
             self.send(event).await?;
         }
         self.marker(EventType::Synced).await?;
-        Ok(snapshot.revision)
+        Ok(snapshot)
     }
 
     async fn marker(&mut self, kind: EventType) -> Result<(), End> {

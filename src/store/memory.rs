@@ -484,6 +484,7 @@ impl Registry for MemoryRegistry {
         Ok(Snapshot {
             revision: state.revision,
             nodes,
+            ..Snapshot::default()
         })
     }
 

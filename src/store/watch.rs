@@ -1,6 +1,7 @@
 //! What a store tells its watchers, and the in-process fan-out that carries
 //! it to every watch stream of this process.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -67,8 +68,8 @@ impl Change {
 pub struct ChangeEvent {
     /// The change.
     pub change: Change,
-    /// The registry's revision for it: increasing across every server that
-    /// shares the registry.
+    /// Its service's revision for it: increasing across every server that
+    /// shares the registry (each service's changes have one order).
     pub revision: u64,
     /// When it happened.
     pub time: Millis,
@@ -84,14 +85,34 @@ pub enum StoreEvent {
     Resync,
 }
 
-/// A consistent view of some nodes at one revision: every change with a
-/// higher revision happened after it.
+/// A consistent view of some nodes: each service's nodes as of a revision
+/// of that service, so that every change of it with a higher revision
+/// happened after the view, and every other change is in the view.
+///
+/// The memory store has one revision for the whole registry
+/// ([`Snapshot::revision`]); Redis has one per service
+/// ([`Snapshot::revisions`]), read with that service's nodes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// The registry's revision when the snapshot was taken.
+    /// The revision of services that have none in `revisions`: the
+    /// registry's (memory store), or 0 (Redis: a service not read yet, all
+    /// of whose changes come after the view).
     pub revision: u64,
+    /// Per service name of the group: its revision when it was read.
+    pub revisions: HashMap<String, u64>,
     /// The live nodes, by service then name.
     pub nodes: Vec<NodeRecord>,
+}
+
+impl Snapshot {
+    /// The revision the view has of `service`: changes of it above this
+    /// one are news to the view.
+    pub fn revision_of(&self, service: &str) -> u64 {
+        self.revisions
+            .get(service)
+            .copied()
+            .unwrap_or(self.revision)
+    }
 }
 
 /// How many events the fan-out holds for the slowest watcher before that

@@ -66,7 +66,7 @@ async fn serves_on_redis_from_environment_and_exits_zero_on_sigint() {
     // The node is in Redis, not in the process.
     let mut conn = redis.connection().await;
     let fields: Vec<String> =
-        redis::AsyncCommands::hkeys(&mut conn, "discovered:v1:{default/payments}:nodes")
+        redis::AsyncCommands::hkeys(&mut conn, "discovered:v2:{default/payments}:nodes")
             .await
             .unwrap();
     assert_eq!(fields, vec!["pay-1"]);

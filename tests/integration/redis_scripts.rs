@@ -53,6 +53,8 @@ async fn register(
         expires_at: None,
         keep_instance,
         actor: None,
+        // The registry lists a service before its first write.
+        listed_now: true,
     };
     match run(conn, keys, call).await {
         NodeWrite::Stored { envelope, .. } => envelope,
@@ -160,7 +162,7 @@ async fn a_change_is_published_where_and_when_the_call_says() {
     assert_eq!(change["service"], "payments", "{payload}");
     assert_eq!(change["node"], "pay-1", "{payload}");
     let revision: u64 = redis::cmd("GET")
-        .arg(keys.revision())
+        .arg(keys.revision(&service))
         .query_async(&mut conn)
         .await
         .expect("revision");

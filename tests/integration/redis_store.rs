@@ -16,11 +16,24 @@ async fn all_keys(t: &mut TestServer) -> Vec<String> {
     keys
 }
 
+/// Every deadline hint, from all shards, sorted.
 async fn deadline_members(t: &mut TestServer) -> Vec<String> {
     let mut conn = t.redis().connection().await;
-    conn.zrange("discovered:v1:deadlines", 0, -1)
-        .await
-        .expect("ZRANGE")
+    let mut members = Vec::new();
+    for shard in 0..discovered::store::redis::DEADLINE_SHARDS {
+        let key = format!("discovered:v2:{{dl{shard}}}:deadlines");
+        let some: Vec<String> = conn.zrange(key, 0, -1).await.expect("ZRANGE");
+        members.extend(some);
+    }
+    members.sort();
+    members
+}
+
+/// The shard key holding the deadline hint of `member`.
+fn deadlines_key_of(t: &[String], member_shard_hint: &str) -> Option<String> {
+    t.iter()
+        .find(|k| k.ends_with(":deadlines") && k.contains(member_shard_hint))
+        .cloned()
 }
 
 #[tokio::test]
@@ -47,8 +60,12 @@ async fn removing_a_service_and_a_group_leaves_no_key_behind() {
         .into_inner();
     assert_eq!((removed.removed, removed.nodes_removed), (true, 2));
     let keys = all_keys(&mut t).await;
+    // Only its revision stays: a service's revisions never go back, also
+    // when it is registered again (see keys.rs).
     assert!(
-        keys.iter().all(|k| !k.contains("shop/cart")),
+        keys.iter()
+            .filter(|k| k.contains("shop/cart"))
+            .all(|k| k == "discovered:v2:{shop/cart}:rev"),
         "keys of shop/cart left: {keys:?}"
     );
     assert!(
@@ -69,28 +86,33 @@ async fn removing_a_service_and_a_group_leaves_no_key_behind() {
         .into_inner();
     assert_eq!((removed.removed, removed.services_removed), (true, 1));
     let keys = all_keys(&mut t).await;
+    let hint = deadlines_key_of(&keys, "{dl").expect("the hint of ops/metrics/m1");
+    let mut want = vec![
+        hint,
+        "discovered:v2:{listing}:group:ops:services".to_string(),
+        "discovered:v2:{listing}:groups".to_string(),
+        "discovered:v2:{ops/metrics}:listed".to_string(),
+        "discovered:v2:{ops/metrics}:nodes".to_string(),
+        "discovered:v2:{ops/metrics}:rev".to_string(),
+        "discovered:v2:{ops/metrics}:service".to_string(),
+        "discovered:v2:{shop/cart}:rev".to_string(),
+        "discovered:v2:{shop/orders}:rev".to_string(),
+    ];
+    want.sort();
     assert_eq!(
-        keys,
-        vec![
-            "discovered:v1:deadlines",
-            "discovered:v1:revision",
-            "discovered:v1:{listing}:group:ops:services",
-            "discovered:v1:{listing}:groups",
-            "discovered:v1:{ops/metrics}:nodes",
-            "discovered:v1:{ops/metrics}:service",
-        ],
-        "only the ops group's keys may remain"
+        keys, want,
+        "only the ops group's keys (and the revisions) may remain"
     );
     assert_eq!(deadline_members(&mut t).await, vec!["ops/metrics/m1"]);
     let mut conn = t.redis().connection().await;
     let groups: Vec<String> = conn
-        .zrange("discovered:v1:{listing}:groups", 0, -1)
+        .zrange("discovered:v2:{listing}:groups", 0, -1)
         .await
         .unwrap();
     assert_eq!(groups, vec!["ops"]);
 
-    // Removing the last group leaves only the registry-wide revision
-    // counter, which no group owns (watchers rely on it never going back).
+    // Removing the last group leaves only the services' revisions, which
+    // watchers rely on never going back.
     t.client
         .remove_service_group(RemoveServiceGroupRequest {
             service_group: "ops".into(),
@@ -98,7 +120,14 @@ async fn removing_a_service_and_a_group_leaves_no_key_behind() {
         })
         .await
         .unwrap();
-    assert_eq!(all_keys(&mut t).await, vec!["discovered:v1:revision"]);
+    assert_eq!(
+        all_keys(&mut t).await,
+        vec![
+            "discovered:v2:{ops/metrics}:rev",
+            "discovered:v2:{shop/cart}:rev",
+            "discovered:v2:{shop/orders}:rev",
+        ]
+    );
 }
 
 #[tokio::test]
@@ -106,16 +135,17 @@ async fn expired_nodes_are_removed_from_redis() {
     let mut t = TestServer::start(Backend::Redis).await;
     register_node(&mut t.client, bare_node("default", "api", "short", Some(1))).await;
     register_node(&mut t.client, bare_node("default", "api", "long", None)).await;
-    let mut conn = t.redis().connection().await;
+    let conn = t.redis().connection().await;
     eventually("the expired node's hash field to be swept", || {
         let mut conn = conn.clone();
         async move {
-            let fields: Vec<String> = conn.hkeys("discovered:v1:{default/api}:nodes").await.ok()?;
+            let fields: Vec<String> = conn.hkeys("discovered:v2:{default/api}:nodes").await.ok()?;
             (fields == vec!["long".to_string()]).then_some(())
         }
     })
     .await;
-    let members: Vec<String> = conn.zrange("discovered:v1:deadlines", 0, -1).await.unwrap();
+    drop(conn);
+    let members = deadline_members(&mut t).await;
     assert!(members.is_empty(), "deadline entry left: {members:?}");
 }
 
@@ -315,7 +345,7 @@ async fn a_node_racing_its_services_removal_is_never_left_unlisted() {
 
 /// Redis forgetting the scripts (a restart, a failover to a replica that
 /// never loaded them, SCRIPT FLUSH) costs one retry, also for the writes
-/// sent as MULTI/EXEC, and leaves nothing half done.
+/// sent as several steps, and leaves nothing half done.
 #[tokio::test]
 async fn writes_survive_redis_forgetting_the_scripts() {
     let mut t = TestServer::start(Backend::Redis).await;
@@ -357,7 +387,7 @@ async fn writes_survive_redis_forgetting_the_scripts() {
         })
         .await
         .expect("RemoveService");
-    assert_eq!(all_keys(&mut t).await, ["discovered:v1:revision"]);
+    assert_eq!(all_keys(&mut t).await, ["discovered:v2:{g/s}:rev"]);
 }
 
 #[tokio::test]

@@ -232,7 +232,7 @@ async fn credentials_are_encrypted_at_rest_and_revealed_on_request() {
 
     // The same credentials again: the stored value stays, and watchers
     // see no change (a fresh nonce would make every re-registration one).
-    let service_key = "discovered:v1:{g/svc0}:service";
+    let service_key = "discovered:v2:{g/svc0}:service";
     let before: String = redis::cmd("GET")
         .arg(service_key)
         .query_async(&mut conn)
@@ -339,12 +339,12 @@ async fn credentials_that_cannot_be_opened_fail_the_reveal_only() {
     // A sealed value copied into another service's record does not open.
     let mut conn = redis.connection().await;
     let pay: String = redis::cmd("GET")
-        .arg("discovered:v1:{g/pay}:service")
+        .arg("discovered:v2:{g/pay}:service")
         .query_async(&mut conn)
         .await
         .unwrap();
     let _: () = redis::cmd("SET")
-        .arg("discovered:v1:{g/other}:service")
+        .arg("discovered:v2:{g/other}:service")
         .arg(&pay)
         .query_async(&mut conn)
         .await
@@ -475,12 +475,12 @@ async fn no_secret_in_any_log_line() {
     // with the value either.
     let mut admin = redis.admin_connection().await;
     let raw: String = redis::cmd("GET")
-        .arg("discovered:v1:{g/svc0}:service")
+        .arg("discovered:v2:{g/svc0}:service")
         .query_async(&mut admin)
         .await
         .unwrap();
     let _: () = redis::cmd("SET")
-        .arg("discovered:v1:{g/svc1}:service")
+        .arg("discovered:v2:{g/svc1}:service")
         .arg(&raw)
         .query_async(&mut admin)
         .await

@@ -21,6 +21,9 @@ pub enum ConfigError {
     /// The Sentinel settings are incomplete or do not parse.
     #[error("bad Sentinel settings: {0}")]
     Sentinel(String),
+    /// The Cluster settings are incomplete or do not parse.
+    #[error("bad Redis Cluster settings: {0}")]
+    Cluster(String),
 }
 
 /// Which Redis the registry's commands go to.
@@ -36,6 +39,12 @@ pub enum Target {
         /// the address is the master's, filled in when it is found.
         data: ConnectionInfo,
     },
+    /// A Redis Cluster, found through any of these nodes (with the login
+    /// and TLS every node takes); database 0, the only one Cluster has.
+    Cluster {
+        /// The seed nodes.
+        seeds: Vec<ConnectionInfo>,
+    },
 }
 
 impl Target {
@@ -45,6 +54,7 @@ impl Target {
             Target::Direct(info) | Target::Sentinel { data: info, .. } => {
                 info.redis_settings().db()
             }
+            Target::Cluster { .. } => 0,
         }
     }
 
@@ -57,6 +67,14 @@ impl Target {
                 "master {:?} of the sentinels at {}",
                 sentinels.master_name,
                 sentinels.addrs_text()
+            ),
+            Target::Cluster { seeds } => format!(
+                "cluster at {}",
+                seeds
+                    .iter()
+                    .map(super::pool::display_addr)
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
         }
     }
@@ -82,8 +100,13 @@ impl RedisConfig {
     /// `redis+sentinel://[user:password@]host1[:port1],host2[:port2],.../<master-name>[/<db>]`
     /// (`rediss+sentinel://` for TLS to the data nodes; user and password
     /// are the data nodes'; the sentinels' own go in the query as
-    /// `sentinel_username` and `sentinel_password`).
+    /// `sentinel_username` and `sentinel_password`), or a Redis Cluster URL
+    /// `redis+cluster://[user:password@]host1[:port1],host2[:port2],...`
+    /// (`rediss+cluster://` for TLS) naming some of its nodes.
     pub fn from_url(url: &str, key_prefix: &str) -> Result<Self, ConfigError> {
+        if let Some((tls, rest)) = cluster_scheme(url) {
+            return parse_cluster_url(tls, rest).map(|t| Self::with_target(t, key_prefix));
+        }
         if let Some((tls, rest)) = sentinel_scheme(url) {
             return parse_sentinel_url(tls, rest).map(|t| Self::with_target(t, key_prefix));
         }
@@ -105,6 +128,22 @@ impl RedisConfig {
             .map(|a| parse_host_port(a))
             .collect::<Result<Vec<_>, _>>()?;
         let target = sentinel_target(addrs, master_name, data, false)?;
+        Ok(Self::with_target(target, key_prefix))
+    }
+
+    /// From Redis Cluster seed nodes `host[:port]` (port 6379 when left
+    /// out) and the login every node takes.
+    pub fn from_cluster_nodes(
+        addrs: &[String],
+        username: Option<&str>,
+        password: Option<&str>,
+        key_prefix: &str,
+    ) -> Result<Self, ConfigError> {
+        let addrs = addrs
+            .iter()
+            .map(|a| parse_node_addr(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let target = cluster_target(addrs, username, password, false)?;
         Ok(Self::with_target(target, key_prefix))
     }
 
@@ -161,7 +200,7 @@ impl RedisConfig {
     pub fn with_tls_ca(mut self, ca_pem: Vec<u8>) -> Result<Self, ConfigError> {
         let Target::Direct(info) = &self.target else {
             return Err(ConfigError::Tls(
-                "--redis-tls-ca is not supported with Sentinel yet".into(),
+                "--redis-tls-ca is not supported with Sentinel or Cluster yet".into(),
             ));
         };
         if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
@@ -252,6 +291,107 @@ fn sentinel_target(
     })
 }
 
+/// `Some(tls, rest)` for a `redis+cluster://` or `rediss+cluster://` URL.
+fn cluster_scheme(url: &str) -> Option<(bool, &str)> {
+    if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        Some((false, rest))
+    } else {
+        url.strip_prefix("rediss+cluster://")
+            .map(|rest| (true, rest))
+    }
+}
+
+/// The part of a Cluster URL after its scheme.
+fn parse_cluster_url(tls: bool, rest: &str) -> Result<Target, ConfigError> {
+    let bad = |why: String| {
+        ConfigError::Cluster(format!(
+            "{why} (want redis+cluster://[user:password@]host[:port],host[:port],...)"
+        ))
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?']) {
+        return Err(bad(format!(
+            "{authority:?} has a path or query: a Cluster has database 0 only"
+        )));
+    }
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let (username, password) = match userinfo {
+        Some(u) => match u.split_once(':') {
+            Some((user, pass)) => (decode(user)?, decode(pass)?),
+            None => (decode(u)?, String::new()),
+        },
+        None => (String::new(), String::new()),
+    };
+    let addrs = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(parse_node_addr)
+        .collect::<Result<Vec<_>, _>>()?;
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    cluster_target(
+        addrs,
+        some(&username).as_deref(),
+        some(&password).as_deref(),
+        tls,
+    )
+}
+
+fn cluster_target(
+    addrs: Vec<(String, u16)>,
+    username: Option<&str>,
+    password: Option<&str>,
+    tls: bool,
+) -> Result<Target, ConfigError> {
+    if addrs.is_empty() {
+        return Err(ConfigError::Cluster("no cluster node given".into()));
+    }
+    let mut settings = RedisConnectionInfo::default();
+    if let Some(u) = username {
+        settings = settings.set_username(u);
+    }
+    if let Some(p) = password {
+        settings = settings.set_password(p);
+    }
+    let seeds = addrs
+        .into_iter()
+        .map(|(host, port)| node_info(&host, port, tls, &settings))
+        .collect::<Result<_, _>>()?;
+    Ok(Target::Cluster { seeds })
+}
+
+/// The connection settings of one node: `settings`' login at `host:port`.
+pub fn node_info(
+    host: &str,
+    port: u16,
+    tls: bool,
+    settings: &RedisConnectionInfo,
+) -> Result<ConnectionInfo, ConfigError> {
+    let addr = if tls {
+        ConnectionAddr::TcpTls {
+            host: host.into(),
+            port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(host.into(), port)
+    };
+    Ok(addr
+        .into_connection_info()
+        .map_err(ConfigError::Address)?
+        .set_redis_settings(settings.clone()))
+}
+
+/// A cluster node's `host[:port]` or `[v6]:port`; 6379 when no port is
+/// given.
+fn parse_node_addr(s: &str) -> Result<(String, u16), ConfigError> {
+    split_host_port(s, 6379)
+        .ok_or_else(|| ConfigError::Cluster(format!("bad cluster node address {s:?}")))
+}
+
 /// `Some(tls, rest)` for a `redis+sentinel://` or `rediss+sentinel://` URL.
 fn sentinel_scheme(url: &str) -> Option<(bool, &str)> {
     if let Some(rest) = url.strip_prefix("redis+sentinel://") {
@@ -319,11 +459,17 @@ fn parse_sentinel_url(tls: bool, rest: &str) -> Result<Target, ConfigError> {
     sentinel_target(addrs, &decode(master)?, data, tls)
 }
 
-/// `host[:port]` or `[v6]:port`; the sentinel port when none is given.
+/// A sentinel's `host[:port]` or `[v6]:port`; the sentinel port when none
+/// is given.
 fn parse_host_port(s: &str) -> Result<(String, u16), ConfigError> {
-    let bad = || ConfigError::Sentinel(format!("bad sentinel address {s:?}"));
+    split_host_port(s, sentinel::DEFAULT_PORT)
+        .ok_or_else(|| ConfigError::Sentinel(format!("bad sentinel address {s:?}")))
+}
+
+/// `host[:port]` or `[v6]:port`, with `default_port` when none is given.
+fn split_host_port(s: &str, default_port: u16) -> Option<(String, u16)> {
     let (host, port) = if let Some(v6) = s.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+        let (host, after) = v6.split_once(']')?;
         (host, after.strip_prefix(':'))
     } else {
         match s.rsplit_once(':') {
@@ -332,13 +478,10 @@ fn parse_host_port(s: &str) -> Result<(String, u16), ConfigError> {
         }
     };
     let port = match port {
-        Some(p) => p.parse().map_err(|_| bad())?,
-        None => sentinel::DEFAULT_PORT,
+        Some(p) => p.parse().ok()?,
+        None => default_port,
     };
-    if host.is_empty() || port == 0 {
-        return Err(bad());
-    }
-    Ok((host.to_string(), port))
+    (!host.is_empty() && port != 0).then(|| (host.to_string(), port))
 }
 
 /// Percent-decodes one URL part.
@@ -369,7 +512,7 @@ mod tests {
     fn sentinel(url: &str) -> (Sentinels, ConnectionInfo) {
         match RedisConfig::from_url(url, "p").expect(url).target {
             Target::Sentinel { sentinels, data } => (sentinels, data),
-            Target::Direct(_) => panic!("{url} is no Sentinel URL"),
+            _ => panic!("{url} is no Sentinel URL"),
         }
     }
 
@@ -396,6 +539,42 @@ mod tests {
         let (_, data) = sentinel("rediss+sentinel://h/m");
         assert!(matches!(data.addr(), ConnectionAddr::TcpTls { .. }));
         assert_eq!(data.redis_settings().db(), 0);
+    }
+
+    #[test]
+    fn a_cluster_url_names_its_seeds_and_login() {
+        let config = RedisConfig::from_url("redis+cluster://u:p%21@h1:7000,h2,[::1]:7002/", "p")
+            .expect("cluster url");
+        let Target::Cluster { seeds } = config.target else {
+            panic!("not a cluster target")
+        };
+        let addrs: Vec<String> = seeds.iter().map(super::super::pool::display_addr).collect();
+        assert_eq!(addrs, ["h1:7000", "h2:6379", "::1:7002"]);
+        assert!(
+            seeds
+                .iter()
+                .all(|s| s.redis_settings().password() == Some("p!"))
+        );
+        assert!(
+            seeds
+                .iter()
+                .all(|s| s.redis_settings().username() == Some("u"))
+        );
+        let Target::Cluster { seeds } = RedisConfig::from_url("rediss+cluster://h:1", "p")
+            .expect("tls")
+            .target
+        else {
+            panic!("not a cluster target")
+        };
+        assert!(matches!(seeds[0].addr(), ConnectionAddr::TcpTls { .. }));
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster://h:x",
+            "redis+cluster://h:1/3",
+        ] {
+            let e = RedisConfig::from_url(bad, "p").expect_err(bad);
+            assert!(e.to_string().starts_with("bad Redis Cluster"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -107,6 +107,9 @@ impl Master {
         match &self.target {
             Target::Direct(info) => Ok(info.clone()),
             Target::Sentinel { sentinels, data } => sentinels.resolve(data).await,
+            // A cluster is reached through `cluster.rs`, never a Master;
+            // its first seed is the one node there is to name.
+            Target::Cluster { seeds } => Ok(seeds[0].clone()),
         }
     }
 

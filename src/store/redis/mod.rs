@@ -41,9 +41,11 @@
 //! racing writer sees one half without the other.
 
 mod changes;
+mod cluster;
 mod config;
 mod keys;
 mod master;
+mod migrate;
 mod pool;
 // Public only for tests/redis_scripts.rs, which runs the scripts on
 // records the Rust side encoded: not part of the crate's API.
@@ -53,11 +55,12 @@ mod registry;
 #[doc(hidden)]
 pub mod scripts;
 mod sentinel;
+mod shards;
 mod subscriber;
 mod sweeper;
 
 pub use config::{ConfigError, DataNode, RedisConfig, Target};
-pub use keys::Keys;
+pub use keys::{DEADLINE_SHARDS, Keys};
 pub use pool::{Purpose, RedisPool};
 pub use registry::{CheckError, RedisRegistry};
 pub use sentinel::{ResolveError, Sentinels};

@@ -1,14 +1,15 @@
 //! The connection layer: every request-path Redis command goes through
 //! [`RedisPool`].
 //!
-//! It wraps a bb8 pool of multiplexed connections to the [`Master`] with
-//! what a server needs on top: a bound on every call, so a dead Redis turns
+//! On a single Redis or Sentinel it wraps a bb8 pool of multiplexed
+//! connections to the [`Master`] with what a server needs on top: a bound on every call, so a dead Redis turns
 //! into UNAVAILABLE instead of a hang; retirement of connections that
 //! failed or that a failover left on the old master (an older generation,
 //! or a node that answers READONLY, NOREPLICAS, MASTERDOWN or LOADING), so
 //! the pool heals by itself; and reloading of Lua scripts that a restarted
-//! or newly promoted Redis does not have. Callers only see
-//! [`RedisPool::query`].
+//! or newly promoted Redis does not have. On Redis Cluster it wraps the
+//! cluster connection ([`ClusterLink`]), which heals by itself, with the
+//! same bound and script reloading. Callers only see [`RedisPool::query`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,10 +18,11 @@ use std::time::Duration;
 use bb8::{ManageConnection, Pool, RunError};
 use redis::aio::MultiplexedConnection;
 use redis::{
-    ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValue, Pipeline, RedisError, Script,
-    ServerErrorKind,
+    ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisResult,
+    Script, ServerErrorKind,
 };
 
+use super::cluster::ClusterLink;
 use super::master::Master;
 use crate::store::{StoreError, StoreResult};
 
@@ -135,10 +137,27 @@ impl ManageConnection for Manager {
 /// A bounded, self-healing pool of Redis connections.
 #[derive(Clone)]
 pub struct RedisPool {
-    pool: Pool<Manager>,
-    master: Arc<Master>,
+    via: Via,
     scripts: &'static [&'static Script],
     query_timeout: Duration,
+}
+
+/// What a pool's connections go to.
+#[derive(Clone)]
+enum Via {
+    /// One Redis, or the master Sentinel names.
+    Master {
+        pool: Pool<Manager>,
+        master: Arc<Master>,
+    },
+    /// A Redis Cluster.
+    Cluster(Arc<ClusterLink>),
+}
+
+/// The connection one call works on.
+enum Conn {
+    Master(MultiplexedConnection, Arc<AtomicBool>),
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 /// `host:port` (or the socket path) of a connection, for messages.
@@ -174,29 +193,47 @@ impl RedisPool {
             .retry_connection(false)
             .build_unchecked(manager);
         Self {
-            pool,
-            master,
+            via: Via::Master { pool, master },
             scripts,
             query_timeout: purpose.query_timeout(),
         }
     }
 
-    /// Where the pool connects, for messages.
-    pub fn addr(&self) -> String {
-        self.master.describe()
+    /// A pool on a Redis Cluster for `purpose`: one cluster connection
+    /// (its own per-node connections are multiplexed), made on first use.
+    pub fn cluster(
+        seeds: Vec<ConnectionInfo>,
+        scripts: &'static [&'static Script],
+        purpose: Purpose,
+    ) -> RedisResult<Self> {
+        let link = ClusterLink::new(seeds, purpose.query_timeout())?;
+        Ok(Self {
+            via: Via::Cluster(Arc::new(link)),
+            scripts,
+            query_timeout: purpose.query_timeout(),
+        })
     }
 
-    /// Connects once and sends PING, returning the error as Redis gave it:
-    /// used at start to report an unreachable server or bad credentials.
-    pub async fn check(&self) -> Result<(), RedisError> {
-        let conn = self.pool.dedicated_connection();
-        let mut conn = tokio::time::timeout(CONNECTION_TIMEOUT, conn)
-            .await
-            .map_err(|_| RedisError::from((ErrorKind::Io, "timed out connecting")))??;
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn.conn)
-            .await
-            .map(|_| ())
+    /// Where the pool connects, for messages.
+    pub fn addr(&self) -> String {
+        match &self.via {
+            Via::Master { master, .. } => master.describe(),
+            Via::Cluster(link) => link.describe(),
+        }
+    }
+
+    /// The cluster behind the pool, if it is on one.
+    pub fn cluster_link(&self) -> Option<&Arc<ClusterLink>> {
+        match &self.via {
+            Via::Cluster(link) => Some(link),
+            Via::Master { .. } => None,
+        }
+    }
+
+    /// Whether requests to different hash slots can share a pipeline (not
+    /// on Cluster, where each slot may live on another node).
+    pub fn mixes_slots(&self) -> bool {
+        matches!(self.via, Via::Master { .. })
     }
 
     /// Runs a pipeline and converts its replies. Connection failures and
@@ -216,6 +253,18 @@ impl RedisPool {
     }
 
     async fn load_scripts(&self) -> StoreResult<()> {
+        if let Via::Cluster(_) = &self.via {
+            // SCRIPT LOAD goes to every node (redis-rs routes it so) and
+            // cannot share a pipeline with anything.
+            for script in self.scripts {
+                let mut pipe = redis::pipe();
+                pipe.load_script(script);
+                self.try_query::<Vec<String>>(&pipe)
+                    .await
+                    .map_err(|e| self.store_error(e))?;
+            }
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         for script in self.scripts {
             pipe.load_script(script);
@@ -232,16 +281,32 @@ impl RedisPool {
         // the pool and this call works on a clone. Holding it for the whole
         // call would give each connection one caller at a time: more
         // connections, smaller writes, and about a third less throughput.
-        let (mut conn, broken) = self.shared_connection().await?;
+        let (mut conn, broken) = match self.shared_connection().await? {
+            Conn::Master(conn, broken) => (conn, broken),
+            Conn::Cluster(mut conn) => {
+                // The cluster connection reconnects and reroutes by itself.
+                return match tokio::time::timeout(
+                    self.query_timeout,
+                    pipe.query_async::<T>(&mut conn),
+                )
+                .await
+                {
+                    Ok(result) => result.map_err(QueryError::Redis),
+                    Err(_) => Err(QueryError::Timeout),
+                };
+            }
+        };
         match tokio::time::timeout(self.query_timeout, pipe.query_async::<T>(&mut conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if is_connection_error(&e) || is_busy_loading(&e) {
                     broken.store(true, Ordering::Relaxed);
                 }
-                if is_not_master(&e) {
+                if is_not_master(&e)
+                    && let Via::Master { master, .. } = &self.via
+                {
                     // Every connection to this node is stale, not just ours.
-                    self.master.suspect(&format!("Redis answered {e}"));
+                    master.suspect(&format!("Redis answered {e}"));
                 }
                 Err(QueryError::Redis(e))
             }
@@ -255,19 +320,26 @@ impl RedisPool {
     /// A clone of a pooled connection that no caller has seen fail. A
     /// connection that failed since it went back to the pool is dropped
     /// here (bb8 discards a broken connection when it is returned).
-    async fn shared_connection(
-        &self,
-    ) -> Result<(MultiplexedConnection, Arc<AtomicBool>), QueryError> {
+    async fn shared_connection(&self) -> Result<Conn, QueryError> {
+        let (pool, master) = match &self.via {
+            Via::Master { pool, master } => (pool, master),
+            Via::Cluster(link) => {
+                return match tokio::time::timeout(CONNECTION_TIMEOUT, link.connection()).await {
+                    Ok(conn) => conn.map(Conn::Cluster).map_err(QueryError::Redis),
+                    Err(_) => Err(QueryError::Timeout),
+                };
+            }
+        };
         loop {
-            let pooled = self.pool.get().await.map_err(|e| match e {
+            let pooled = pool.get().await.map_err(|e| match e {
                 RunError::User(e) => QueryError::Redis(e),
                 RunError::TimedOut => QueryError::Timeout,
             })?;
-            if pooled.generation < self.master.generation() {
+            if pooled.generation < master.generation() {
                 pooled.broken.store(true, Ordering::Relaxed);
             }
             if !pooled.broken.load(Ordering::Relaxed) {
-                return Ok((pooled.conn.clone(), pooled.broken.clone()));
+                return Ok(Conn::Master(pooled.conn.clone(), pooled.broken.clone()));
             }
         }
     }
@@ -325,6 +397,7 @@ fn is_busy_loading(e: &RedisError) -> bool {
 fn is_unavailable(e: &RedisError) -> bool {
     is_connection_error(e)
         || is_not_master(e)
+        || e.is_cluster_error()
         || has_code(e, &["LOADING", "TRYAGAIN", "CLUSTERDOWN"])
 }
 

@@ -1,6 +1,7 @@
 //! [`RedisRegistry`]: the [`Registry`] operations as pipelines of the
 //! typed script calls (`scripts/`) and plain commands.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,16 +9,22 @@ use async_trait::async_trait;
 use tokio::sync::{Semaphore, SemaphorePermit, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use super::config::RedisConfig;
+use futures::{StreamExt, TryStreamExt};
+
+use super::cluster::ClusterLink;
+use super::config::{RedisConfig, Target};
 use super::keys::{Keys, deadline_member};
 use super::master::Master;
+use super::migrate;
 use super::pool::{self, Purpose, RedisPool};
 use super::record::{self, live_nodes, node_record, service_record};
 use super::scripts::{
-    self, Heartbeat, ListingAdd, ListingRemove, NodeRemoval, NodeRenewal, NodeWrite, RegisterNode,
-    RegisterService, RemoveNode, RemoveService, RemovedService, ScriptCall,
+    self, Heartbeat, ListingAdd, ListingRemove, MarkListed, NodeRemoval, NodeRenewal, NodeWrite,
+    RegisterNode, RegisterService, RemoveNode, RemoveService, RemovedService, ScriptCall,
+    ServiceWrite, pending_member,
 };
 use super::sentinel::{self, ResolveError};
+use super::shards::{self, ShardSubscriber};
 use super::subscriber::{self, Subscriber};
 use super::sweeper::Sweeper;
 use crate::model::{
@@ -77,6 +84,14 @@ pub enum CheckError {
         /// What went wrong.
         source: redis::RedisError,
     },
+    /// Data of an older key layout could not be moved over.
+    #[error("cannot move the registry at {addr} to the current key layout: {reason}")]
+    Migration {
+        /// Where Redis is.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The change subscription did not come up in time.
     #[error("cannot subscribe to change notifications on Redis at {addr}")]
     NotSubscribed {
@@ -107,7 +122,9 @@ pub struct RedisRegistry {
 }
 
 struct Inner {
-    master: Arc<Master>,
+    /// What the registry is on: one Redis (or Sentinel's master), or a
+    /// cluster.
+    deployment: Deployment,
     /// The connections of every call but those below.
     pool: RedisPool,
     /// The connections of large reads, so that small calls never queue
@@ -130,7 +147,21 @@ struct Inner {
     /// Seals `auth_credentials` at rest (`--secret-key-file`).
     secret_key: Option<SecretKey>,
     /// The subscriber, until [`RedisRegistry::check`] starts it.
-    subscriber: std::sync::Mutex<Option<Subscriber>>,
+    subscriber: std::sync::Mutex<Option<Feed>>,
+}
+
+/// Where the registry's Redis is.
+enum Deployment {
+    /// One Redis at a fixed address, or the master Sentinel names.
+    Master(Arc<Master>),
+    /// A Redis Cluster.
+    Cluster(Arc<ClusterLink>),
+}
+
+/// The change subscription of either deployment, until it starts.
+enum Feed {
+    Master(Subscriber),
+    Cluster(ShardSubscriber),
 }
 
 impl Drop for Inner {
@@ -145,16 +176,16 @@ struct ServiceRemoval {
     existed: bool,
     /// How many of its nodes were live.
     live: u32,
-    /// The deadline entries of its nodes, to drop.
+    /// The deadline hints of its nodes, to drop.
     deadlines: Vec<String>,
 }
 
 impl ServiceRemoval {
-    /// Reads the replies of [`RedisRegistry::add_service_removal`].
+    /// Reads what [`RemoveService`] and [`ListingRemove`] replied.
     fn new(
         key: &ServiceKey,
         removed: RemovedService,
-        unlisted: bool,
+        unlisted: i64,
         now: Millis,
     ) -> StoreResult<Self> {
         let mut live = 0;
@@ -167,22 +198,12 @@ impl ServiceRemoval {
             live += u32::from(!node.is_expired(now));
         }
         Ok(Self {
-            existed: removed.had_record || !removed.nodes.is_empty() || unlisted,
+            // -1: still listed for a registration racing this removal.
+            existed: removed.had_record || !removed.nodes.is_empty() || unlisted != 0,
             live,
             deadlines,
         })
     }
-}
-
-/// A MULTI/EXEC pipeline, for writes that touch a service's listing (in the
-/// `{listing}` slot) and its records (in the service's own slot) together.
-/// Redis then runs them with no other client's command in between, so a
-/// registration racing a removal of the same service cannot leave a node
-/// that is stored but unlisted. Still one round trip.
-fn atomic_pipeline() -> redis::Pipeline {
-    let mut pipe = redis::pipe();
-    pipe.atomic();
-    pipe
 }
 
 impl RedisRegistry {
@@ -194,29 +215,57 @@ impl RedisRegistry {
 
     /// A registry on the Redis that `config` names. Connects lazily: call
     /// [`RedisRegistry::check`] before serving, to find out whether Redis
-    /// answers and to start the change subscription that watchers need.
-    /// Spawns the expiry sweeper on the current Tokio runtime; it ends when
-    /// the last clone of the registry is dropped.
+    /// answers, to move data of an older layout over, and to start the
+    /// change subscription that watchers need. Spawns the expiry sweeper
+    /// on the current Tokio runtime; it ends when the last clone of the
+    /// registry is dropped.
     pub fn new(config: RedisConfig) -> StoreResult<Self> {
-        let master = Arc::new(Master::new(config.target));
-        let db = master.db();
-        let pool = RedisPool::new(master.clone(), scripts::all(), Purpose::Requests);
-        let large = RedisPool::new(master.clone(), scripts::all(), Purpose::LargeReads);
-        let probe = RedisPool::new(master.clone(), scripts::all(), Purpose::Health);
+        let db = config.target.db();
         let keys = Keys::new(&config.key_prefix);
         let hub = Hub::new();
         let stop = CancellationToken::new();
         let (subscribed_tx, subscribed) = tokio::sync::watch::channel(false);
-        let subscriber = Subscriber {
-            master: master.clone(),
-            keys: keys.clone(),
-            db,
-            config_set: config.config_set,
-            hub: hub.clone(),
-            stop: stop.clone(),
-            subscribed: subscribed_tx,
+        let (deployment, pool, large, probe, feed) = match config.target {
+            Target::Cluster { seeds } => {
+                let pool_of = |purpose| {
+                    RedisPool::cluster(seeds.clone(), scripts::all(), purpose)
+                        .map_err(|e| StoreError::Internal(format!("Redis Cluster settings: {e}")))
+                };
+                let pool = pool_of(Purpose::Requests)?;
+                let link = pool.cluster_link().expect("a cluster pool").clone();
+                let feed = Feed::Cluster(ShardSubscriber {
+                    link: link.clone(),
+                    keys: keys.clone(),
+                    config_set: config.config_set,
+                    hub: hub.clone(),
+                    stop: stop.clone(),
+                    subscribed: subscribed_tx,
+                });
+                let large = pool_of(Purpose::LargeReads)?;
+                let probe = pool_of(Purpose::Health)?;
+                (Deployment::Cluster(link), pool, large, probe, feed)
+            }
+            target => {
+                let master = Arc::new(Master::new(target));
+                master.follow(&stop);
+                let pool_of = |purpose| RedisPool::new(master.clone(), scripts::all(), purpose);
+                let feed = Feed::Master(Subscriber {
+                    master: master.clone(),
+                    keys: keys.clone(),
+                    db,
+                    config_set: config.config_set,
+                    hub: hub.clone(),
+                    stop: stop.clone(),
+                    subscribed: subscribed_tx,
+                });
+                let (pool, large, probe) = (
+                    pool_of(Purpose::Requests),
+                    pool_of(Purpose::LargeReads),
+                    pool_of(Purpose::Health),
+                );
+                (Deployment::Master(master), pool, large, probe, feed)
+            }
         };
-        master.follow(&stop);
         tokio::spawn(
             Sweeper {
                 pool: pool.clone(),
@@ -227,7 +276,7 @@ impl RedisRegistry {
         );
         Ok(Self {
             inner: Arc::new(Inner {
-                master,
+                deployment,
                 pool,
                 large,
                 large_slots: Semaphore::new(LARGE_READS_IN_FLIGHT),
@@ -239,16 +288,46 @@ impl RedisRegistry {
                 stop,
                 subscribed,
                 secret_key: config.secret_key,
-                subscriber: std::sync::Mutex::new(Some(subscriber)),
+                subscriber: std::sync::Mutex::new(Some(feed)),
             }),
         })
     }
 
-    /// Finds the master (through the sentinels, for Sentinel), connects
-    /// once and sends PING, enables keyspace notifications (unless told
-    /// not to) and waits for the change subscription.
+    /// Connects once and sends PING (for Sentinel, after finding the
+    /// master), enables keyspace notifications (unless told not to) on
+    /// every node that may hold our keys, moves data of an older layout
+    /// over (`migrate.rs`), and waits for the change subscription.
     pub async fn check(&self) -> Result<(), CheckError> {
-        let info = self.inner.master.resolve().await?;
+        let addr = match &self.inner.deployment {
+            Deployment::Master(master) => self.check_master(master).await?,
+            Deployment::Cluster(link) => self.check_cluster(link).await?,
+        };
+        migrate::from_v1(&self.inner.pool, &self.inner.keys)
+            .await
+            .map_err(|e| CheckError::Migration {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        // The subscriber starts here, once Redis is known to be usable, so
+        // that a refused start says one thing once.
+        if let Some(feed) = self.inner.subscriber.lock().ok().and_then(|mut s| s.take()) {
+            match feed {
+                Feed::Master(s) => tokio::spawn(s.run()),
+                Feed::Cluster(s) => tokio::spawn(s.run()),
+            };
+        }
+        // Serve only once changes reach this process, so the first
+        // watchers need no RESYNC.
+        let mut subscribed = self.inner.subscribed.clone();
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribed.wait_for(|up| *up)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(CheckError::NotSubscribed { addr }),
+        }
+    }
+
+    /// [`Self::check`] on one Redis: returns its `host:port`.
+    async fn check_master(&self, master: &Master) -> Result<String, CheckError> {
+        let info = master.resolve().await?;
         let addr = pool::display_addr(&info);
         let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, sentinel::connect(&info))
             .await
@@ -266,18 +345,26 @@ impl RedisRegistry {
                     source,
                 })?;
         }
-        // The subscriber starts here, once Redis is known to be usable, so
-        // that a refused start says one thing once.
-        if let Some(subscriber) = self.inner.subscriber.lock().ok().and_then(|mut s| s.take()) {
-            tokio::spawn(subscriber.run());
+        Ok(addr)
+    }
+
+    /// [`Self::check`] on a cluster: returns its description.
+    async fn check_cluster(&self, link: &ClusterLink) -> Result<String, CheckError> {
+        let addr = link.describe();
+        let mut conn = link
+            .connection()
+            .await
+            .map_err(|source| CheckError::connecting(addr.clone(), source))?;
+        redis::cmd("PING")
+            .query_async::<redis::Value>(&mut conn)
+            .await
+            .map_err(|source| CheckError::connecting(addr.clone(), source))?;
+        if self.inner.config_set {
+            shards::ensure_notifications(link, None)
+                .await
+                .map_err(|(addr, source)| CheckError::Notifications { addr, source })?;
         }
-        // Serve only once changes reach this process, so the first
-        // watchers need no RESYNC.
-        let mut subscribed = self.inner.subscribed.clone();
-        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribed.wait_for(|up| *up)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(CheckError::NotSubscribed { addr }),
-        }
+        Ok(addr)
     }
 
     fn keys(&self) -> &Keys {
@@ -316,38 +403,39 @@ impl RedisRegistry {
         &self.inner.pool
     }
 
-    /// Adds a node's deadline to a pipeline: its new time, or its removal
-    /// for a node without TTL.
-    fn set_deadline(
+    /// Sets a node's deadline hint to its new deadline, or drops it for a
+    /// node without TTL.
+    async fn set_deadline(
         &self,
-        pipe: &mut redis::Pipeline,
         key: &ServiceKey,
         node: &str,
         expires_at: Option<Millis>,
-    ) {
+    ) -> StoreResult<()> {
         let member = deadline_member(key, node);
-        match expires_at {
-            Some(t) => pipe.zadd(self.keys().deadlines(), member, t).ignore(),
-            None => pipe.zrem(self.keys().deadlines(), member).ignore(),
-        };
-    }
-
-    /// Adds the removal of a service's keys and listing to a pipeline; its
-    /// replies are a [`RemovedService`] and whether it was listed.
-    fn add_service_removal(&self, pipe: &mut redis::Pipeline, key: &ServiceKey) {
-        let now = now_millis();
-        RemoveService { service: key, now }.add_to(pipe, self.keys());
-        ListingRemove { service: key }.add_to(pipe, self.keys());
-    }
-
-    /// Drops deadline entries of removed nodes (no-op for none).
-    async fn forget_deadlines(&self, members: &[String]) -> StoreResult<()> {
-        if members.is_empty() {
-            return Ok(());
-        }
         let mut pipe = redis::pipe();
-        pipe.zrem(self.keys().deadlines(), members).ignore();
-        self.pool().query::<()>(&pipe).await
+        match expires_at {
+            Some(t) => pipe.zadd(self.keys().deadlines_of(&member), &member, t),
+            None => pipe.zrem(self.keys().deadlines_of(&member), &member),
+        };
+        self.pool().query::<()>(pipe.ignore()).await
+    }
+
+    /// Drops deadline hints of removed nodes (no-op for none): one ZREM
+    /// per deadlines shard, sent together.
+    async fn forget_deadlines(&self, members: &[String]) -> StoreResult<()> {
+        let mut by_shard: HashMap<String, Vec<&String>> = HashMap::new();
+        for m in members {
+            by_shard
+                .entry(self.keys().deadlines_of(m))
+                .or_default()
+                .push(m);
+        }
+        let zrems = by_shard.into_iter().map(|(shard, members)| async move {
+            let mut pipe = redis::pipe();
+            pipe.zrem(shard, members).ignore();
+            self.pool().query::<()>(&pipe).await
+        });
+        futures::future::try_join_all(zrems).await.map(drop)
     }
 
     /// Runs one script call on its own.
@@ -361,6 +449,81 @@ impl RedisRegistry {
         call.add_to(&mut pipe, self.keys());
         let (reply,): (S::Reply,) = pool.query(&pipe).await?;
         Ok(reply)
+    }
+
+    /// Lists `key` around `write`, its first records (see
+    /// `scripts/listing.rs`): lists the service and notes the registration
+    /// as pending, writes, drops the note, and marks the service listed so
+    /// that later writes need one round trip. The note is dropped whatever
+    /// `write` did.
+    async fn listing_around<T>(
+        &self,
+        key: &ServiceKey,
+        write: impl AsyncFnOnce() -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let pending = pending_member(key);
+        self.call(ListingAdd {
+            service: key,
+            pending: &pending,
+            now: now_millis(),
+        })
+        .await?;
+        let written = write().await;
+        let mut pipe = redis::pipe();
+        pipe.zrem(self.keys().pending(), &pending).ignore();
+        let dropped = self.pool().query::<()>(&pipe).await;
+        let written = written?;
+        dropped?;
+        self.call(MarkListed { service: key }).await?;
+        Ok(written)
+    }
+
+    /// Writes a node's record after its deadline hint (so a node with a
+    /// TTL always has a hint no later than its deadline, and the sweeper
+    /// finds it): in one pipeline where the two slots may share one, else
+    /// as two requests in order. The hint only ever moves earlier here
+    /// (`ZADD LT`): a registration refused for another owner must not
+    /// delay that owner's expiry; the sweeper moves a hint that fires
+    /// early to the node's real deadline.
+    async fn write_node(&self, write: RegisterNode<'_>) -> StoreResult<NodeWrite> {
+        let Some(deadline) = write.expires_at else {
+            return self.call(write).await;
+        };
+        let member = deadline_member(write.service, write.node);
+        let mut hint = redis::pipe();
+        hint.cmd("ZADD")
+            .arg(self.keys().deadlines_of(&member))
+            .arg("LT")
+            .arg(deadline)
+            .arg(&member)
+            .ignore();
+        if self.pool().mixes_slots() {
+            write.add_to(&mut hint, self.keys());
+            let (reply,): (NodeWrite,) = self.pool().query(&hint).await?;
+            return Ok(reply);
+        }
+        self.pool().query::<()>(&hint).await?;
+        self.call(write).await
+    }
+
+    /// Removes one service: its records and listing mark, then its
+    /// listing, then its nodes' deadline hints.
+    async fn remove_one(&self, key: &ServiceKey) -> StoreResult<ServiceRemoval> {
+        let removed = self
+            .call(RemoveService {
+                service: key,
+                now: now_millis(),
+            })
+            .await?;
+        let unlisted = self
+            .call(ListingRemove {
+                service: key,
+                now: now_millis(),
+            })
+            .await?;
+        let removal = ServiceRemoval::new(key, removed, unlisted, now_millis())?;
+        self.forget_deadlines(&removal.deadlines).await?;
+        Ok(removal)
     }
 
     /// Waits for a turn to run a large read on the large-read connections
@@ -394,6 +557,11 @@ impl RedisRegistry {
     }
 }
 
+/// Services removed, snapshotted or read at once by one call of a whole
+/// group: enough to keep every connection busy, few enough that one
+/// group's call does not flood Redis.
+const GROUP_CONCURRENCY: usize = 16;
+
 #[async_trait]
 impl Registry for RedisRegistry {
     async fn register_service(
@@ -403,17 +571,26 @@ impl Registry for RedisRegistry {
     ) -> StoreResult<ServiceRecord> {
         spec.auth_credentials = self.sealed_credentials(&key, spec.auth_credentials).await?;
         let record = record::encode(&spec)?;
-        let mut pipe = atomic_pipeline();
-        ListingAdd { service: &key }
-            .add_to(&mut pipe, self.keys())
-            .ignore();
-        RegisterService {
+        let write = |listed_now| RegisterService {
             service: &key,
             record: &record,
             now: now_millis(),
-        }
-        .add_to(&mut pipe, self.keys());
-        let (stored,): (String,) = self.pool().query(&pipe).await?;
+            listed_now,
+        };
+        let stored = match self.call(write(false)).await? {
+            ServiceWrite::Stored(stored) => stored,
+            ServiceWrite::Unlisted => match self
+                .listing_around(&key, async || self.call(write(true)).await)
+                .await?
+            {
+                ServiceWrite::Stored(stored) => stored,
+                ServiceWrite::Unlisted => {
+                    return Err(StoreError::Internal(
+                        "register_service refused a write it was told to make".into(),
+                    ));
+                }
+            },
+        };
         service_record(&key, &stored)
     }
 
@@ -421,13 +598,7 @@ impl Registry for RedisRegistry {
         let now = now_millis();
         let expires_at = expiry(now, reg.ttl);
         let record = record::encode(&reg.spec)?;
-        let mut pipe = atomic_pipeline();
-        ListingAdd { service: &reg.key }
-            .add_to(&mut pipe, self.keys())
-            .ignore();
-        // The script sets the node's deadline with its record, and neither
-        // when it refuses the write (a node of another owner keeps its own).
-        RegisterNode {
+        let write = |listed_now| RegisterNode {
             service: &reg.key,
             node: &reg.name,
             record: &record,
@@ -435,25 +606,37 @@ impl Registry for RedisRegistry {
             expires_at,
             keep_instance: reg.keep_instance,
             actor: reg.actor.as_ref(),
+            listed_now,
+        };
+        let mut reply = self.write_node(write(false)).await?;
+        if reply == NodeWrite::Unlisted {
+            reply = self
+                .listing_around(&reg.key, async || self.write_node(write(true)).await)
+                .await?;
         }
-        .add_to(&mut pipe, self.keys());
-        match self.pool().query(&pipe).await? {
-            (NodeWrite::Stored { envelope, changed },) => Ok(Registered {
+        match reply {
+            NodeWrite::Stored { envelope, changed } => Ok(Registered {
                 record: node_record(&reg.key, &reg.name, &envelope)?,
                 changed,
             }),
-            (NodeWrite::Owned(owner),) => Err(StoreError::NotOwner {
+            NodeWrite::Owned(owner) => Err(StoreError::NotOwner {
                 node: reg.name,
                 owner,
             }),
+            NodeWrite::Unlisted => Err(StoreError::Internal(
+                "register_node refused a write it was told to make".into(),
+            )),
         }
     }
 
     async fn get_service(&self, key: &ServiceKey) -> StoreResult<Option<ServiceRecord>> {
-        let mut pipe = redis::pipe();
-        pipe.get(self.keys().service(key))
-            .zscore(self.keys().group_services(&key.group), &key.service);
-        let (raw, listed): (Option<String>, Option<f64>) = self.pool().query(&pipe).await?;
+        // Two slots: the record's and the listing's.
+        let mut record = redis::pipe();
+        record.get(self.keys().service(key));
+        let mut listing = redis::pipe();
+        listing.zscore(self.keys().group_services(&key.group), &key.service);
+        let ((raw,), (listed,)): ((Option<String>,), (Option<f64>,)) =
+            tokio::try_join!(self.pool().query(&record), self.pool().query(&listing))?;
         match (raw, listed) {
             (Some(raw), _) => service_record(key, &raw).map(Some),
             (None, Some(_)) => Ok(Some(ServiceRecord::implicit(key.clone()))),
@@ -500,7 +683,7 @@ impl Registry for RedisRegistry {
         };
         match self.call(removal).await? {
             NodeRemoval::Removed(stored) => {
-                // Its deadline entry goes only now: a refused removal must
+                // Its deadline hint goes only now: a refused removal must
                 // keep it, or the node would never be swept.
                 self.forget_deadlines(&[deadline_member(key, node)]).await?;
                 Ok(
@@ -542,9 +725,7 @@ impl Registry for RedisRegistry {
             NodeRenewal::Renewed => {
                 // The new deadline goes in after the record: a sweep in
                 // between finds the record renewed and leaves it.
-                let mut pipe = redis::pipe();
-                self.set_deadline(&mut pipe, key, node, expires_at);
-                self.pool().query::<()>(&pipe).await?;
+                self.set_deadline(key, node, expires_at).await?;
                 Ok(Renewal::Renewed(expires_at))
             }
             NodeRenewal::Missing => Ok(Renewal::Missing),
@@ -557,22 +738,18 @@ impl Registry for RedisRegistry {
     }
 
     async fn remove_service(&self, key: &ServiceKey) -> StoreResult<Option<u32>> {
-        let mut pipe = atomic_pipeline();
-        self.add_service_removal(&mut pipe, key);
-        let (removed, unlisted): (RemovedService, bool) = self.pool().query(&pipe).await?;
-        let removal = ServiceRemoval::new(key, removed, unlisted, now_millis())?;
-        self.forget_deadlines(&removal.deadlines).await?;
+        let removal = self.remove_one(key).await?;
         Ok(removal.existed.then_some(removal.live))
     }
 
     async fn remove_group(&self, group: &str) -> StoreResult<Option<u32>> {
-        // The listing and the removal's reply (every node of the group) can
-        // be large: they go on the large-read connections.
+        // The listing can be large: it goes on the large-read connections.
         let slot = self.large_read_slot().await?;
         let mut pipe = redis::pipe();
         pipe.zrange(self.keys().group_services(group), 0, -1)
             .zscore(self.keys().groups(), group);
         let (services, listed): (Vec<String>, Option<f64>) = self.inner.large.query(&pipe).await?;
+        drop(slot);
         if services.is_empty() {
             if listed.is_some() {
                 // A group listed without services (left by a crash): unlist it.
@@ -582,26 +759,13 @@ impl Registry for RedisRegistry {
             }
             return Ok(listed.map(|_| 0));
         }
-        let keys: Vec<ServiceKey> = services
-            .into_iter()
-            .map(|s| ServiceKey::new(group, s))
-            .collect();
-        let mut pipe = atomic_pipeline();
-        for key in &keys {
-            self.add_service_removal(&mut pipe, key);
-        }
-        let replies: Vec<(RemovedService, bool)> = self.inner.large.query(&pipe).await?;
-        drop(slot);
-        if replies.len() != keys.len() {
-            return Err(StoreError::Internal("short remove_group reply".into()));
-        }
-        let now = now_millis();
-        let mut deadlines = Vec::new();
-        for (key, (removed, unlisted)) in keys.iter().zip(replies) {
-            deadlines.extend(ServiceRemoval::new(key, removed, unlisted, now)?.deadlines);
-        }
-        self.forget_deadlines(&deadlines).await?;
-        Ok(Some(keys.len() as u32))
+        let count = services.len() as u32;
+        futures::stream::iter(services)
+            .map(|s| async move { self.remove_one(&ServiceKey::new(group, s)).await })
+            .buffer_unordered(GROUP_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(Some(count))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
@@ -609,47 +773,51 @@ impl Registry for RedisRegistry {
     }
 
     async fn snapshot(&self, group: &str, service: Option<&str>) -> StoreResult<Snapshot> {
-        // One turn for the whole snapshot, listing and retries included.
+        // One turn for the whole snapshot.
         let _slot = self.large_read_slot().await?;
-        let mut services = match service {
+        let services = match service {
             Some(s) => vec![s.to_string()],
             None => self.group_services(group).await?,
         };
-        // The listing is read again inside the script: if a service joined
-        // the group in between, read again with it.
-        for _ in 0..5 {
-            let read = scripts::Snapshot {
-                group,
-                services: &services,
-            };
-            let reply = self.call_on(&self.inner.large, read).await?;
-            if service.is_none() && reply.listing != services {
-                services = reply.listing;
-                continue;
-            }
-            let now = now_millis();
-            let nodes = services
-                .iter()
-                .zip(reply.nodes)
-                .flat_map(|(s, all)| live_nodes(&ServiceKey::new(group, s.clone()), all, now))
-                .collect();
-            return Ok(Snapshot {
-                revision: reply.revision,
-                nodes,
-            });
+        // Each service is read in one step with its revision; a service
+        // listed after the listing was read has no revision here, so all
+        // of its changes pass (its records are written after it is listed,
+        // and the watcher subscribed before this read).
+        let reads = futures::stream::iter(services)
+            .map(|s| async move {
+                let key = ServiceKey::new(group, s);
+                let read = scripts::Snapshot { service: &key };
+                let reply = self.call_on(&self.inner.large, read).await?;
+                StoreResult::Ok((key, reply))
+            })
+            .buffered(GROUP_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let now = now_millis();
+        let mut snapshot = Snapshot::default();
+        for (key, reply) in reads {
+            snapshot
+                .revisions
+                .insert(key.service.clone(), reply.revision);
+            snapshot.nodes.extend(live_nodes(&key, reply.nodes, now));
         }
-        Err(StoreError::Unavailable(format!(
-            "the services of group {group:?} kept changing while a snapshot was taken; retry"
-        )))
+        Ok(snapshot)
     }
 
     async fn ping(&self) -> StoreResult<()> {
         let mut pipe = redis::pipe();
         pipe.cmd("PING");
-        self.inner.probe.query::<(String,)>(&pipe).await.map(|_| ())
+        self.inner
+            .probe
+            .query::<(redis::Value,)>(&pipe)
+            .await
+            .map(|_| ())
     }
 
     fn describe(&self) -> String {
-        format!("redis {} db {}", self.pool().addr(), self.inner.db)
+        match &self.inner.deployment {
+            Deployment::Master(_) => format!("redis {} db {}", self.pool().addr(), self.inner.db),
+            Deployment::Cluster(link) => format!("redis {}", link.describe()),
+        }
     }
 }

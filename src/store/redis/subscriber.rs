@@ -36,13 +36,13 @@ use crate::store::{Hub, StoreEvent};
 pub const REQUIRED_FLAGS: &str = "Kxe";
 
 /// Waits between attempts to subscribe again.
-const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+pub const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 /// How often an idle subscription is checked with PING, and how long the
 /// answer may take before the connection counts as dead.
-const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
-const LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
+pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on connecting, configuring and subscribing.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why an attempt to subscribe failed; the subscriber retries.
 #[derive(Debug, thiserror::Error)]
@@ -236,26 +236,33 @@ impl Subscriber {
 
     /// Hands one message on to the watchers.
     fn handle(&self, msg: &redis::Msg) {
-        let payload: String = match msg.get_payload() {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable message on the Redis subscription");
-                return;
-            }
-        };
-        if msg.from_pattern() {
-            // A keyspace event: expired or evicted, never caused by us.
-            tracing::warn!(key = %msg.get_channel_name(), event = %payload, "a registry key changed outside discovered; watchers resync");
-            self.hub.send(StoreEvent::Resync);
+        deliver(&self.hub, msg);
+    }
+}
+
+/// Hands one message of our subscription on to the watchers: a change, or
+/// a RESYNC for a keyspace event (a key of ours expired or evicted by
+/// something other than `discovered`) or a message that does not read.
+pub fn deliver(hub: &Hub, msg: &redis::Msg) {
+    let payload: String = match msg.get_payload() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable message on the Redis subscription");
             return;
         }
-        match changes::parse(&payload) {
-            Ok(event) => self.hub.send_event(event),
-            Err(e) => {
-                // Watchers cannot know what this changed: resync them.
-                tracing::warn!(error = %e, "unreadable change message; watchers resync");
-                self.hub.send(StoreEvent::Resync);
-            }
+    };
+    if msg.from_pattern() {
+        // A keyspace event: expired or evicted, never caused by us.
+        tracing::warn!(key = %msg.get_channel_name(), event = %payload, "a registry key changed outside discovered; watchers resync");
+        hub.send(StoreEvent::Resync);
+        return;
+    }
+    match changes::parse(&payload) {
+        Ok(event) => hub.send_event(event),
+        Err(e) => {
+            // Watchers cannot know what this changed: resync them.
+            tracing::warn!(error = %e, "unreadable change message; watchers resync");
+            hub.send(StoreEvent::Resync);
         }
     }
 }

@@ -1,12 +1,12 @@
 -- Shared by every script that changes the registry (prepended to each,
--- after record.lua). A change takes the next revision and is published on
--- our change channel in the same atomic step as the write, so every
--- server's watchers see one order. Names are letters, digits, '.', '_' and
+-- after record.lua). A change takes its service's next revision and is
+-- published on our change channel in the same atomic step as the write, so
+-- every server's watchers see one order of each service's changes. Names are letters, digits, '.', '_' and
 -- '-' only, and stored values are JSON, so the message needs no escaping.
 --
 -- Where and when the changes go comes first in every such script, at
 -- fixed positions (pushed by `change_call` in scripts/mod.rs), and is read
--- here only: KEYS[1] revision counter; ARGV[1] now (ms); ARGV[2] change
+-- here only: KEYS[1] the service's revision; ARGV[1] now (ms); ARGV[2] change
 -- channel; ARGV[3] group; ARGV[4] service. A script's own KEYS start at
 -- KEYS[2], its own ARGV at ARGV[5].
 local CHANGE = {
@@ -17,11 +17,13 @@ local CHANGE = {
   service = ARGV[4],
 }
 
--- The next revision: past the stored one, and never behind the clock
--- (microseconds). A failover that lost the last writes, or a Redis that
--- restarted empty, rolls the stored counter back; taking the clock as a
--- floor keeps revisions above every one already handed out, because a
--- failover takes longer than the clocks of the nodes drift apart.
+-- The service's next revision: past its stored one, and never behind the
+-- clock (microseconds), so revisions of different services are ordered
+-- as their times are, within clock skew (a hybrid logical clock). A
+-- failover that lost the last writes, or a Redis that restarted empty,
+-- rolls the stored revision back; taking the clock as a floor keeps
+-- revisions above every one already handed out, because a failover takes
+-- longer than the clocks of the nodes drift apart.
 local function next_revision()
   local stored = tonumber(redis.call('GET', CHANGE.revision) or '0') or 0
   local t = redis.call('TIME')

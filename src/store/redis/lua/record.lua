@@ -19,9 +19,14 @@ local function registered_of(stored)
   return string.match(stored, '^{"registered_at":(%d+)')
 end
 
+-- The deadline of a stored node envelope as written (ms), or nil for none.
+local function expires_of(stored)
+  return string.match(stored, '^{"registered_at":%d+,"updated_at":%d+,"expires_at":(%d+)')
+end
+
 -- Whether a stored node envelope's deadline has passed at now.
 local function is_expired(stored, now)
-  local exp = string.match(stored, '^{"registered_at":%d+,"updated_at":%d+,"expires_at":(%d+)')
+  local exp = expires_of(stored)
   return exp ~= nil and tonumber(exp) <= now
 end
 

@@ -1,20 +1,24 @@
 -- Writes a node record whole, keeping registered_at of an existing live one.
 -- KEYS[1], ARGV[1..4]: where and when changes go (see prelude.lua).
--- KEYS[2] nodes hash; KEYS[3] the deadlines sorted set.
+-- KEYS[2] nodes hash; KEYS[3] the service's listed mark.
 -- ARGV[5] node name; ARGV[6] record JSON; ARGV[7] expires_at (ms), or ""
 -- for no TTL; ARGV[8] "1" to keep a live node's instance_id (the request
 -- named none; the record then carries a fresh one to use for a new node).
 -- ARGV[9] the caller's name as a JSON string, the node's owner from now
 -- on, or "" without auth; ARGV[10] "1" when the caller may change nodes
--- others registered (admin). ARGV[11] the node's member in the deadlines.
--- The deadline is set with the record, never on a refused write.
+-- others registered (admin). ARGV[11] "1" to write even when the service
+-- is not known to be listed (the caller listed it just before).
 -- Publishes node_added, or node_updated if a field of a live node's record
 -- changed (timestamps and the deadline do not count); an old record past
 -- its deadline is published as node_expired first.
 -- Returns { "stored", envelope, changed }, changed "1" when the record
--- or the owner differs from the live node's (a plain renewal is ""), or
--- { "owned", owner } when a live node was registered by another identity
--- (nothing changes).
+-- or the owner differs from the live node's (a plain renewal is ""),
+-- { "owned", owner } when a live node was registered by another identity,
+-- or { "unlisted" } when the service must be listed first (nothing
+-- changes either way).
+if ARGV[11] ~= '1' and redis.call('EXISTS', KEYS[3]) == 0 then
+  return { 'unlisted' }
+end
 local name = ARGV[5]
 local record = ARGV[6]
 local owner = nil
@@ -47,11 +51,6 @@ if old then
       kind = 'node_updated'
     end
   end
-end
-if ARGV[7] == '' then
-  redis.call('ZREM', KEYS[3], ARGV[11])
-else
-  redis.call('ZADD', KEYS[3], ARGV[7], ARGV[11])
 end
 local stored = node_envelope(registered, CHANGE.now, ARGV[7], owner, record)
 redis.call('HSET', KEYS[2], name, stored)

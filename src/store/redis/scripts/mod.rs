@@ -7,23 +7,23 @@
 //! the type). Callers put invocations in pipelines, often several in one
 //! MULTI/EXEC, and read the typed replies.
 //!
-//! Each data write touches the keys of one hash tag (one service, or the
-//! listings, or the deadlines) plus, for the scripts that change what
-//! watchers see, the revision counter: the one key shared by every change,
-//! which gives all of a registry's changes one order. (On Redis Cluster
-//! that counter is a cross-slot key; see the README.)
+//! Each script touches the keys of one hash tag only (one service, or the
+//! listings, or one deadlines shard), so it runs on Redis Cluster too. The
+//! scripts that change what watchers see take the next revision of their
+//! service (its `rev` key), which gives each service's changes one order.
 //!
 //! | script | type | reply |
 //! | --- | --- | --- |
-//! | `register_service.lua` | [`RegisterService`] | the stored envelope |
+//! | `register_service.lua` | [`RegisterService`] | [`ServiceWrite`] |
 //! | `remove_service.lua` | [`RemoveService`] | [`RemovedService`] |
-//! | `register_node.lua` | [`RegisterNode`] | the stored envelope |
+//! | `register_node.lua` | [`RegisterNode`] | [`NodeWrite`] |
 //! | `remove_node.lua` | [`RemoveNode`] | [`NodeRemoval`] |
-//! | `expire_node.lua` | [`ExpireNode`] | whether it expired the node |
+//! | `expire_node.lua` | [`ExpireNode`] | [`NodeExpiry`] |
 //! | `heartbeat.lua` | [`Heartbeat`] | [`NodeRenewal`] |
 //! | `listing_add.lua` | [`ListingAdd`] | whether the service is new to the listing |
-//! | `listing_remove.lua` | [`ListingRemove`] | whether the service was listed |
-//! | `forget_deadline.lua` | [`ForgetDeadline`] | whether the entry went |
+//! | `listing_remove.lua` | [`ListingRemove`] | unlisted, not listed, or kept |
+//! | `mark_listed.lua` | [`MarkListed`] | whether it marked the service |
+//! | `settle_deadline.lua` | [`SettleDeadline`] | whether it settled the hint |
 //! | `snapshot.lua` | [`Snapshot`] | [`SnapshotReply`] |
 
 use std::sync::LazyLock;
@@ -92,12 +92,13 @@ mod node;
 mod service;
 mod snapshot;
 
-pub use deadline::ForgetDeadline;
-pub use listing::{ListingAdd, ListingRemove};
+pub use deadline::SettleDeadline;
+pub use listing::{ListingAdd, ListingRemove, MarkListed, PENDING_FOR, pending_member};
 pub use node::{
-    ExpireNode, Heartbeat, NodeRemoval, NodeRenewal, NodeWrite, RegisterNode, RemoveNode,
+    ExpireNode, Heartbeat, NodeExpiry, NodeRemoval, NodeRenewal, NodeWrite, RegisterNode,
+    RemoveNode,
 };
-pub use service::{RegisterService, RemoveService, RemovedService};
+pub use service::{RegisterService, RemoveService, RemovedService, ServiceWrite};
 pub use snapshot::{Snapshot, SnapshotReply};
 
 /// One call of one script.
@@ -127,7 +128,8 @@ pub fn all() -> &'static [&'static Script] {
             &*node::HEARTBEAT,
             &*listing::LISTING_ADD,
             &*listing::LISTING_REMOVE,
-            &*deadline::FORGET_DEADLINE,
+            &*listing::MARK_LISTED,
+            &*deadline::SETTLE_DEADLINE,
             &*snapshot::SNAPSHOT,
         ]
     });
@@ -136,7 +138,7 @@ pub fn all() -> &'static [&'static Script] {
 
 /// Starts a call of a change script with where and when its changes go, at
 /// the fixed positions `lua/prelude.lua` reads them from: KEYS[1] the
-/// revision counter; ARGV[1] `now`, ARGV[2] the change channel, ARGV[3] and
+/// service's revision; ARGV[1] `now`, ARGV[2] the change channel, ARGV[3] and
 /// ARGV[4] the group and service. The script's own KEYS and ARGV follow.
 fn change_call(
     script: &'static Script,
@@ -144,7 +146,7 @@ fn change_call(
     service: &ServiceKey,
     now: Millis,
 ) -> ScriptInvocation<'static> {
-    let mut call = script.key(keys.revision());
+    let mut call = script.key(keys.revision(service));
     call.arg(now)
         .arg(keys.changes_channel())
         .arg(&service.group)

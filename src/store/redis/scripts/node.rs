@@ -6,7 +6,6 @@ use redis::{FromRedisValue, ParsingError, Script, ScriptInvocation, Value};
 
 use super::{Keys, ScriptCall, bad_reply, change_call, or_empty};
 use crate::model::{Actor, Millis, ServiceKey};
-use crate::store::redis::keys::deadline_member;
 
 change_script!(REGISTER_NODE, "register_node.lua");
 change_script!(REMOVE_NODE, "remove_node.lua");
@@ -14,7 +13,8 @@ change_script!(EXPIRE_NODE, "expire_node.lua");
 record_script!(HEARTBEAT, "heartbeat.lua");
 
 /// `lua/register_node.lua`: writes a node's record whole and publishes
-/// node_added or node_updated. Replies with the stored envelope.
+/// node_added or node_updated, once the service is listed. Its deadline
+/// hint is the caller's to set first.
 #[derive(Debug)]
 pub struct RegisterNode<'a> {
     /// The node's service.
@@ -31,6 +31,9 @@ pub struct RegisterNode<'a> {
     pub keep_instance: bool,
     /// Who registers it, when the registry is protected.
     pub actor: Option<&'a Actor>,
+    /// Write even if the service is not marked listed: the caller has
+    /// just listed it ([`super::ListingAdd`]).
+    pub listed_now: bool,
 }
 
 impl ScriptCall for RegisterNode<'_> {
@@ -39,13 +42,13 @@ impl ScriptCall for RegisterNode<'_> {
     fn invocation(&self, keys: &Keys) -> ScriptInvocation<'static> {
         let mut call = change_call(&REGISTER_NODE, keys, self.service, self.now);
         call.key(keys.nodes(self.service))
-            .key(keys.deadlines())
+            .key(keys.listed(self.service))
             .arg(self.node)
             .arg(self.record)
             .arg(or_empty(self.expires_at))
             .arg(if self.keep_instance { "1" } else { "" });
         add_actor(&mut call, self.actor);
-        call.arg(deadline_member(self.service, self.node));
+        call.arg(if self.listed_now { "1" } else { "" });
         call
     }
 }
@@ -84,6 +87,9 @@ pub enum NodeWrite {
     /// A live node registered by another identity (its name) is there;
     /// nothing changed.
     Owned(String),
+    /// Nothing written: the service is not marked listed; list it, then
+    /// write with `listed_now`.
+    Unlisted,
 }
 
 impl FromRedisValue for NodeWrite {
@@ -97,6 +103,7 @@ impl FromRedisValue for NodeWrite {
             [status, owner] if status == "owned" => {
                 Ok(Self::Owned(owner_name("register_node", owner, &v)?))
             }
+            [status] if status == "unlisted" => Ok(Self::Unlisted),
             _ => Err(bad_reply("register_node", &v)),
         }
     }
@@ -161,7 +168,7 @@ impl FromRedisValue for NodeRemoval {
 }
 
 /// `lua/expire_node.lua`: removes a node whose deadline has passed and
-/// publishes node_expired. Replies whether it did.
+/// publishes node_expired.
 #[derive(Debug)]
 pub struct ExpireNode<'a> {
     /// The node's service.
@@ -173,12 +180,41 @@ pub struct ExpireNode<'a> {
 }
 
 impl ScriptCall for ExpireNode<'_> {
-    type Reply = bool;
+    type Reply = NodeExpiry;
 
     fn invocation(&self, keys: &Keys) -> ScriptInvocation<'static> {
         let mut call = change_call(&EXPIRE_NODE, keys, self.service, self.now);
         call.key(keys.nodes(self.service)).arg(self.node);
         call
+    }
+}
+
+/// What [`ExpireNode`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeExpiry {
+    /// The node was past its deadline and is gone now.
+    Expired,
+    /// There is no such node.
+    Gone,
+    /// The node is live: its deadline, or `None` without a TTL.
+    Live(Option<Millis>),
+}
+
+impl FromRedisValue for NodeExpiry {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let items: Vec<String> = redis::from_redis_value_ref(&v)?;
+        match items.as_slice() {
+            [status] if status == "expired" => Ok(Self::Expired),
+            [status] if status == "gone" => Ok(Self::Gone),
+            [status, deadline] if status == "live" => match deadline.as_str() {
+                "" => Ok(Self::Live(None)),
+                d => d
+                    .parse()
+                    .map(|d| Self::Live(Some(d)))
+                    .map_err(|_| bad_reply("expire_node", &v)),
+            },
+            _ => Err(bad_reply("expire_node", &v)),
+        }
     }
 }
 

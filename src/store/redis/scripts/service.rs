@@ -11,8 +11,8 @@ change_script!(REGISTER_SERVICE, "register_service.lua");
 change_script!(REMOVE_SERVICE, "remove_service.lua");
 
 /// `lua/register_service.lua`: writes a service's record whole and
-/// publishes service_registered or service_updated. Replies with the stored
-/// envelope.
+/// publishes service_registered or service_updated, once the service is
+/// listed.
 #[derive(Debug)]
 pub struct RegisterService<'a> {
     /// The service.
@@ -21,15 +21,42 @@ pub struct RegisterService<'a> {
     pub record: &'a str,
     /// The server's time.
     pub now: Millis,
+    /// Write even if the service is not marked listed: the caller has
+    /// just listed it ([`super::ListingAdd`]).
+    pub listed_now: bool,
 }
 
 impl ScriptCall for RegisterService<'_> {
-    type Reply = String;
+    type Reply = ServiceWrite;
 
     fn invocation(&self, keys: &Keys) -> ScriptInvocation<'static> {
         let mut call = change_call(&REGISTER_SERVICE, keys, self.service, self.now);
-        call.key(keys.service(self.service)).arg(self.record);
+        call.key(keys.service(self.service))
+            .key(keys.listed(self.service))
+            .arg(self.record)
+            .arg(if self.listed_now { "1" } else { "" });
         call
+    }
+}
+
+/// What [`RegisterService`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceWrite {
+    /// Written: the stored envelope.
+    Stored(String),
+    /// Nothing written: the service is not marked listed; list it, then
+    /// write with `listed_now`.
+    Unlisted,
+}
+
+impl FromRedisValue for ServiceWrite {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        let items: Vec<String> = redis::from_redis_value_ref(&v)?;
+        match items.as_slice() {
+            [status, stored] if status == "stored" => Ok(Self::Stored(stored.clone())),
+            [status] if status == "unlisted" => Ok(Self::Unlisted),
+            _ => Err(bad_reply("register_service", &v)),
+        }
     }
 }
 
@@ -49,7 +76,8 @@ impl ScriptCall for RemoveService<'_> {
     fn invocation(&self, keys: &Keys) -> ScriptInvocation<'static> {
         let mut call = change_call(&REMOVE_SERVICE, keys, self.service, self.now);
         call.key(keys.service(self.service))
-            .key(keys.nodes(self.service));
+            .key(keys.nodes(self.service))
+            .key(keys.listed(self.service));
         call
     }
 }

@@ -1,4 +1,4 @@
-//! The script that reads a consistent view for a new watcher.
+//! The script that reads a consistent view of one service for a watcher.
 
 use std::sync::LazyLock;
 
@@ -9,25 +9,20 @@ use crate::model::ServiceKey;
 
 plain_script!(SNAPSHOT, "snapshot.lua");
 
-/// `lua/snapshot.lua`: the revision, a group's listing and some of its
-/// services' nodes, all read in one atomic step.
+/// `lua/snapshot.lua`: a service's revision and nodes, read in one atomic
+/// step.
 #[derive(Debug)]
 pub struct Snapshot<'a> {
-    /// The group.
-    pub group: &'a str,
-    /// The services of the group whose nodes to read.
-    pub services: &'a [String],
+    /// The service.
+    pub service: &'a ServiceKey,
 }
 
 impl ScriptCall for Snapshot<'_> {
     type Reply = SnapshotReply;
 
     fn invocation(&self, keys: &Keys) -> ScriptInvocation<'static> {
-        let mut call = SNAPSHOT.key(keys.revision());
-        call.key(keys.group_services(self.group));
-        for service in self.services {
-            call.key(keys.nodes(&ServiceKey::new(self.group, service.clone())));
-        }
+        let mut call = SNAPSHOT.key(keys.revision(self.service));
+        call.key(keys.nodes(self.service));
         call
     }
 }
@@ -35,12 +30,10 @@ impl ScriptCall for Snapshot<'_> {
 /// What [`Snapshot`] read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotReply {
-    /// The revision of the last change before the read.
+    /// The service's revision: every later change of it is above.
     pub revision: u64,
-    /// The group's service names, as listed at that revision.
-    pub listing: Vec<String>,
-    /// Per service asked for, in order: its `(name, stored envelope)` pairs.
-    pub nodes: Vec<Vec<(String, String)>>,
+    /// Its `(name, stored envelope)` pairs.
+    pub nodes: Vec<(String, String)>,
 }
 
 impl FromRedisValue for SnapshotReply {
@@ -48,16 +41,12 @@ impl FromRedisValue for SnapshotReply {
         let Value::Array(items) = &v else {
             return Err(bad_reply("snapshot", &v));
         };
-        let [revision, listing, nodes @ ..] = items.as_slice() else {
+        let [revision, nodes] = items.as_slice() else {
             return Err(bad_reply("snapshot", &v));
         };
         Ok(Self {
             revision: redis::from_redis_value_ref(revision)?,
-            listing: redis::from_redis_value_ref(listing)?,
-            nodes: nodes
-                .iter()
-                .map(redis::from_redis_value_ref)
-                .collect::<Result<_, _>>()?,
+            nodes: redis::from_redis_value_ref(nodes)?,
         })
     }
 }
