@@ -148,7 +148,7 @@ struct V1 {
 /// no TTL, a TTL a few seconds away, a TTL an hour away with an owner) and
 /// `orders` (a service record, no node); `edge` with `cache`, known only
 /// through its nodes (one without TTL, one already past its deadline but
-/// not yet swept).
+/// not yet swept); and a group `ghost` listed without services.
 fn v1_registry(now: i64) -> V1 {
     let node = |service, name, expires_at, owner, i| V1Node {
         group: if service == "cache" { "edge" } else { "shop" },
@@ -191,7 +191,9 @@ fn v1_registry(now: i64) -> V1 {
 async fn write_v1(redis: &RedisServer, v1: &V1) {
     let mut conn = redis.connection().await;
     let mut p = redis::pipe();
-    for g in ["shop", "edge"] {
+    // `ghost`: a group listed without services, as a crash could leave
+    // it in v1 (readers skipped it).
+    for g in ["shop", "edge", "ghost"] {
         p.zadd("discovered:v1:{listing}:groups", g, 0);
     }
     for (g, s) in [("shop", "payments"), ("shop", "orders"), ("edge", "cache")] {
