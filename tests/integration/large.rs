@@ -40,7 +40,14 @@ async fn client_names(redis: &RedisServer) -> String {
             .to_string()
     };
     list.lines()
-        .map(|l| format!("{}({} s)", field(l, "name="), field(l, "age=")))
+        .map(|l| {
+            format!(
+                "{}({} s, {})",
+                field(l, "name="),
+                field(l, "age="),
+                field(l, "cmd=")
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

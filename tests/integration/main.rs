@@ -14,6 +14,7 @@ mod binary;
 mod cli;
 mod client;
 mod cluster;
+mod cluster_faults;
 mod conformance;
 mod decoding;
 mod decoding_framing;

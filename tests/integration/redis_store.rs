@@ -21,7 +21,7 @@ async fn deadline_members(t: &mut TestServer) -> Vec<String> {
     let mut conn = t.redis().connection().await;
     let mut members = Vec::new();
     for shard in 0..discovered::store::redis::DEADLINE_SHARDS {
-        let key = format!("discovered:v2:{{dl{shard}}}:deadlines");
+        let key = discovered::store::redis::Keys::new("discovered").deadlines(shard);
         let some: Vec<String> = conn.zrange(key, 0, -1).await.expect("ZRANGE");
         members.extend(some);
     }

@@ -321,10 +321,13 @@ struct WatcherState {
     resyncs: Vec<Instant>,
     /// When the last SYNCED after a RESYNC arrived.
     last_resynced: Option<Instant>,
-    /// The highest revision seen so far.
-    max_revision: u64,
-    /// The revision of the last event that came in below the highest.
-    dropped_to: Option<u64>,
+    /// The highest revision seen so far, per service: each service's
+    /// changes have one order (revisions of different services are only
+    /// roughly time-ordered).
+    max_revision: BTreeMap<String, u64>,
+    /// Per service, the revision of the last event that came in below its
+    /// highest.
+    dropped_to: BTreeMap<String, u64>,
     /// Broken promises (a revision going down, INITIAL outside a resync).
     problems: Vec<String>,
     events: u64,
@@ -335,24 +338,26 @@ impl WatcherState {
         self.events += 1;
         let t = kind(e);
         if !matches!(t, EventType::Resync | EventType::Synced) {
-            if e.revision < self.max_revision {
-                // One problem per drop (a snapshot's INITIAL events share
-                // one revision): the first event at the lower revision.
-                if self.dropped_to != Some(e.revision) {
+            let max = self.max_revision.entry(e.service_name.clone()).or_default();
+            if e.revision < *max {
+                // One problem per drop (a snapshot's INITIAL events of one
+                // service share one revision): the first event at the
+                // lower revision.
+                if self.dropped_to.get(&e.service_name) != Some(&e.revision) {
                     self.problems.push(format!(
-                        "revision went down from {} to {} ({} lower) at sequence {}: {:?} {}/{}",
-                        self.max_revision,
+                        "revision of {} went down from {} to {} ({} lower) at sequence {}: {:?} {}",
+                        e.service_name,
+                        *max,
                         e.revision,
-                        self.max_revision - e.revision,
+                        *max - e.revision,
                         e.sequence,
                         t,
-                        e.service_name,
                         e.node.as_ref().map(|n| n.node_name.as_str()).unwrap_or("")
                     ));
                 }
-                self.dropped_to = Some(e.revision);
+                self.dropped_to.insert(e.service_name.clone(), e.revision);
             }
-            self.max_revision = self.max_revision.max(e.revision);
+            *max = (*max).max(e.revision);
         }
         let key = |n: &Node| (n.service_name.clone(), n.node_name.clone());
         match t {

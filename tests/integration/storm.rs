@@ -159,7 +159,7 @@ async fn within_storm<T>(what: &str, fut: impl std::future::Future<Output = T>) 
 /// change message describes (see `subscriber.rs`).
 async fn expire_a_registry_key(redis: &RedisServer) {
     let mut conn = redis.connection().await;
-    let key = "discovered:v1:storm-trigger";
+    let key = "discovered:v2:storm-trigger";
     let _: () = redis::cmd("SET")
         .arg(key)
         .arg(1)

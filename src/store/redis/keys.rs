@@ -45,14 +45,21 @@ pub struct Keys {
     base: String,
     /// `<prefix>`
     prefix: String,
+    /// The deadlines shards' keys (their tags take a search to find).
+    deadlines: Vec<String>,
 }
 
 impl Keys {
     /// Keys under `<prefix>:v2:`.
     pub fn new(prefix: &str) -> Self {
+        let base = format!("{prefix}:v2");
+        let deadlines = (0..DEADLINE_SHARDS)
+            .map(|k| format!("{base}:{{{}}}:deadlines", deadline_tag(k)))
+            .collect();
         Self {
-            base: format!("{prefix}:v2"),
+            base,
             prefix: prefix.into(),
+            deadlines,
         }
     }
 
@@ -109,7 +116,7 @@ impl Keys {
 
     /// The deadline hints of shard `k` (below [`DEADLINE_SHARDS`]).
     pub fn deadlines(&self, shard: u32) -> String {
-        format!("{}:{{dl{shard}}}:deadlines", self.base)
+        self.deadlines[shard as usize].clone()
     }
 
     /// The deadline hints that hold `member`.
@@ -173,13 +180,52 @@ pub fn parse_deadline_member(member: &str) -> Option<(ServiceKey, String)> {
     Some((ServiceKey::new(g, s), n.to_string()))
 }
 
-/// The shard of a deadline member: FNV-1a of its bytes. Fixed by the
-/// layout (every server must agree), so not `std`'s randomly keyed hash.
+/// The hash tag of deadlines shard `k`: `dl<k>-<j>` with the smallest `j`
+/// whose Redis Cluster slot falls in the `k`-th of [`DEADLINE_SHARDS`]
+/// equal slot ranges. Tags `dl0`..`dl15` alone would land where CRC16
+/// puts them (10 of 16 on one master of a three-way split, measured); so
+/// spread, every even split of the slots gets an even share of shards.
+pub fn deadline_tag(shard: u32) -> String {
+    let width = SLOTS / DEADLINE_SHARDS;
+    (0..)
+        .map(|j| format!("dl{shard}-{j}"))
+        .find(|tag| slot_of(tag) / width == shard)
+        .expect("some suffix lands in every range")
+}
+
+/// Redis Cluster's slot count.
+const SLOTS: u32 = 16384;
+
+/// The Redis Cluster slot of a hash tag: CRC16 (XMODEM) modulo 16384.
+fn slot_of(tag: &str) -> u32 {
+    let crc = tag.bytes().fold(0u16, |mut crc, b| {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+        crc
+    });
+    u32::from(crc) % SLOTS
+}
+
+/// The shard of a deadline member: FNV-1a of its bytes, mixed with
+/// MurmurHash3's finalizer (FNV's low bits alone spread names that differ
+/// in their last characters unevenly). Fixed by the layout (every server
+/// must agree), so not `std`'s randomly keyed hash.
 fn deadline_shard(member: &str) -> u32 {
-    let hash = member.bytes().fold(0x811c_9dc5_u32, |h, b| {
+    let mut h = member.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
-    hash % DEADLINE_SHARDS
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h % DEADLINE_SHARDS
 }
 
 #[cfg(test)]
@@ -198,9 +244,24 @@ mod tests {
             keys.group_services("default"),
             "discovered:v2:{listing}:group:default:services"
         );
-        assert_eq!(keys.deadlines(3), "discovered:v2:{dl3}:deadlines");
+        assert!(keys.deadlines(3).starts_with("discovered:v2:{dl3-"));
         let m = deadline_member(&k, "pay-1");
         assert_eq!(parse_deadline_member(&m), Some((k, "pay-1".into())));
+    }
+
+    #[test]
+    fn slots_are_redis_clusters() {
+        // CLUSTER KEYSLOT, measured on Redis 7.0.
+        assert_eq!(slot_of("default/payments"), 15393);
+        assert_eq!(slot_of("123456789"), 0x31c3);
+    }
+
+    #[test]
+    fn deadline_shards_spread_over_the_slots() {
+        for k in 0..DEADLINE_SHARDS {
+            let slot = slot_of(&deadline_tag(k));
+            assert_eq!(slot / 1024, k, "{}", deadline_tag(k));
+        }
     }
 
     #[test]

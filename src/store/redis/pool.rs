@@ -242,9 +242,7 @@ impl RedisPool {
     /// pipeline we send is safe to repeat).
     pub async fn query<T: FromRedisValue>(&self, pipe: &Pipeline) -> StoreResult<T> {
         match self.try_query(pipe).await {
-            Err(QueryError::Redis(e))
-                if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
-            {
+            Err(QueryError::Redis(e)) if lacks_scripts(&e) => {
                 self.load_scripts().await?;
                 self.try_query(pipe).await.map_err(|e| self.store_error(e))
             }
@@ -253,17 +251,21 @@ impl RedisPool {
     }
 
     async fn load_scripts(&self) -> StoreResult<()> {
-        if let Via::Cluster(_) = &self.via {
-            // SCRIPT LOAD goes to every node (redis-rs routes it so) and
-            // cannot share a pipeline with anything.
-            for script in self.scripts {
-                let mut pipe = redis::pipe();
-                pipe.load_script(script);
-                self.try_query::<Vec<String>>(&pipe)
-                    .await
-                    .map_err(|e| self.store_error(e))?;
-            }
-            return Ok(());
+        if let Via::Cluster(link) = &self.via {
+            // SCRIPT LOAD as a command of its own, which redis-rs sends to
+            // every node, replicas included (so a replica promoted later
+            // has them too); in a pipeline it would reach one node only.
+            let load = async {
+                let mut conn = link.connection().await?;
+                for script in self.scripts {
+                    script.prepare_invoke().load_async(&mut conn).await?;
+                }
+                RedisResult::Ok(())
+            };
+            return match tokio::time::timeout(self.query_timeout, load).await {
+                Ok(loaded) => loaded.map_err(|e| self.store_error(QueryError::Redis(e))),
+                Err(_) => Err(self.store_error(QueryError::Timeout)),
+            };
         }
         let mut pipe = redis::pipe();
         for script in self.scripts {
@@ -386,6 +388,12 @@ fn has_code(e: &RedisError, codes: &[&str]) -> bool {
 /// (MASTERDOWN). The master has moved, or is about to.
 fn is_not_master(e: &RedisError) -> bool {
     has_code(e, &["READONLY", "NOREPLICAS", "MASTERDOWN"])
+}
+
+/// Whether Redis has forgotten our scripts (NOSCRIPT), for a single
+/// command or any command of a pipeline.
+fn lacks_scripts(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) || has_code(e, &["NOSCRIPT"])
 }
 
 /// Whether the node is loading its data (just restarted or resynced).

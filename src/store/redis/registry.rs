@@ -507,14 +507,14 @@ impl RedisRegistry {
     }
 
     /// Removes one service: its records and listing mark, then its
-    /// listing, then its nodes' deadline hints.
+    /// listing, then its nodes' deadline hints. The removal replies with
+    /// every node, so it goes on the large-read connections.
     async fn remove_one(&self, key: &ServiceKey) -> StoreResult<ServiceRemoval> {
-        let removed = self
-            .call(RemoveService {
-                service: key,
-                now: now_millis(),
-            })
-            .await?;
+        let removal = RemoveService {
+            service: key,
+            now: now_millis(),
+        };
+        let removed = self.call_on(&self.inner.large, removal).await?;
         let unlisted = self
             .call(ListingRemove {
                 service: key,
@@ -749,7 +749,6 @@ impl Registry for RedisRegistry {
         pipe.zrange(self.keys().group_services(group), 0, -1)
             .zscore(self.keys().groups(), group);
         let (services, listed): (Vec<String>, Option<f64>) = self.inner.large.query(&pipe).await?;
-        drop(slot);
         if services.is_empty() {
             if listed.is_some() {
                 // A group listed without services (left by a crash): unlist it.
@@ -765,6 +764,7 @@ impl Registry for RedisRegistry {
             .buffer_unordered(GROUP_CONCURRENCY)
             .try_collect::<Vec<_>>()
             .await?;
+        drop(slot);
         Ok(Some(count))
     }
 

@@ -15,7 +15,7 @@ pub const ACL_USER: &str = "discovered";
 
 /// The minimal ACL rule for a server with the default key prefix on
 /// database 0, exactly as the README gives it (`<password>` aside).
-pub const ACL_RULE: &str = "~discovered:* resetchannels &discovered:v1:changes &__keyspace@0__:discovered:v1:* -@all +@read +@write +@scripting +@pubsub +@transaction +ping +time +hello +auth +select +config|get +config|set -flushall -flushdb -keys -script|flush -script|kill";
+pub const ACL_RULE: &str = "~discovered:* resetchannels &discovered:v2:changes &__keyspace@0__:discovered:v2:* -@all +@read +@write +@scripting +@pubsub +ping +time +hello +auth +select +config|get +config|set -flushall -flushdb -keys -script|flush -script|kill";
 
 /// A TLS-only Redis on 127.0.0.1 with an ACL user and an admin user, its
 /// certificates in a directory of its own. The process is killed and the
