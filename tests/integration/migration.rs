@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::common::*;
 use discovered::proto::v1::*;
+use discovered::store::redis::{DEADLINE_SHARDS, Keys};
 use prost_types::Timestamp;
 use redis::AsyncCommands;
 
@@ -275,14 +276,14 @@ async fn v2_data(conn: &mut redis::aio::MultiplexedConnection) -> BTreeMap<Strin
     data
 }
 
-/// How many entries the 16 v2 deadline shards hold together.
+/// How many entries the v2 deadline shards hold together. The shards'
+/// names come from the layout's own [`Keys`]: their tags are
+/// `dl<k>-<j>`, not the `dl<k>` of the contract this test was written to.
 async fn deadline_entries(conn: &mut redis::aio::MultiplexedConnection) -> usize {
+    let keys = Keys::new("discovered");
     let mut total = 0;
-    for k in 0..16 {
-        let n: usize = conn
-            .zcard(format!("discovered:v2:{{dl{k}}}:deadlines"))
-            .await
-            .expect("ZCARD");
+    for k in 0..DEADLINE_SHARDS {
+        let n: usize = conn.zcard(keys.deadlines(k)).await.expect("ZCARD");
         total += n;
     }
     total
