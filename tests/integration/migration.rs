@@ -5,9 +5,11 @@
 //! [`seed_nodes`]), then read back through the gRPC API only.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::common::*;
 use discovered::proto::v1::*;
+use discovered::server::Defaults;
 use discovered::store::redis::{DEADLINE_SHARDS, Keys};
 use prost_types::Timestamp;
 use redis::AsyncCommands;
@@ -485,4 +487,51 @@ async fn a_v1_registry_is_migrated_when_a_server_starts_on_it() {
         "a live node keeps registered_at"
     );
     w.expect_node(EventType::NodeUpdated, &renewed).await;
+}
+
+/// Two servers starting at once on a v1 registry (replicas rolled out
+/// together): the registry is moved once, nothing lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_starting_together_move_a_v1_registry_once() {
+    let redis = RedisServer::start();
+    let v1 = v1_registry(now_ms());
+    write_v1(&redis, &v1).await;
+
+    let (a, b) = tokio::join!(redis_registry(&redis), redis_registry(&redis));
+    let (hub_a, hub_b) = (a.hub(), b.hub());
+    let a = TestServer::on((Arc::new(a), hub_a), None, Defaults::default()).await;
+    let b = TestServer::on((Arc::new(b), hub_b), None, Defaults::default()).await;
+    let (mut ca, mut cb) = (a.client.clone(), b.client.clone());
+    let [p1, p2, p3, c1, _] = [0, 1, 2, 3, 4].map(|i| v1.nodes[i].api());
+    let [payments, orders] = [0, 1].map(|i| v1.services[i].api());
+    let cache = Service {
+        service_group: "edge".into(),
+        service_name: "cache".into(),
+        ..Default::default()
+    };
+    let want = vec![
+        (
+            "edge".to_string(),
+            vec!["cache".to_string()],
+            vec![(cache, vec![c1])],
+        ),
+        (
+            "shop".to_string(),
+            vec!["orders".to_string(), "payments".to_string()],
+            vec![(orders, vec![]), (payments, vec![p1, p2, p3])],
+        ),
+    ];
+    let got = (everything(&mut ca).await, everything(&mut cb).await);
+    let p2_expires = v1.nodes[1].expires_at.expect("p2 has a TTL");
+    assert!(
+        now_ms() < p2_expires,
+        "the starts and reads took past p2's deadline {p2_expires} ms"
+    );
+    assert_eq!(got.0, want, "read through the first");
+    assert_eq!(got.1, want, "read through the second");
+    let mut conn = redis.connection().await;
+    assert_eq!(
+        keys(&mut conn, "discovered:v1:*").await,
+        Vec::<String>::new()
+    );
 }
