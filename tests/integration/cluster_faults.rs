@@ -17,7 +17,7 @@
 //! The last test measures the spread of a heartbeat load over the
 //! masters (`INFO commandstats`) and over keys (`MONITOR`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -261,99 +261,6 @@ impl Load {
 // ---------------------------------------------------------------------------
 // Watchers
 // ---------------------------------------------------------------------------
-
-/// What one watcher has put together from its events.
-#[derive(Debug, Default)]
-struct WatcherState {
-    /// (service, node) -> node, as the events tell it.
-    nodes: BTreeMap<(String, String), Node>,
-    /// Between a RESYNC (or the stream's start) and its SYNCED: the state
-    /// being rebuilt from INITIAL events.
-    rebuilding: Option<BTreeMap<(String, String), Node>>,
-    /// When each RESYNC arrived.
-    resyncs: Vec<Instant>,
-    /// When the last SYNCED after a RESYNC arrived.
-    last_resynced: Option<Instant>,
-    /// The highest revision seen of each service since the last (re)start:
-    /// the changes of one service keep one order, their revisions increase
-    /// (a group watch promises no order across services).
-    revisions: HashMap<String, u64>,
-    /// Broken promises.
-    problems: Vec<String>,
-    events: u64,
-}
-
-impl WatcherState {
-    fn apply(&mut self, e: &WatchEvent) {
-        self.events += 1;
-        let t = kind(e);
-        if matches!(
-            t,
-            EventType::NodeAdded
-                | EventType::NodeUpdated
-                | EventType::NodeRemoved
-                | EventType::NodeExpired
-        ) {
-            let max = self.revisions.entry(e.service_name.clone()).or_default();
-            if e.revision <= *max {
-                self.problems.push(format!(
-                    "{}'s revision did not increase: {} after {} at sequence {}: {t:?} {}",
-                    e.service_name,
-                    e.revision,
-                    max,
-                    e.sequence,
-                    e.node.as_ref().map(|n| n.node_name.as_str()).unwrap_or("")
-                ));
-            }
-            *max = (*max).max(e.revision);
-        }
-        let key = |n: &Node| (n.service_name.clone(), n.node_name.clone());
-        match t {
-            EventType::Resync => {
-                if e.revision != 0 {
-                    self.problems
-                        .push(format!("RESYNC with revision {}: {e:?}", e.revision));
-                }
-                self.resyncs.push(Instant::now());
-                self.rebuilding = Some(BTreeMap::new());
-                self.revisions.clear();
-            }
-            EventType::Initial => {
-                let n = node_of(e);
-                let rev = self.revisions.entry(n.service_name.clone()).or_default();
-                *rev = (*rev).max(e.revision);
-                match self.rebuilding.as_mut() {
-                    Some(state) => {
-                        state.insert(key(n), n.clone());
-                    }
-                    None => self
-                        .problems
-                        .push(format!("INITIAL outside a (re)start: {e:?}")),
-                }
-            }
-            EventType::Synced => match self.rebuilding.take() {
-                Some(state) => {
-                    self.nodes = state;
-                    if !self.resyncs.is_empty() {
-                        self.last_resynced = Some(Instant::now());
-                    }
-                }
-                None => self
-                    .problems
-                    .push(format!("SYNCED outside a (re)start: {e:?}")),
-            },
-            EventType::NodeAdded | EventType::NodeUpdated => {
-                let n = node_of(e);
-                self.nodes.insert(key(n), n.clone());
-            }
-            EventType::NodeRemoved | EventType::NodeExpired => {
-                let n = node_of(e);
-                self.nodes.remove(&key(n));
-            }
-            _ => {}
-        }
-    }
-}
 
 /// One watch stream on server B, read by a task of its own.
 struct Watcher {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{ConnectionAddr, ConnectionInfo, RedisError, RedisResult};
+use redis::{ConnectionInfo, RedisError, RedisResult};
 use tokio::sync::Mutex;
 
 use super::pool::display_addr;
@@ -95,23 +95,7 @@ impl ClusterLink {
 
     /// How to reach the node at `host:port`: the seeds' login and TLS.
     pub fn node(&self, host: &str, port: u16) -> ConnectionInfo {
-        let seed = &self.seeds[0];
-        let addr = match seed.addr() {
-            ConnectionAddr::TcpTls {
-                insecure,
-                tls_params,
-                ..
-            } => ConnectionAddr::TcpTls {
-                host: host.into(),
-                port,
-                insecure: *insecure,
-                tls_params: tls_params.clone(),
-            },
-            _ => ConnectionAddr::Tcp(host.into(), port),
-        };
-        redis::IntoConnectionInfo::into_connection_info(addr)
-            .expect("a TCP address is always a connection info")
-            .set_redis_settings(seed.redis_settings().clone())
+        sentinel::with_addr(&self.seeds[0], host, port)
     }
 
     /// The cluster's shape as any answering node sees it: the seeds are

@@ -314,17 +314,7 @@ fn parse_cluster_url(tls: bool, rest: &str) -> Result<Target, ConfigError> {
             "{authority:?} has a path or query: a Cluster has database 0 only"
         )));
     }
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
-    };
-    let (username, password) = match userinfo {
-        Some(u) => match u.split_once(':') {
-            Some((user, pass)) => (decode(user)?, decode(pass)?),
-            None => (decode(u)?, String::new()),
-        },
-        None => (String::new(), String::new()),
-    };
+    let (username, password, hosts) = split_userinfo(authority)?;
     let addrs = hosts
         .split(',')
         .filter(|h| !h.is_empty())
@@ -385,6 +375,16 @@ pub fn node_info(
         .set_redis_settings(settings.clone()))
 }
 
+/// `[user[:password]@]hosts` of a URL: the user and password
+/// percent-decoded (empty when not given), and the hosts.
+fn split_userinfo(authority: &str) -> Result<(String, String, &str), ConfigError> {
+    let Some((userinfo, hosts)) = authority.rsplit_once('@') else {
+        return Ok((String::new(), String::new(), authority));
+    };
+    let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    Ok((decode(user)?, decode(pass)?, hosts))
+}
+
 /// A cluster node's `host[:port]` or `[v6]:port`; 6379 when no port is
 /// given.
 fn parse_node_addr(s: &str) -> Result<(String, u16), ConfigError> {
@@ -411,17 +411,7 @@ fn parse_sentinel_url(tls: bool, rest: &str) -> Result<Target, ConfigError> {
     };
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (authority, path) = rest.split_once('/').ok_or_else(|| bad("no master name"))?;
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u), h),
-        None => (None, authority),
-    };
-    let (username, password) = match userinfo {
-        Some(u) => match u.split_once(':') {
-            Some((user, pass)) => (decode(user)?, decode(pass)?),
-            None => (decode(u)?, String::new()),
-        },
-        None => (String::new(), String::new()),
-    };
+    let (username, password, hosts) = split_userinfo(authority)?;
     let addrs = hosts
         .split(',')
         .filter(|h| !h.is_empty())
