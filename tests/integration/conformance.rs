@@ -1,6 +1,7 @@
 //! The conformance suite: the Discovery API as a client sees it. Every test
-//! body runs twice, once on the memory store and once on a real Redis (see
-//! the `conformance!` list at the end).
+//! body runs on every backend: the memory store, a real Redis, Sentinel,
+//! and Redis Cluster with two servers (writes through one, reads and
+//! watches through the other; see the `conformance!` list at the end).
 
 use std::collections::HashMap;
 use std::time::Duration;

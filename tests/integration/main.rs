@@ -22,6 +22,7 @@ mod heartbeat;
 mod host_facts;
 mod large;
 mod limits;
+mod migration;
 mod nofile;
 mod ownership;
 mod redis_scripts;

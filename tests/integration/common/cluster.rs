@@ -361,11 +361,17 @@ impl ClusterFixture {
         };
         for i in 0..2 * MASTERS {
             let conf = format!("nodes-{i}.conf");
+            // A bus port of its own: by default it is the port + 10000,
+            // which does not exist for a free port above 55535 (Redis
+            // then refuses to start) and may be taken below it.
+            let bus = free_port().to_string();
             fixture.nodes.push(RedisServer::start_with(&[
                 "--dir",
                 &dir_arg,
                 "--cluster-enabled",
                 "yes",
+                "--cluster-port",
+                &bus,
                 "--cluster-config-file",
                 &conf,
                 // Failover within about 2.5 s (measured in redis-ha.md).

@@ -11,6 +11,9 @@
 //! - [`pki`]: certificates and PEM files for the TLS tests.
 //! - [`sentinel`]: [`SentinelFixture`], a master, two replicas and three
 //!   sentinels.
+//! - [`cluster`]: [`ClusterFixture`], a Redis Cluster of three masters with
+//!   a replica each.
+//! - [`split`]: [`SplitProxy`], writes to one server and reads to another.
 //! - [`tls_redis`]: [`TlsRedis`], a TLS-only Redis with an ACL user.
 
 use std::io::Read;
@@ -32,12 +35,15 @@ pub mod cluster;
 pub mod pki;
 pub mod requests;
 pub mod sentinel;
+pub mod split;
 pub mod tls_redis;
 pub mod watch;
 
 pub use calls::*;
+pub use cluster::ClusterFixture;
 pub use requests::*;
 pub use sentinel::*;
+pub use split::SplitProxy;
 pub use tls_redis::*;
 pub use watch::*;
 
@@ -265,6 +271,20 @@ pub async fn sentinel_registry(fixture: &SentinelFixture) -> RedisRegistry {
     registry
 }
 
+/// A registry of its own on the Redis Cluster `fixture`, through its
+/// `redis+cluster://` URL with every node as a seed, checked to answer.
+pub async fn cluster_registry(fixture: &ClusterFixture) -> RedisRegistry {
+    let url = fixture.url();
+    let config = RedisConfig::from_url(&url, "discovered")
+        .unwrap_or_else(|e| panic!("RedisConfig::from_url({url:?}): {e}"));
+    let registry = RedisRegistry::new(config).expect("redis registry");
+    registry
+        .check()
+        .await
+        .unwrap_or_else(|e| panic!("the Redis Cluster answers through {url}: {e}"));
+    registry
+}
+
 /// The `discovered` binary of this build.
 pub const BIN: &str = env!("CARGO_BIN_EXE_discovered");
 
@@ -375,6 +395,10 @@ pub enum Backend {
     Redis,
     /// A [`SentinelFixture`], reached through its `redis+sentinel://` URL.
     Sentinel,
+    /// A [`ClusterFixture`] shared by two servers, each with a registry of
+    /// its own: the client's writes go to one, its reads and watches to the
+    /// other (see [`SplitProxy`]).
+    Cluster,
 }
 
 /// A client on a connection of its own to the server at `url`: for tests
@@ -392,6 +416,11 @@ pub async fn connect(url: &str) -> Client {
 
 /// An in-process `discovered` server on 127.0.0.1 with a client, and the
 /// Redis behind it when the backend is Redis.
+///
+/// On [`Backend::Cluster`] these are two servers behind a [`SplitProxy`]:
+/// `server` is the one that takes the writes, `split` holds the proxy (the
+/// client's and `channel`'s end) and the reading server, and `hub` is the
+/// reading server's, where the watch streams are.
 pub struct TestServer {
     pub server: RunningServer,
     pub client: DiscoveryClient<Channel>,
@@ -402,6 +431,23 @@ pub struct TestServer {
     pub sentinel: Option<SentinelFixture>,
     /// The registry's fan-out: counts the open watch streams.
     pub hub: Hub,
+    /// The proxy and the reading server, for [`Backend::Cluster`].
+    pub split: Option<Split>,
+    /// The Redis Cluster behind both servers, for [`Backend::Cluster`];
+    /// last, so the servers stop before their Redis does.
+    pub cluster: Option<ClusterFixture>,
+}
+
+/// The second server of a [`Backend::Cluster`] test server, and the proxy
+/// in front of both.
+pub struct Split {
+    /// Forwards the client's writes to the writing server and the rest to
+    /// `reader`.
+    pub proxy: SplitProxy,
+    /// The server that answers reads and watches.
+    pub reader: RunningServer,
+    /// The writing server's fan-out (no watch stream should land there).
+    pub writer_hub: Hub,
 }
 
 impl TestServer {
@@ -432,6 +478,13 @@ impl TestServer {
                 t.sentinel = Some(fixture);
                 return t;
             }
+            Backend::Cluster => {
+                let settings = Settings {
+                    defaults,
+                    ..Settings::default()
+                };
+                return Self::cluster_with(settings).await;
+            }
         };
         Self::on(store, redis, defaults).await
     }
@@ -457,6 +510,45 @@ impl TestServer {
         Self::on_with((registry, hub), redis, settings).await
     }
 
+    /// Two servers with `settings` on a new [`ClusterFixture`], each with a
+    /// registry of its own, behind a [`SplitProxy`] that sends the client's
+    /// writes to the first and its reads and watches to the second.
+    pub async fn cluster_with(settings: Settings) -> Self {
+        let fixture = tokio::task::spawn_blocking(ClusterFixture::start)
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let writer = cluster_registry(&fixture).await;
+        let reader = cluster_registry(&fixture).await;
+        let (writer_hub, hub) = (writer.hub(), reader.hub());
+        let addr: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let server = RunningServer::start_with(Arc::new(writer), settings.clone(), addr)
+            .await
+            .expect("start the writing server");
+        let reader = RunningServer::start_with(Arc::new(reader), settings, addr)
+            .await
+            .expect("start the reading server");
+        let proxy = SplitProxy::start(
+            connect_channel(&server.url()).await,
+            connect_channel(&reader.url()).await,
+        )
+        .await;
+        let channel = connect_channel(&proxy.url()).await;
+        Self {
+            server,
+            client: DiscoveryClient::new(channel.clone()),
+            channel,
+            redis: None,
+            sentinel: None,
+            hub,
+            split: Some(Split {
+                proxy,
+                reader,
+                writer_hub,
+            }),
+            cluster: Some(fixture),
+        }
+    }
+
     /// An in-memory server with every setting given (limits, say).
     pub async fn memory_with(settings: Settings) -> Self {
         let registry = MemoryRegistry::new();
@@ -474,12 +566,7 @@ impl TestServer {
         let server = RunningServer::start_with(registry, settings, addr)
             .await
             .expect("start server");
-        let channel = Channel::from_shared(server.url())
-            .expect("url")
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .expect("connect to test server");
+        let channel = connect_channel(&server.url()).await;
         Self {
             server,
             client: DiscoveryClient::new(channel.clone()),
@@ -487,12 +574,22 @@ impl TestServer {
             redis,
             sentinel: None,
             hub,
+            split: None,
+            cluster: None,
         }
     }
 
     /// The Redis behind the server; panics for the memory backend.
     pub fn redis(&mut self) -> &mut RedisServer {
         self.redis.as_mut().expect("this test server has no Redis")
+    }
+
+    /// The Redis Cluster behind the servers; panics for the other
+    /// backends.
+    pub fn cluster(&mut self) -> &mut ClusterFixture {
+        self.cluster
+            .as_mut()
+            .expect("this test server has no Redis Cluster")
     }
 
     /// The Sentinel deployment behind the server; panics for the other
@@ -502,6 +599,16 @@ impl TestServer {
             .as_mut()
             .expect("this test server has no Sentinel deployment")
     }
+}
+
+/// A channel to the plaintext server at `url`, connected.
+async fn connect_channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .expect("url")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to the test server at {url}: {e}"))
 }
 
 /// Wall-clock milliseconds since the epoch, as the server counts them.
@@ -560,8 +667,9 @@ where
     }
 }
 
-/// Generates `mod memory`, `mod redis` and `mod sentinel`, each running the listed async
-/// test bodies (`async fn name(backend: Backend)`) against its backend, on
+/// Generates `mod memory`, `mod redis`, `mod sentinel` and `mod cluster`,
+/// each running the listed async test bodies (`async fn name(backend:
+/// Backend)`) against its backend, on
 /// a multi-threaded runtime as in production: the server's tasks (the Redis
 /// subscriber, each stream) run in parallel with the test's clients, so an
 /// ordering that only holds when they take turns fails here.
@@ -588,6 +696,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::Backend::Sentinel).await;
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Cluster).await;
                 }
             )*
         }
