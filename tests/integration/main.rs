@@ -14,6 +14,7 @@ mod binary;
 mod cli;
 mod client;
 mod cluster;
+mod cluster_events;
 mod cluster_faults;
 mod conformance;
 mod decoding;
