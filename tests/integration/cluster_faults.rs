@@ -315,11 +315,7 @@ fn check_calls(f: &mut Findings, calls: &[Call], affected: &BTreeSet<usize>, t_f
         .copied()
         .filter(|c| c.result.is_err())
         .collect();
-    let mut errors: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in &failed_inside {
-        let e = c.result.as_ref().unwrap_err();
-        *errors.entry(e.split(':').next().unwrap_or("")).or_default() += 1;
-    }
+    let errors = count_by_code(failed_inside.iter().filter_map(|c| c.result.as_ref().err()));
     f.note(format!(
         "load: {} calls for {} affected services ({} failed {errors:?}, from +{:?} to +{:?}), \
          {} for the others ({} failed); longest call {:?}",

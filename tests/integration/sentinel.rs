@@ -8,7 +8,6 @@
 //! clients saw. Every check is collected first and reported together with
 //! the timeline, so one run tells everything that went wrong.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -479,11 +478,7 @@ fn check_calls(f: &mut Findings, calls: &[Call], t_fail: Instant) {
         ));
     }
     let failed: Vec<&Call> = calls.iter().filter(|c| c.result.is_err()).collect();
-    let mut errors: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in &failed {
-        let e = c.result.as_ref().unwrap_err();
-        *errors.entry(e.split(':').next().unwrap_or("")).or_default() += 1;
-    }
+    let errors = count_by_code(failed.iter().filter_map(|c| c.result.as_ref().err()));
     f.note(format!(
         "load: {} calls, {} failed {errors:?}, longest {:?}, failures from +{:?} to +{:?} after \
          the failover began",

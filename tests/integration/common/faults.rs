@@ -36,6 +36,16 @@ pub fn spawn_agent(url: &str, group: &str, service: &str, i: usize, ttl: u64) ->
     )
 }
 
+/// How many of `errors` (as the fault tests' loads record a status:
+/// `Code: message`) there are of each code.
+pub fn count_by_code<'a>(errors: impl IntoIterator<Item = &'a String>) -> BTreeMap<&'a str, usize> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in errors {
+        *counts.entry(e.split(':').next().unwrap_or("")).or_default() += 1;
+    }
+    counts
+}
+
 /// When `holds` first answered true, polled every 50 ms until
 /// `deadline`; None if it never did.
 pub async fn first_held<F, Fut>(deadline: Instant, mut holds: F) -> Option<Instant>
