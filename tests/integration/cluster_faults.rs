@@ -22,12 +22,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::cluster::{ClusterFixture, ClusterNode, cluster_registry, key_counts};
+use crate::common::cluster::{ClusterFixture, ClusterNode, key_counts};
 use crate::common::*;
 use discovered::proto::v1::*;
 use discovered::server::Defaults;
 use futures::StreamExt;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// The group everything is registered in.
@@ -38,9 +37,6 @@ const SERVICES: usize = 300;
 const WORKERS: usize = 6;
 /// Pause between two rounds (a registration and a read) of one worker.
 const LOAD_PAUSE: Duration = Duration::from_millis(10);
-/// The longest any call may take, fault or not: calls for a shard that is
-/// down fail with UNAVAILABLE within about 2 s, never hang (issue 13).
-const CALL_BOUND: Duration = Duration::from_secs(3);
 /// The agents' TTL (seconds); they heartbeat every third of it.
 const AGENT_TTL: u64 = 3;
 /// One heartbeat period of the agents.
@@ -262,265 +258,21 @@ impl Load {
 // Watchers
 // ---------------------------------------------------------------------------
 
-/// One watch stream on server B, read by a task of its own.
-struct Watcher {
-    what: String,
-    /// The services it covers.
-    services: Vec<String>,
-    state: Arc<Mutex<WatcherState>>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-    // The client must live as long as its stream.
-    _client: Client,
-}
-
-impl Watcher {
-    /// Opens a watch of `service` (`""`: the whole group, covering the
-    /// `all` services) on a connection of its own, and waits for its
-    /// SYNCED.
-    async fn open(url: &str, service: &str, all: &[String]) -> Self {
-        let mut client = connect(url).await;
-        let mut w = Watch::open(&mut client, GROUP, service, None).await;
-        let state = Arc::new(Mutex::new(WatcherState {
-            rebuilding: Some(BTreeMap::new()),
-            ..Default::default()
-        }));
-        // Synced before the fault: the state it starts from is whole.
-        loop {
-            let e = w.next().await;
-            state.lock().unwrap().apply(&e);
-            if kind(&e) == EventType::Synced {
-                break;
-            }
-        }
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let record = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => return,
-                    e = w.next() => record.lock().unwrap().apply(&e),
-                }
-            }
-        });
-        Self {
-            what: format!("watch of {GROUP}/{service:?}"),
-            services: if service.is_empty() {
-                all.to_vec()
-            } else {
-                vec![service.to_string()]
-            },
-            state,
-            stop: Some(stop),
-            task,
-            _client: client,
-        }
-    }
-
-    /// Stops reading; a panic of the reading task (the stream failed or
-    /// ended, an event broke what every event promises, nothing for WAIT)
-    /// is returned as a problem.
-    async fn finish(&mut self) -> Option<String> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match (&mut self.task).await {
-            Ok(()) => None,
-            Err(e) if e.is_panic() => {
-                let p = e.into_panic();
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                Some(format!("{}: the reader failed: {msg}", self.what))
-            }
-            Err(e) => Some(format!("{}: the reader: {e}", self.what)),
-        }
-    }
-}
-
 /// A group watch and single-service watches of `services` (by index), on
 /// server B.
 async fn open_watchers(s: &Setup, services: &[usize]) -> Vec<Watcher> {
     let url = s.b.server.url();
     let all: Vec<String> = (0..s.slots.len()).map(service_name).collect();
-    let mut w = vec![Watcher::open(&url, "", &all).await];
+    let mut w = vec![Watcher::open_synced(&url, GROUP, "", &all).await];
     for &i in services {
-        w.push(Watcher::open(&url, &service_name(i), &all).await);
+        w.push(Watcher::open_synced(&url, GROUP, &service_name(i), &all).await);
     }
     w
 }
 
-/// A node without `expires_at`, which heartbeats renew without an event.
-fn comparable(n: &Node) -> Node {
-    Node {
-        expires_at: None,
-        ..n.clone()
-    }
-}
-
-/// The nodes of `services` as GetNodes returns them now, comparable, and
-/// whether every GetNodes answered.
-async fn get_nodes_state(
-    c: &Client,
-    services: &[String],
-) -> (BTreeMap<(String, String), Node>, bool) {
-    let answers: Vec<Option<Vec<Node>>> = futures::stream::iter(services.iter().cloned())
-        .map(|s| {
-            let mut c = c.clone();
-            async move {
-                let r = tokio::time::timeout(
-                    CALL_BOUND,
-                    c.get_nodes(GetNodesRequest {
-                        service_group: GROUP.into(),
-                        service_name: s,
-                    }),
-                )
-                .await;
-                match r {
-                    Ok(Ok(r)) => Some(r.into_inner().nodes),
-                    _ => None,
-                }
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    let ok = answers.iter().all(Option::is_some);
-    let want = answers
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|n| {
-            (
-                (n.service_name.clone(), n.node_name.clone()),
-                comparable(&n),
-            )
-        })
-        .collect();
-    (want, ok)
-}
-
-/// None when `w` has resynced after `t_fault`, is not rebuilding, and
-/// holds the state GetNodes returns; what differs otherwise.
-async fn diff_with_get_nodes(c: &Client, w: &Watcher, t_fault: Instant) -> Option<String> {
-    let (want, ok) = get_nodes_state(c, &w.services).await;
-    let st = w.state.lock().unwrap();
-    let have: BTreeMap<_, _> = st
-        .nodes
-        .iter()
-        .map(|(k, n)| (k.clone(), comparable(n)))
-        .collect();
-    let resynced = st.last_resynced.is_some_and(|at| at >= t_fault);
-    if ok && resynced && st.rebuilding.is_none() && have == want {
-        return None;
-    }
-    let missing: Vec<_> = want
-        .keys()
-        .filter(|k| !have.contains_key(*k))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = have
-        .keys()
-        .filter(|k| !want.contains_key(*k))
-        .take(5)
-        .collect();
-    let differ: Vec<_> = want
-        .iter()
-        .filter(|(k, n)| have.get(*k).is_some_and(|h| h != *n))
-        .map(|(k, _)| k)
-        .take(3)
-        .collect();
-    Some(format!(
-        "RESYNCs at {:?} after the fault, resynced {resynced}, rebuilding {}, GetNodes \
-         answered {ok}; {} nodes vs {} in GetNodes; missing {missing:?}, extra {extra:?}, \
-         different {differ:?}",
-        st.resyncs
-            .iter()
-            .map(|r| r.saturating_duration_since(t_fault))
-            .collect::<Vec<_>>(),
-        st.rebuilding.is_some(),
-        have.len(),
-        want.len()
-    ))
-}
-
-/// Every watcher: a RESYNC after the fault, then (all within WAIT) exactly
-/// the state GetNodes returns; per-service revisions increasing; its
-/// reader did not fail.
-async fn check_watchers(f: &mut Findings, c: &Client, watchers: &mut [Watcher], t_fault: Instant) {
-    let deadline = Instant::now() + WAIT;
-    for w in watchers.iter() {
-        let matched = loop {
-            let Some(diff) = diff_with_get_nodes(c, w, t_fault).await else {
-                break Ok(());
-            };
-            if Instant::now() >= deadline {
-                break Err(diff);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let st = w.state.lock().unwrap();
-        f.note(format!(
-            "{}: {} events, RESYNC at {:?} after the fault",
-            w.what,
-            st.events,
-            st.resyncs
-                .iter()
-                .map(|r| r.saturating_duration_since(t_fault))
-                .collect::<Vec<_>>()
-        ));
-        if let Err(diff) = matched {
-            f.problem(format!(
-                "{}: no RESYNC then the state of GetNodes within {WAIT:?}: {diff}",
-                w.what
-            ));
-        }
-        for p in st.problems.iter().take(5) {
-            f.problem(format!("{}: {p}", w.what));
-        }
-    }
-    for w in watchers.iter_mut() {
-        if let Some(p) = w.finish().await {
-            f.problem(p);
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
-// Findings and the checks of the load
+// The checks of the load
 // ---------------------------------------------------------------------------
-
-/// What a fault test found: the timeline it tells and the problems, all
-/// reported together at the end.
-#[derive(Default)]
-struct Findings {
-    timeline: Vec<String>,
-    problems: Vec<String>,
-}
-
-impl Findings {
-    fn note(&mut self, line: String) {
-        self.timeline.push(line);
-    }
-
-    fn problem(&mut self, problem: String) {
-        self.problems.push(problem);
-    }
-
-    /// Prints the timeline; fails the test listing every problem with it.
-    fn assert_clean(self, what: &str) {
-        let report = self.timeline.join("\n  ");
-        eprintln!("{what}: timeline:\n  {report}");
-        assert!(
-            self.problems.is_empty(),
-            "{what}: {} problems:\n- {}\ntimeline:\n  {report}",
-            self.problems.len(),
-            self.problems.join("\n- ")
-        );
-    }
-}
 
 /// Calls as `(service, +start after t, took, result)`, for a report.
 fn sample(calls: &[&Call], t: Instant) -> String {
@@ -563,11 +315,7 @@ fn check_calls(f: &mut Findings, calls: &[Call], affected: &BTreeSet<usize>, t_f
         .copied()
         .filter(|c| c.result.is_err())
         .collect();
-    let mut errors: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in &failed_inside {
-        let e = c.result.as_ref().unwrap_err();
-        *errors.entry(e.split(':').next().unwrap_or("")).or_default() += 1;
-    }
+    let errors = count_by_code(failed_inside.iter().filter_map(|c| c.result.as_ref().err()));
     f.note(format!(
         "load: {} calls for {} affected services ({} failed {errors:?}, from +{:?} to +{:?}), \
          {} for the others ({} failed); longest call {:?}",
@@ -617,7 +365,7 @@ async fn check_lost_writes(
     t_safe: Instant,
 ) {
     let services: Vec<String> = (0..SERVICES).map(service_name).collect();
-    let (stored, ok) = get_nodes_state(c, &services).await;
+    let (stored, ok) = get_nodes_state(c, GROUP, &services).await;
     if !ok {
         f.problem("GetNodes did not answer for every service at the end".into());
         return;
@@ -678,16 +426,6 @@ async fn check_serves_again(
 // Agents
 // ---------------------------------------------------------------------------
 
-fn agent(url: &str, service: &str, i: usize) -> Proc {
-    Proc::spawn(
-        &format!(
-            "agent --server {url} --group {GROUP} --service {service} --node agent-{i} \
-             --port 9000 --ttl {AGENT_TTL}"
-        ),
-        &[],
-    )
-}
-
 /// Whether every agent's node (`agent-<i>` in `services[i]`) is in
 /// GetNodes now.
 async fn agents_present(c: &Client, services: &[String]) -> bool {
@@ -716,15 +454,7 @@ async fn agents_present(c: &Client, services: &[String]) -> bool {
 /// Every agent's node is in GetNodes within [`AGENT_BOUND`] of
 /// `t_serves`.
 async fn check_agents_back(f: &mut Findings, c: &Client, services: &[String], t_serves: Instant) {
-    let deadline = t_serves + WAIT;
-    let mut back = None;
-    while Instant::now() < deadline {
-        if agents_present(c, services).await {
-            back = Some(Instant::now());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let back = first_held(t_serves + WAIT, || agents_present(c, services)).await;
     match back {
         Some(at) => {
             let after = at.saturating_duration_since(t_serves);
@@ -780,7 +510,7 @@ async fn killing_a_master_under_load_is_contained_to_its_shard() {
     s.agents = agent_services
         .iter()
         .enumerate()
-        .map(|(i, svc)| agent(&url, svc, i))
+        .map(|(i, svc)| spawn_agent(&url, GROUP, svc, i, AGENT_TTL))
         .collect();
     eventually("the agents' nodes", || {
         let (c, services) = (c.clone(), agent_services.clone());

@@ -8,7 +8,6 @@
 //! clients saw. Every check is collected first and reported together with
 //! the timeline, so one run tells everything that went wrong.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,33 +78,6 @@ async fn fixture_fails_over_on_request() {
 // Start-up through the real binary
 // ---------------------------------------------------------------------------
 
-/// Checks that `discovered serve ...` exits 1 with one line on stderr,
-/// starting `error: `, that contains each of `needles`.
-#[track_caller]
-fn assert_one_error_line(
-    what: &str,
-    (status, stderr): (std::process::ExitStatus, String),
-    needles: &[&str],
-) {
-    assert_eq!(
-        status.code(),
-        Some(1),
-        "{what}: exit status; stderr: {stderr}"
-    );
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{what}: one line on stderr, got {stderr:?}");
-    assert!(
-        lines[0].starts_with("error: "),
-        "{what}: the line starts with `error: `: {stderr:?}"
-    );
-    for n in needles {
-        assert!(
-            lines[0].contains(n),
-            "{what}: the line names {n}: {stderr:?}"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_sentinel_listening_is_one_error_line_naming_the_addresses() {
     // Ports nothing listens on.
@@ -118,7 +90,7 @@ async fn no_sentinel_listening_is_one_error_line_naming_the_addresses() {
 
     let url = format!("redis+sentinel://{}/mymaster", addrs.join(","));
     let p = Proc::spawn(&format!("serve --listen {listen} --redis-url {url}"), &[]);
-    assert_one_error_line("--redis-url", p.wait_async().await, &needles);
+    assert_one_error_line("--redis-url", p.wait_async().await, &needles, &[]);
 
     let p = Proc::spawn(
         &format!(
@@ -127,7 +99,7 @@ async fn no_sentinel_listening_is_one_error_line_naming_the_addresses() {
         ),
         &[],
     );
-    assert_one_error_line("--redis-sentinels", p.wait_async().await, &needles);
+    assert_one_error_line("--redis-sentinels", p.wait_async().await, &needles, &[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +112,7 @@ async fn an_unknown_master_name_is_one_error_line_naming_it() {
 
     let url = format!("redis+sentinel://{}/no-such-master", addrs.join(","));
     let p = Proc::spawn(&format!("serve --listen {listen} --redis-url {url}"), &[]);
-    assert_one_error_line("--redis-url", p.wait_async().await, &needles);
+    assert_one_error_line("--redis-url", p.wait_async().await, &needles, &[]);
 
     let sentinels = addrs.join(",");
     let p = Proc::spawn(
@@ -150,7 +122,12 @@ async fn an_unknown_master_name_is_one_error_line_naming_it() {
             ("DISCOVERED_REDIS_MASTER_NAME", "no-such-master"),
         ],
     );
-    assert_one_error_line("DISCOVERED_REDIS_SENTINELS", p.wait_async().await, &needles);
+    assert_one_error_line(
+        "DISCOVERED_REDIS_SENTINELS",
+        p.wait_async().await,
+        &needles,
+        &[],
+    );
 }
 
 /// A gRPC client of the server listening on `port`, once it listens.
@@ -207,9 +184,6 @@ const AGENT_TTL: u64 = 3;
 /// an agent that needs longer has a node missing for longer than its
 /// users would accept.
 const AGENT_BOUND: Duration = Duration::from_secs(AGENT_TTL / 3 + 2);
-/// The longest any call may take, failover or not: calls fail with
-/// UNAVAILABLE within about 2 s, never hang.
-const CALL_BOUND: Duration = Duration::from_secs(3);
 /// How soon after the sentinels agree on the new master a write must
 /// succeed again.
 const FIRST_WRITE_BOUND: Duration = Duration::from_secs(2);
@@ -309,82 +283,6 @@ impl Load {
     }
 }
 
-/// One watch stream, read by a task of its own into a [`WatcherState`].
-struct Watcher {
-    what: String,
-    services: Vec<&'static str>,
-    state: Arc<Mutex<WatcherState>>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-    // The client must live as long as its stream.
-    _client: Client,
-}
-
-impl Watcher {
-    /// Opens a watch of `service` (`""`: the whole group) in [`GROUP`] on
-    /// a connection of its own.
-    async fn open(url: &str, service: &'static str) -> Self {
-        let mut client = connect(url).await;
-        let mut w = Watch::open(&mut client, GROUP, service, None).await;
-        let state = Arc::new(Mutex::new(WatcherState {
-            rebuilding: Some(BTreeMap::new()),
-            ..Default::default()
-        }));
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let record = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => return,
-                    e = w.next() => record.lock().unwrap().apply(&e),
-                }
-            }
-        });
-        Self {
-            what: format!("watch of {GROUP}/{service:?}"),
-            services: if service.is_empty() {
-                vec![LOAD_SERVICE, AGENT_SERVICE]
-            } else {
-                vec![service]
-            },
-            state,
-            stop: Some(stop),
-            task,
-            _client: client,
-        }
-    }
-
-    /// Stops reading; a panic of the reading task (the stream failed or
-    /// ended, an event broke what every event promises, nothing for WAIT)
-    /// is returned as a problem.
-    async fn finish(&mut self) -> Option<String> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match (&mut self.task).await {
-            Ok(()) => None,
-            Err(e) if e.is_panic() => {
-                let p = e.into_panic();
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                Some(format!("{}: the reader failed: {msg}", self.what))
-            }
-            Err(e) => Some(format!("{}: the reader: {e}", self.what)),
-        }
-    }
-}
-
-/// A node without `expires_at`, which heartbeats renew without an event.
-fn comparable(n: &Node) -> Node {
-    Node {
-        expires_at: None,
-        ..n.clone()
-    }
-}
-
 /// How the master is failed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failover {
@@ -412,64 +310,23 @@ async fn agent_nodes(c: &Client) -> Option<Vec<String>> {
     Some(node_names(&r.into_inner().nodes))
 }
 
-fn agent(url: &str, i: usize) -> Proc {
-    Proc::spawn(
-        &format!(
-            "agent --server {url} --group {GROUP} --service {AGENT_SERVICE} --node agent-{i} \
-             --port 9000 --ttl {AGENT_TTL}"
-        ),
-        &[],
-    )
-}
-
-/// What a failover test found: the timeline it tells and the problems,
-/// all reported together at the end.
-struct Findings {
-    timeline: Vec<String>,
-    problems: Vec<String>,
-}
-
-impl Findings {
-    /// Starts the timeline with what `s` saw of the switch.
-    fn of(s: &Switch) -> Self {
-        let mut f = Self {
-            timeline: Vec::new(),
-            problems: Vec::new(),
-        };
-        f.note(format!(
-            "{:?}: old master {}, new master {}; sentinels agreed at +{:?} after the {}",
-            s.how,
-            s.old,
-            s.new,
-            s.t_new - s.t_failed,
-            if s.how == Failover::Manual {
-                "SENTINEL FAILOVER"
-            } else {
-                "kill"
-            }
-        ));
-        f
-    }
-
-    fn note(&mut self, line: String) {
-        self.timeline.push(line);
-    }
-
-    fn problem(&mut self, problem: String) {
-        self.problems.push(problem);
-    }
-
-    /// Prints the timeline; fails the test listing every problem with it.
-    fn assert_clean(self, how: Failover) {
-        let report = self.timeline.join("\n  ");
-        eprintln!("failover timeline:\n  {report}");
-        assert!(
-            self.problems.is_empty(),
-            "{how:?}: {} problems:\n- {}\ntimeline:\n  {report}",
-            self.problems.len(),
-            self.problems.join("\n- ")
-        );
-    }
+/// The findings of a failover test, the timeline starting with what `s`
+/// saw of the switch.
+fn findings_of(s: &Switch) -> Findings {
+    let mut f = Findings::default();
+    f.note(format!(
+        "{:?}: old master {}, new master {}; sentinels agreed at +{:?} after the {}",
+        s.how,
+        s.old,
+        s.new,
+        s.t_new - s.t_failed,
+        if s.how == Failover::Manual {
+            "SENTINEL FAILOVER"
+        } else {
+            "kill"
+        }
+    ));
+    f
 }
 
 /// A failover as it happened: the masters, and when.
@@ -515,7 +372,9 @@ async fn fail_over(t: &mut TestServer, how: Failover) -> Switch {
 
 /// Three agents, once their nodes are registered.
 async fn start_agents(url: &str, c: &Client) -> Vec<Proc> {
-    let agents: Vec<Proc> = (0..3).map(|i| agent(url, i)).collect();
+    let agents: Vec<Proc> = (0..3)
+        .map(|i| spawn_agent(url, GROUP, AGENT_SERVICE, i, AGENT_TTL))
+        .collect();
     eventually("the three agents' nodes", || async {
         agent_nodes(c).await.filter(|n| n.len() == 3)
     })
@@ -525,10 +384,11 @@ async fn start_agents(url: &str, c: &Client) -> Vec<Proc> {
 
 /// A group watch and two watches of the load's service.
 async fn open_watchers(url: &str) -> Vec<Watcher> {
+    let all = [LOAD_SERVICE.to_string(), AGENT_SERVICE.to_string()];
     vec![
-        Watcher::open(url, "").await,
-        Watcher::open(url, LOAD_SERVICE).await,
-        Watcher::open(url, LOAD_SERVICE).await,
+        Watcher::open(url, GROUP, "", &all).await,
+        Watcher::open(url, GROUP, LOAD_SERVICE, &all).await,
+        Watcher::open(url, GROUP, LOAD_SERVICE, &all).await,
     ]
 }
 
@@ -562,14 +422,10 @@ async fn check_first_write(f: &mut Findings, load: &Load, s: &Switch) -> Instant
 /// serving at `t_serves` (polled until WAIT to tell how late it is
 /// otherwise).
 async fn check_agents_back(f: &mut Findings, c: &Client, t_serves: Instant) {
-    let mut agents_back = None;
-    while Instant::now() < t_serves + WAIT {
-        if agent_nodes(c).await.is_some_and(|n| n.len() == 3) {
-            agents_back = Some(Instant::now());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let agents_back = first_held(t_serves + WAIT, || async {
+        agent_nodes(c).await.is_some_and(|n| n.len() == 3)
+    })
+    .await;
     match agents_back {
         Some(at) => {
             let after = at.saturating_duration_since(t_serves);
@@ -622,11 +478,7 @@ fn check_calls(f: &mut Findings, calls: &[Call], t_fail: Instant) {
         ));
     }
     let failed: Vec<&Call> = calls.iter().filter(|c| c.result.is_err()).collect();
-    let mut errors: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in &failed {
-        let e = c.result.as_ref().unwrap_err();
-        *errors.entry(e.split(':').next().unwrap_or("")).or_default() += 1;
-    }
+    let errors = count_by_code(failed.iter().filter_map(|c| c.result.as_ref().err()));
     f.note(format!(
         "load: {} calls, {} failed {errors:?}, longest {:?}, failures from +{:?} to +{:?} after \
          the failover began",
@@ -679,147 +531,6 @@ async fn check_lost_writes(f: &mut Findings, c: &Client, calls: &[Call], t_new: 
                 .collect::<Vec<_>>()
         ));
     }
-}
-
-/// Every watcher: a RESYNC after the failover began (`t_fail`), then
-/// (eventually, all within WAIT) the state GetNodes returns; revisions
-/// never went down; its reader did not fail.
-async fn check_watchers(f: &mut Findings, c: &Client, watchers: &mut [Watcher], t_fail: Instant) {
-    let deadline = Instant::now() + WAIT;
-    for w in watchers.iter() {
-        check_watcher(f, c, w, t_fail, deadline).await;
-    }
-    for w in watchers.iter_mut() {
-        if let Some(p) = w.finish().await {
-            f.problem(p);
-        }
-    }
-}
-
-/// One watcher: its RESYNCs on the timeline; a problem if it did not
-/// match GetNodes after a RESYNC by `deadline`, and each of its own.
-async fn check_watcher(
-    f: &mut Findings,
-    c: &Client,
-    w: &Watcher,
-    t_fail: Instant,
-    deadline: Instant,
-) {
-    let matched = wait_matches_get_nodes(c, w, t_fail, deadline).await;
-    let st = w.state.lock().unwrap();
-    f.note(format!(
-        "{}: {} events, RESYNC at {:?} after the failover began",
-        w.what,
-        st.events,
-        st.resyncs
-            .iter()
-            .map(|r| r.saturating_duration_since(t_fail))
-            .collect::<Vec<_>>()
-    ));
-    if let Err(last_diff) = matched {
-        f.problem(format!(
-            "{}: no RESYNC then the state of GetNodes within {WAIT:?}: {last_diff}",
-            w.what
-        ));
-    }
-    for p in &st.problems {
-        f.problem(format!("{}: {p}", w.what));
-    }
-}
-
-/// Waits until `w` has resynced after `t_fail` and holds the state
-/// GetNodes returns, until `deadline`; the last difference otherwise.
-async fn wait_matches_get_nodes(
-    c: &Client,
-    w: &Watcher,
-    t_fail: Instant,
-    deadline: Instant,
-) -> Result<(), String> {
-    loop {
-        let Some(diff) = diff_with_get_nodes(c, w, t_fail).await else {
-            return Ok(());
-        };
-        if Instant::now() >= deadline {
-            return Err(diff);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The state of `services` as GetNodes returns it now, comparable
-/// (see [`comparable`]), and whether every GetNodes answered.
-async fn get_nodes_state(
-    c: &Client,
-    services: &[&str],
-) -> (BTreeMap<(String, String), Node>, bool) {
-    let mut want = BTreeMap::new();
-    let mut ok = true;
-    for s in services {
-        match tokio::time::timeout(
-            CALL_BOUND,
-            c.clone().get_nodes(GetNodesRequest {
-                service_group: GROUP.into(),
-                service_name: s.to_string(),
-            }),
-        )
-        .await
-        {
-            Ok(Ok(r)) => {
-                for n in r.into_inner().nodes {
-                    want.insert(
-                        (n.service_name.clone(), n.node_name.clone()),
-                        comparable(&n),
-                    );
-                }
-            }
-            _ => ok = false,
-        }
-    }
-    (want, ok)
-}
-
-/// None when `w` has resynced after `t_fail`, is not rebuilding, and
-/// holds the state GetNodes returns; what differs otherwise.
-async fn diff_with_get_nodes(c: &Client, w: &Watcher, t_fail: Instant) -> Option<String> {
-    let (want, ok) = get_nodes_state(c, &w.services).await;
-    let st = w.state.lock().unwrap();
-    let have: BTreeMap<_, _> = st
-        .nodes
-        .iter()
-        .map(|(k, n)| (k.clone(), comparable(n)))
-        .collect();
-    let resynced = st.last_resynced.is_some_and(|at| at >= t_fail);
-    if ok && resynced && st.rebuilding.is_none() && have == want {
-        return None;
-    }
-    let missing: Vec<_> = want
-        .keys()
-        .filter(|k| !have.contains_key(*k))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = have
-        .keys()
-        .filter(|k| !want.contains_key(*k))
-        .take(5)
-        .collect();
-    let differ: Vec<_> = want
-        .iter()
-        .filter(|(k, n)| have.get(*k).is_some_and(|h| h != *n))
-        .map(|(k, _)| k)
-        .take(3)
-        .collect();
-    Some(format!(
-        "RESYNCs at {:?} after the failover began, resynced {resynced}, rebuilding {}, \
-         GetNodes answered {ok}; {} nodes vs {} in GetNodes; missing {missing:?}, extra \
-         {extra:?}, different {differ:?}",
-        st.resyncs
-            .iter()
-            .map(|r| r.saturating_duration_since(t_fail))
-            .collect::<Vec<_>>(),
-        st.rebuilding.is_some(),
-        have.len(),
-        want.len()
-    ))
 }
 
 /// How often health is polled during a failover.
@@ -963,7 +674,7 @@ async fn failover_under_load(how: Failover) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let s = fail_over(&mut t, how).await;
-    let mut f = Findings::of(&s);
+    let mut f = findings_of(&s);
     let t_serves = check_first_write(&mut f, &load, &s).await;
     check_agents_back(&mut f, &c, t_serves).await;
     wait_demoted(&mut f, &s).await;
@@ -976,7 +687,7 @@ async fn failover_under_load(how: Failover) {
     check_health(&mut f, health, &s).await;
     check_watchers(&mut f, &c, &mut watchers, s.t_fail).await;
     drop(agents);
-    f.assert_clean(how);
+    f.assert_clean(&format!("{how:?}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use discovered::store::{RedisConfig, RedisRegistry};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinHandle;
 
@@ -681,20 +680,6 @@ async fn monitor_one(port: u16, window: Duration) -> JoinHandle<Vec<Sampled>> {
         }
         sampled
     })
-}
-
-/// A registry of its own on the cluster `fixture`, through its
-/// `redis+cluster://` URL with every node as a seed, checked to answer.
-pub async fn cluster_registry(fixture: &ClusterFixture) -> RedisRegistry {
-    let url = fixture.url();
-    let config = RedisConfig::from_url(&url, "discovered")
-        .unwrap_or_else(|e| panic!("RedisConfig::from_url({url:?}): {e}"));
-    let registry = RedisRegistry::new(config).expect("redis registry");
-    registry
-        .check()
-        .await
-        .unwrap_or_else(|e| panic!("the cluster answers through {url}: {e}"));
-    registry
 }
 
 /// Counts by key, over every sampled command that names it, most first.

@@ -13,6 +13,8 @@
 //!   sentinels.
 //! - [`cluster`]: [`ClusterFixture`], a Redis Cluster of three masters with
 //!   a replica each.
+//! - [`faults`]: watchers checked against GetNodes after a fault, and
+//!   [`Findings`], the fault tests' report.
 //! - [`split`]: [`SplitProxy`], writes to one server and reads to another.
 //! - [`tls_redis`]: [`TlsRedis`], a TLS-only Redis with an ACL user.
 
@@ -32,6 +34,7 @@ use tonic::transport::Channel;
 
 pub mod calls;
 pub mod cluster;
+pub mod faults;
 pub mod pki;
 pub mod requests;
 pub mod sentinel;
@@ -41,6 +44,7 @@ pub mod watch;
 
 pub use calls::*;
 pub use cluster::ClusterFixture;
+pub use faults::*;
 pub use requests::*;
 pub use sentinel::*;
 pub use split::SplitProxy;
@@ -248,41 +252,35 @@ pub async fn seed_nodes(redis: &RedisServer, group: &str, service: &str, count: 
         .unwrap_or_else(|e| panic!("seeding {count} nodes of {group}/{service}: {e}"));
 }
 
-/// A registry of its own on `redis`, checked to answer: another server
-/// process, as far as Redis can tell (its own connections).
-pub async fn redis_registry(redis: &RedisServer) -> RedisRegistry {
-    let config = RedisConfig::from_url(&redis.url(), "discovered").expect("config");
+/// A registry of its own through `url`, checked to answer: another
+/// server process, as far as Redis can tell (its own connections).
+/// `what` names the deployment in a failure.
+pub async fn registry_at(url: &str, what: &str) -> RedisRegistry {
+    let config = RedisConfig::from_url(url, "discovered")
+        .unwrap_or_else(|e| panic!("RedisConfig::from_url({url:?}): {e}"));
     let registry = RedisRegistry::new(config).expect("redis registry");
-    registry.check().await.expect("test redis answers");
     registry
+        .check()
+        .await
+        .unwrap_or_else(|e| panic!("the {what} answers through {url}: {e}"));
+    registry
+}
+
+/// A registry of its own on `redis`, checked to answer.
+pub async fn redis_registry(redis: &RedisServer) -> RedisRegistry {
+    registry_at(&redis.url(), "test redis").await
 }
 
 /// A registry of its own on the Sentinel deployment `fixture`, through
 /// its `redis+sentinel://` URL, checked to answer.
 pub async fn sentinel_registry(fixture: &SentinelFixture) -> RedisRegistry {
-    let url = fixture.url();
-    let config = RedisConfig::from_url(&url, "discovered")
-        .unwrap_or_else(|e| panic!("RedisConfig::from_url({url:?}): {e}"));
-    let registry = RedisRegistry::new(config).expect("redis registry");
-    registry
-        .check()
-        .await
-        .unwrap_or_else(|e| panic!("the Sentinel deployment answers through {url}: {e}"));
-    registry
+    registry_at(&fixture.url(), "Sentinel deployment").await
 }
 
 /// A registry of its own on the Redis Cluster `fixture`, through its
 /// `redis+cluster://` URL with every node as a seed, checked to answer.
 pub async fn cluster_registry(fixture: &ClusterFixture) -> RedisRegistry {
-    let url = fixture.url();
-    let config = RedisConfig::from_url(&url, "discovered")
-        .unwrap_or_else(|e| panic!("RedisConfig::from_url({url:?}): {e}"));
-    let registry = RedisRegistry::new(config).expect("redis registry");
-    registry
-        .check()
-        .await
-        .unwrap_or_else(|e| panic!("the Redis Cluster answers through {url}: {e}"));
-    registry
+    registry_at(&fixture.url(), "Redis Cluster").await
 }
 
 /// The `discovered` binary of this build.
@@ -379,6 +377,39 @@ impl Proc {
             .success();
         assert!(ok, "kill -{sig} failed");
     }
+}
+
+/// Checks that `discovered serve ...` exited 1 with one line on stderr,
+/// starting `error: `, that contains each of `needles`; and that stderr
+/// contains none of `unwanted` (e.g. a panic's words).
+#[track_caller]
+pub fn assert_one_error_line(
+    what: &str,
+    (status, stderr): (ExitStatus, String),
+    needles: &[&str],
+    unwanted: &[&str],
+) {
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "{what}: exit status; stderr: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{what}: one line on stderr, got {stderr:?}");
+    assert!(
+        lines[0].starts_with("error: "),
+        "{what}: the line starts with `error: `: {stderr:?}"
+    );
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "{what}: the line names {n}: {stderr:?}"
+        );
+    }
+    assert!(
+        !unwanted.iter().any(|u| stderr.contains(u)),
+        "{what}: {stderr}"
+    );
 }
 
 impl Drop for Proc {
