@@ -610,6 +610,16 @@ impl ClusterFixture {
         })
     }
 
+    /// `CLUSTER NODES` of the node on `port`.
+    fn nodes_text(port: u16) -> String {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("url");
+        let mut conn = client.get_connection().expect("connect to a cluster node");
+        redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query(&mut conn)
+            .expect("CLUSTER NODES")
+    }
+
     /// `CLUSTER INFO` of the node on `port`, as `field:value` lines.
     pub fn info(port: u16) -> String {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("url");
@@ -626,14 +636,23 @@ impl ClusterFixture {
         let deadline = Instant::now() + WAIT;
         let healthy = |port: u16| {
             let info = Self::info(port);
-            [
+            let state_ok = [
                 "cluster_state:ok",
                 "cluster_slots_ok:16384",
                 &format!("cluster_known_nodes:{}", 2 * MASTERS),
                 &format!("cluster_size:{MASTERS}"),
             ]
             .iter()
-            .all(|want| info.lines().any(|l| l.trim() == *want))
+            .all(|want| info.lines().any(|l| l.trim() == *want));
+            // Every node also knows each replica as one: the roles spread
+            // by gossip after the slots do, and the fault tests need the
+            // replica of the master they fail.
+            state_ok
+                && Self::nodes_text(port)
+                    .lines()
+                    .filter(|l| l.contains("slave"))
+                    .count()
+                    == MASTERS
         };
         while !self.nodes.iter().all(|n| healthy(n.port)) {
             assert!(
