@@ -10,7 +10,9 @@
 //! 2. the server alone, into `OUT_DIR/server/discovered.v1.rs`, with
 //!    `crate::server::codec::RequestCodec` (a request body that cannot be
 //!    decoded is INVALID_ARGUMENT, not INTERNAL) and the messages of pass 1
-//!    (`extern_path`, so they are not generated twice).
+//!    (`extern_path`, so they are not generated twice), except
+//!    `GetNodesResponse`, which the server sends pre-encoded
+//!    (`crate::server::reply::EncodedReply`).
 
 use std::{env, path::PathBuf};
 
@@ -41,6 +43,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .out_dir(&server_dir)
         .extern_path(".discovered.v1", "crate::proto::v1")
+        // GetNodes answers go out as bytes encoded once (server/reply.rs).
+        .extern_path(
+            ".discovered.v1.GetNodesResponse",
+            "crate::server::reply::EncodedReply",
+        )
         .codec_path("crate::server::codec::RequestCodec")
         .compile_protos(&protos, &includes)?;
 

@@ -31,7 +31,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gRPC server.
-    Serve(serve::ServeArgs),
+    // Boxed: the server's flags make this variant many times the others.
+    Serve(Box<serve::ServeArgs>),
     /// Keep this machine's node registered: register with its host facts,
     /// heartbeat every ttl/3, re-register after outages, remove on
     /// SIGINT/SIGTERM.
@@ -62,7 +63,7 @@ pub fn main() -> std::process::ExitCode {
                 .subcommand_matches("serve")
                 .map(serve::secrets_on_command_line)
                 .unwrap_or_default();
-            serve::run(args, on_command_line)
+            serve::run(*args, on_command_line)
         }
         Command::Agent(args) => agent::run(args, token_on_command_line(&matches)),
         Command::Client(cmd) => {

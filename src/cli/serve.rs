@@ -203,6 +203,12 @@ pub struct ServeArgs {
     #[arg(long, env = "DISCOVERED_WATCH_BUFFER_BYTES", default_value_t = limits::DEFAULT_WATCH_BUFFER_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
     watch_buffer_bytes: u64,
 
+    /// Bytes of GetNodes answers the server keeps, so that a read of a
+    /// service that has not changed is served without asking Redis (least
+    /// recently used out first); 0 turns the cache off.
+    #[arg(long, env = "DISCOVERED_READ_CACHE_BYTES", default_value_t = limits::DEFAULT_READ_CACHE_BYTES as u64, value_parser = clap::value_parser!(u64).range(0..=16 * 1024 * 1024 * 1024))]
+    read_cache_bytes: u64,
+
     /// Seconds between the server's HTTP/2 pings on each connection, which
     /// find clients that are gone; 0 sends none.
     #[arg(long, env = "DISCOVERED_HTTP2_KEEPALIVE_INTERVAL", default_value_t = limits::DEFAULT_HTTP2_KEEPALIVE_INTERVAL.as_secs())]
@@ -280,6 +286,7 @@ impl ServeArgs {
             max_concurrent_streams: self.max_concurrent_streams,
             max_watch_streams: usize::try_from(self.max_watch_streams).unwrap_or(usize::MAX),
             watch_buffer_bytes: usize::try_from(self.watch_buffer_bytes).unwrap_or(usize::MAX),
+            read_cache_bytes: usize::try_from(self.read_cache_bytes).unwrap_or(usize::MAX),
             http2_keepalive_interval: (self.http2_keepalive_interval > 0)
                 .then(|| Duration::from_secs(self.http2_keepalive_interval)),
             http2_keepalive_timeout: Duration::from_secs(self.http2_keepalive_timeout),

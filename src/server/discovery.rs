@@ -12,6 +12,8 @@ use tonic::{Request, Response, Status};
 
 use super::audit::{Audit, what};
 use super::auth::caller;
+use super::read_cache::{DEFAULT_READ_CACHE_BYTES, ReadCache};
+use super::reply::EncodedReply;
 use super::status::{group_not_found, node_not_found, other_instance, service_not_found};
 use super::watch::{self, Filter, WatchSlots, WatchStream};
 use crate::auth::{Action, Auth, Caller};
@@ -54,6 +56,8 @@ pub struct DiscoveryService {
     shutdown: CancellationToken,
     /// The open watch streams, against `--max-watch-streams`.
     watch_slots: WatchSlots,
+    /// Each service's encoded GetNodes answer, while nothing changed it.
+    cache: Arc<ReadCache>,
     /// Whether calls must come with a [`Caller`] (the server has an auth
     /// file). The auth layer refuses calls without one before they get
     /// here; this makes sure a handler never serves one anyway.
@@ -68,6 +72,8 @@ impl DiscoveryService {
         defaults: Defaults,
         shutdown: CancellationToken,
     ) -> Self {
+        let cache = Arc::new(ReadCache::new(DEFAULT_READ_CACHE_BYTES));
+        cache.follow(&registry);
         Self {
             registry,
             defaults,
@@ -76,8 +82,16 @@ impl DiscoveryService {
                 watch::DEFAULT_MAX_WATCH_STREAMS,
                 watch::DEFAULT_WATCH_BUFFER_BYTES,
             ),
+            cache,
             auth: None,
         }
+    }
+
+    /// Caches at most `bytes` of GetNodes answers (`--read-cache-bytes`;
+    /// 0: none).
+    pub fn with_read_cache(self, bytes: usize) -> Self {
+        self.cache.set_budget(bytes);
+        self
     }
 
     /// Requires every call to come with a [`Caller`] and checks what it
@@ -261,6 +275,7 @@ impl Discovery for DiscoveryService {
         if keep_instance {
             spec.instance_id = crate::model::new_instance_id();
         }
+        let cached = key.clone();
         let result = self
             .registry
             .register_node(NodeRegistration {
@@ -273,6 +288,8 @@ impl Discovery for DiscoveryService {
             })
             .await
             .map_err(Status::from);
+        // Even a renewal: the answer shows the new deadline.
+        self.cache.invalidate(&cached);
         // Registering the same again only renews the node, like a
         // heartbeat: no audit line (nodes that re-register to stay listed
         // would fill the log).
@@ -315,15 +332,27 @@ impl Discovery for DiscoveryService {
     async fn get_nodes(
         &self,
         mut request: Request<pb::GetNodesRequest>,
-    ) -> Result<Response<pb::GetNodesResponse>, Status> {
+    ) -> Result<Response<EncodedReply>, Status> {
         let caller = caller(&mut request);
         let r = request.into_inner();
         let key = self.key(&r.service_group, &r.service_name)?;
         self.allow_key(caller.as_ref(), Action::GetNodes, &key)?;
+        let feed = self.registry.feed();
+        if let Some(answer) = self.cache.get(&key, feed) {
+            return Ok(Response::new(EncodedReply(answer)));
+        }
+        let ticket = self.cache.ticket(&key, feed);
         let nodes = self.registry.get_nodes(&key).await?;
-        Ok(Response::new(pb::GetNodesResponse {
+        let valid_until = nodes.iter().filter_map(|n| n.expires_at).min();
+        let reply = EncodedReply::of(&pb::GetNodesResponse {
             nodes: nodes.into_iter().map(pb::Node::from).collect(),
-        }))
+        });
+        if let Some(ticket) = ticket {
+            let feed = self.registry.feed();
+            self.cache
+                .put(&key, ticket, feed, reply.0.clone(), valid_until);
+        }
+        Ok(Response::new(reply))
     }
 
     async fn list_services(
@@ -402,6 +431,7 @@ impl Discovery for DiscoveryService {
             .registry
             .remove_node(&key, &node, instance, actor.as_ref())
             .await;
+        self.cache.invalidate(&key);
         let result = removal
             .map_err(Status::from)
             .and_then(|removal| match removal {
@@ -427,7 +457,7 @@ impl Discovery for DiscoveryService {
         let node = name("node_name", &r.node_name)?;
         let ttl = ttl(r.ttl_seconds, self.defaults.node_ttl)?;
         let instance = optional_name("instance_id", &r.instance_id)?;
-        match self
+        let renewal = self
             .registry
             .heartbeat(
                 &key,
@@ -436,8 +466,10 @@ impl Discovery for DiscoveryService {
                 instance,
                 caller.as_ref().map(Caller::actor).as_ref(),
             )
-            .await?
-        {
+            .await;
+        // The answer shows the node's deadline.
+        self.cache.invalidate(&key);
+        match renewal? {
             Renewal::Renewed(expires_at) => Ok(Response::new(pb::HeartbeatResponse {
                 expires_at: expires_at.map(timestamp),
             })),
@@ -460,6 +492,7 @@ impl Discovery for DiscoveryService {
             self.allow_key(caller.as_ref(), Action::RemoveService, &key),
         )?;
         let removal = self.registry.remove_service(&key).await;
+        self.cache.invalidate(&key);
         let result = removal
             .map_err(Status::from)
             .and_then(|removed| match removed {
@@ -494,6 +527,7 @@ impl Discovery for DiscoveryService {
             self.allow(caller.as_ref(), Action::RemoveServiceGroup, &group, None),
         )?;
         let removal = self.registry.remove_group(&group).await;
+        self.cache.invalidate_group(&group);
         let result = removal
             .map_err(Status::from)
             .and_then(|removed| match removed {

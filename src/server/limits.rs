@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Response};
 
+pub use super::read_cache::DEFAULT_READ_CACHE_BYTES;
 pub use super::watch::{DEFAULT_MAX_WATCH_STREAMS, DEFAULT_WATCH_BUFFER_BYTES};
 
 /// The default of `--max-concurrent-streams`: hyper's own default, which
@@ -42,6 +43,9 @@ pub struct Limits {
     /// does not read; past them the stream stops taking changes and, once
     /// too far behind, sends RESYNC when its client reads again.
     pub watch_buffer_bytes: usize,
+    /// Bytes of GetNodes answers the read cache keeps (least recently used
+    /// out first); 0 caches nothing.
+    pub read_cache_bytes: usize,
     /// How often the server pings each connection; `None` sends no pings.
     pub http2_keepalive_interval: Option<Duration>,
     /// How long a ping may go unanswered before the connection is closed.
@@ -60,6 +64,7 @@ impl Default for Limits {
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_watch_streams: DEFAULT_MAX_WATCH_STREAMS,
             watch_buffer_bytes: DEFAULT_WATCH_BUFFER_BYTES,
+            read_cache_bytes: DEFAULT_READ_CACHE_BYTES,
             http2_keepalive_interval: Some(DEFAULT_HTTP2_KEEPALIVE_INTERVAL),
             http2_keepalive_timeout: DEFAULT_HTTP2_KEEPALIVE_TIMEOUT,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,

@@ -12,7 +12,9 @@ mod framing;
 mod health;
 pub mod limits;
 mod peer;
+pub(crate) mod read_cache;
 pub(crate) mod reload;
+pub(crate) mod reply;
 mod status;
 pub mod tls;
 mod watch;
@@ -114,6 +116,7 @@ pub async fn serve(
     let stopping = CancellationToken::new();
     let service = DiscoveryService::new(registry, defaults, stopping.clone())
         .with_watch_limits(limits.max_watch_streams, limits.watch_buffer_bytes)
+        .with_read_cache(limits.read_cache_bytes)
         .with_auth(auth.clone());
     let service = grpc_service(service, health, auth)?;
 

@@ -468,6 +468,10 @@ impl Registry for MemoryRegistry {
         }
     }
 
+    fn hub(&self) -> Hub {
+        MemoryRegistry::hub(self)
+    }
+
     async fn snapshot(&self, group: &str, service: Option<&str>) -> StoreResult<Snapshot> {
         let now = now_millis();
         let state = self.lock()?;

@@ -19,7 +19,7 @@ pub mod watch;
 pub use memory::MemoryRegistry;
 pub use redis::{RedisConfig, RedisRegistry};
 pub use secrets::{RevealError, SecretKey};
-pub use watch::{Change, ChangeEvent, FANOUT_CAPACITY, Hub, Snapshot, StoreEvent};
+pub use watch::{Change, ChangeEvent, FANOUT_CAPACITY, Hub, Listener, Snapshot, StoreEvent};
 
 /// Why a store operation failed. Bad input never gets here: the server
 /// validates requests before it calls a store.
@@ -174,6 +174,19 @@ pub trait Registry: Send + Sync + 'static {
     /// A receiver of every change from now on, in revision order, and of
     /// [`StoreEvent::Resync`] when changes may have been missed.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent>;
+
+    /// The fan-out [`Registry::subscribe`] draws from.
+    fn hub(&self) -> Hub;
+
+    /// Which change feed [`Registry::subscribe`] hears now: `None` while
+    /// changes may be going unheard (Redis's subscription is down), else a
+    /// number that changes whenever the feed was lost and made anew. Two
+    /// equal answers around a read mean every change since the first is
+    /// (or will be) on the feed: what a cache of reads relies on. The
+    /// memory store's feed never breaks.
+    fn feed(&self) -> Option<u64> {
+        Some(1)
+    }
 
     /// The live nodes of one service (`Some(name)`) or of every service in
     /// the group (`None`), at one revision.

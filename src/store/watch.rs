@@ -123,9 +123,22 @@ pub const FANOUT_CAPACITY: usize = 4096;
 /// watcher that falls more than [`FANOUT_CAPACITY`] events behind loses
 /// them and is told so (see [`tokio::sync::broadcast`]), so a slow watcher
 /// never holds up the others and memory stays bounded.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Hub {
     tx: broadcast::Sender<StoreEvent>,
+    /// Called with every event before any watcher can see it.
+    listeners: Arc<std::sync::RwLock<Vec<Listener>>>,
+}
+
+/// A function the hub calls with every event, in order, as it is sent.
+pub type Listener = Arc<dyn Fn(&StoreEvent) + Send + Sync>;
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("receivers", &self.tx.receiver_count())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Hub {
@@ -138,13 +151,30 @@ impl Hub {
     /// An empty fan-out.
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(FANOUT_CAPACITY);
-        Self { tx }
+        Self {
+            tx,
+            listeners: Arc::default(),
+        }
     }
 
-    /// Hands an event to every current watcher.
+    /// Hands an event to every listener, then to every current watcher.
     pub fn send(&self, event: StoreEvent) {
+        if let Ok(listeners) = self.listeners.read() {
+            for listener in listeners.iter() {
+                listener(&event);
+            }
+        }
         // No receiver is fine: nobody is watching.
         let _ = self.tx.send(event);
+    }
+
+    /// Calls `listener` with every event from now on, before any watcher
+    /// gets it, on the task that sends it: for what must never lag behind
+    /// the feed (the read cache's invalidations).
+    pub fn listen(&self, listener: Listener) {
+        if let Ok(mut listeners) = self.listeners.write() {
+            listeners.push(listener);
+        }
     }
 
     /// Hands a change to every current watcher.

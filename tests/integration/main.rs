@@ -26,6 +26,7 @@ mod limits;
 mod migration;
 mod nofile;
 mod ownership;
+mod read_cache;
 mod redis_scripts;
 mod redis_store;
 mod refused_writes;

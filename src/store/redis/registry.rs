@@ -23,7 +23,7 @@ use super::scripts::{
     RemoveNode, ScriptCall, ServiceWrite,
 };
 use super::shards::ShardSubscriber;
-use super::subscriber::{FeedSettings, Subscriber};
+use super::subscriber::{FeedSettings, FeedState, Subscriber};
 use super::sweeper::Sweeper;
 use crate::model::{
     Actor, NodeRecord, Page, PageRequest, ServiceKey, ServiceRecord, ServiceSpec, expiry,
@@ -73,7 +73,7 @@ struct Inner {
     /// registry goes.
     stop: CancellationToken,
     /// Whether the change subscription is up.
-    subscribed: tokio::sync::watch::Receiver<bool>,
+    subscribed: tokio::sync::watch::Receiver<u64>,
     /// Seals `auth_credentials` at rest (`--secret-key-file`).
     secret_key: Option<SecretKey>,
     /// The subscriber, until [`RedisRegistry::check`] starts it.
@@ -169,7 +169,7 @@ impl RedisRegistry {
         let keys = Keys::new(&config.key_prefix);
         let hub = Hub::new();
         let stop = CancellationToken::new();
-        let (subscribed_tx, subscribed) = tokio::sync::watch::channel(false);
+        let (subscribed_tx, subscribed) = FeedState::new();
         let (deployment, Pools { pool, large, probe }) = Deployment::open(config.target, &stop)?;
         let feed = deployment.feed(
             db,
@@ -235,7 +235,8 @@ impl RedisRegistry {
         // Serve only once changes reach this process, so the first
         // watchers need no RESYNC.
         let mut subscribed = self.inner.subscribed.clone();
-        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribed.wait_for(|up| *up)).await {
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribed.wait_for(|feed| *feed != 0)).await
+        {
             Ok(Ok(_)) => Ok(()),
             _ => Err(CheckError::NotSubscribed { addr }),
         }
@@ -543,6 +544,15 @@ impl Registry for RedisRegistry {
 
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.inner.hub.subscribe()
+    }
+
+    fn hub(&self) -> Hub {
+        RedisRegistry::hub(self)
+    }
+
+    fn feed(&self) -> Option<u64> {
+        let feed = *self.inner.subscribed.borrow();
+        (feed != 0).then_some(feed)
     }
 
     async fn snapshot(&self, group: &str, service: Option<&str>) -> StoreResult<Snapshot> {

@@ -96,7 +96,7 @@ impl ShardSubscriber {
                         tracing::info!(cluster = %self.link.describe(), masters = subs.sinks.len(), "Redis Cluster subscriptions restored; watchers resync");
                         self.feed.hub.send(StoreEvent::Resync);
                     }
-                    self.feed.subscribed.send_replace(true);
+                    self.feed.subscribed.up();
                     match self.listen(subs).await {
                         None => return,
                         Some(why) => {
@@ -104,14 +104,14 @@ impl ShardSubscriber {
                         }
                     }
                     failed_before = true;
-                    self.feed.subscribed.send_replace(false);
+                    self.feed.subscribed.down();
                 }
                 Err((addr, e)) => {
                     if !failed_before {
                         tracing::warn!(%addr, error = %e, "cannot subscribe on the Redis Cluster; retrying");
                     }
                     failed_before = true;
-                    self.feed.subscribed.send_replace(false);
+                    self.feed.subscribed.down();
                     let wait = BACKOFF.delay(attempt).min(TOPOLOGY_POLL);
                     attempt = attempt.saturating_add(1);
                     tokio::select! {

@@ -69,6 +69,36 @@ pub struct Subscriber {
     pub feed: FeedSettings,
 }
 
+/// Whether the change subscription is up, and which one: 0 while it is
+/// down, else a number that grows with every new subscription. A reader
+/// that saw the same number before and after a read knows that no change
+/// of that time can have been missed (see [`crate::store::Registry::feed`]).
+#[derive(Debug)]
+pub struct FeedState {
+    tx: tokio::sync::watch::Sender<u64>,
+    made: std::sync::atomic::AtomicU64,
+}
+
+impl FeedState {
+    /// A feed that is down, and the receiver of its state.
+    pub fn new() -> (Self, tokio::sync::watch::Receiver<u64>) {
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        let made = std::sync::atomic::AtomicU64::new(0);
+        (Self { tx, made }, rx)
+    }
+
+    /// A new subscription is up.
+    pub fn up(&self) {
+        let n = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.tx.send_replace(n);
+    }
+
+    /// The subscription is down.
+    pub fn down(&self) {
+        self.tx.send_replace(0);
+    }
+}
+
 /// What a change subscription needs, on any deployment.
 pub struct FeedSettings {
     /// Our key layout.
@@ -77,8 +107,8 @@ pub struct FeedSettings {
     pub config_set: bool,
     /// Where events go.
     pub hub: Hub,
-    /// Whether the subscription is up, for [`super::RedisRegistry::check`].
-    pub subscribed: tokio::sync::watch::Sender<bool>,
+    /// Whether the subscription is up, and which one it is.
+    pub subscribed: FeedState,
     /// Ends the subscriber.
     pub stop: CancellationToken,
 }
@@ -147,7 +177,7 @@ impl Subscriber {
                         // `check`), with no watcher to tell.
                         self.feed.hub.send(StoreEvent::Resync);
                     }
-                    self.feed.subscribed.send_replace(true);
+                    self.feed.subscribed.up();
                     match self.listen(pubsub, &node).await {
                         Ended::Stopped => return,
                         Ended::Lost => {
@@ -158,7 +188,7 @@ impl Subscriber {
                         }
                     }
                     failed_before = true;
-                    self.feed.subscribed.send_replace(false);
+                    self.feed.subscribed.down();
                 }
                 Err(e) => {
                     if !failed_before {

@@ -1,0 +1,180 @@
+//! The read cache (issue 14): each server keeps the encoded GetNodes
+//! answer of a service until something could have changed it. Each way an
+//! answer goes is caused here on real Redis: a write through this server,
+//! a change through another server (the change feed), a RESYNC, the feed
+//! breaking, and the earliest deadline passing.
+
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+
+use crate::common::*;
+
+/// How long a change through one server may take to show in another's
+/// answers: the change feed's delivery (milliseconds) with room for a
+/// loaded machine. A correctness bound, not a speed target.
+const FEED_BOUND: Duration = Duration::from_secs(3);
+
+fn names(nodes: &[discovered::proto::v1::Node]) -> Vec<String> {
+    nodes.iter().map(|n| n.node_name.clone()).collect()
+}
+
+/// Gets `service`'s answer cached in the server behind `c`, then deletes
+/// `node` straight in Redis, as nothing in `discovered` would: no change
+/// is published, so the cached answer still shows it, and only the
+/// cache's other paths can notice. Whether an answer was cached shows
+/// only in that way: a read right after a write may find its own change
+/// still on the feed (which then forgets the answer it stored), so this
+/// tries again (restoring the node) until the answer stayed.
+async fn cache_then_delete(c: &mut Client, redis: &RedisServer, service: &str, node: &str) {
+    let key = format!("discovered:v2:{{g/{service}}}:nodes");
+    let mut conn = redis.connection().await;
+    let stored: String = conn.hget(&key, node).await.expect("HGET");
+    for _ in 0..100 {
+        let cached = names(&get_nodes(c, "g", service).await);
+        assert!(cached.contains(&node.to_string()), "{cached:?}");
+        let removed: u32 = conn.hdel(&key, node).await.expect("HDEL");
+        assert_eq!(removed, 1);
+        if names(&get_nodes(c, "g", service).await).contains(&node.to_string()) {
+            return;
+        }
+        let () = conn.hset(&key, node, &stored).await.expect("HSET");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("GetNodes of g/{service} was never answered from the cache");
+}
+
+/// Reads `service` through `c` until its node names are `want`, at most
+/// [`FEED_BOUND`]; returns how long that took.
+async fn until_names(c: &mut Client, service: &str, want: &[&str]) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = names(&get_nodes(c, "g", service).await);
+        if got == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < FEED_BOUND,
+            "GetNodes of g/{service} still {got:?} after {FEED_BOUND:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_is_served_from_the_cache_until_something_changes_it() {
+    let mut t = TestServer::start(Backend::Redis).await;
+    register_node(&mut t.client, bare_node("g", "s", "n1", None)).await;
+    register_node(&mut t.client, bare_node("g", "s", "n2", None)).await;
+    // Cached: a change Redis never announces is not seen...
+    let redis = t.redis.take().expect("redis");
+    cache_then_delete(&mut t.client, &redis, "s", "n2").await;
+    assert_eq!(
+        names(&get_nodes(&mut t.client, "g", "s").await),
+        ["n1", "n2"]
+    );
+    t.redis = Some(redis);
+    // ...until a write through this server, which answers only once the
+    // cached answer is gone (read-your-writes).
+    register_node(&mut t.client, bare_node("g", "s", "n3", None)).await;
+    assert_eq!(
+        names(&get_nodes(&mut t.client, "g", "s").await),
+        ["n1", "n3"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_another_server_reaches_this_ones_answers() {
+    let redis = RedisServer::start();
+    let mut a = TestServer::sharing(&redis).await;
+    let mut b = TestServer::sharing(&redis).await;
+    register_node(&mut a.client, bare_node("g", "s", "n1", None)).await;
+    // B caches the answer.
+    until_names(&mut b.client, "s", &["n1"]).await;
+    assert_eq!(names(&get_nodes(&mut b.client, "g", "s").await), ["n1"]);
+    // Each kind of change through A shows in B's answers within the bound.
+    register_node(&mut a.client, bare_node("g", "s", "n2", None)).await;
+    until_names(&mut b.client, "s", &["n1", "n2"]).await;
+    try_remove_node(&mut a.client, "g", "s", "n1", false)
+        .await
+        .expect("RemoveNode");
+    until_names(&mut b.client, "s", &["n2"]).await;
+    try_remove_service(&mut a.client, "g", "s", false)
+        .await
+        .expect("RemoveService");
+    until_names(&mut b.client, "s", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_empties_the_cache() {
+    let mut t = TestServer::start(Backend::Redis).await;
+    register_node(&mut t.client, bare_node("g", "s", "n1", None)).await;
+    register_node(&mut t.client, bare_node("g", "s", "n2", None)).await;
+    let redis = t.redis.take().expect("redis");
+    cache_then_delete(&mut t.client, &redis, "s", "n2").await;
+    t.redis = Some(redis);
+    // A key of ours expiring is something else changing the registry:
+    // watchers resync, and the cache forgets everything.
+    let mut conn = t.redis().connection().await;
+    let () = conn
+        .set_options(
+            "discovered:v2:stray",
+            1,
+            redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(1)),
+        )
+        .await
+        .expect("SET PX");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let _: bool = conn.exists("discovered:v2:stray").await.expect("EXISTS");
+    until_names(&mut t.client, "s", &["n1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_bypass_the_cache_of_a_broken_feed() {
+    let mut t = TestServer::start(Backend::Redis).await;
+    register_node(&mut t.client, bare_node("g", "s", "n1", None)).await;
+    register_node(&mut t.client, bare_node("g", "s", "n2", None)).await;
+    let redis = t.redis.take().expect("redis");
+    cache_then_delete(&mut t.client, &redis, "s", "n2").await;
+    t.redis = Some(redis);
+    // The change subscription's connection dies: whatever happened while
+    // it was down is unknown, so no answer cached under it is served.
+    let mut conn = t.redis().connection().await;
+    let killed: u32 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT KILL");
+    assert!(killed >= 1, "the server's subscription was killed");
+    until_names(&mut t.client, "s", &["n1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_node_is_never_served_from_the_cache() {
+    let mut t = TestServer::start(Backend::Redis).await;
+    register_node(&mut t.client, bare_node("g", "s", "keep", None)).await;
+    let short = register_node(&mut t.client, bare_node("g", "s", "short", Some(1))).await;
+    let deadline = ms(&short.expires_at);
+    // Read over and over across the deadline: before it the node is
+    // there (from the cache, mostly), from it on never.
+    loop {
+        let before = now_ms();
+        let got = names(&get_nodes(&mut t.client, "g", "s").await);
+        let after = now_ms();
+        if before >= deadline {
+            assert_eq!(got, ["keep"], "read at {before}, deadline {deadline}");
+            if after > deadline + 500 {
+                break;
+            }
+        } else if after < deadline {
+            assert_eq!(
+                got,
+                ["keep", "short"],
+                "read at {after}, deadline {deadline}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
