@@ -11,8 +11,8 @@
 //!    `crate::server::codec::RequestCodec` (a request body that cannot be
 //!    decoded is INVALID_ARGUMENT, not INTERNAL) and the messages of pass 1
 //!    (`extern_path`, so they are not generated twice), except
-//!    `GetNodesResponse`, which the server sends pre-encoded
-//!    (`crate::server::reply::EncodedReply`).
+//!    `GetNodesResponse` and `WatchEvent`, which the server sends
+//!    pre-encoded (`crate::server::reply`).
 
 use std::{env, path::PathBuf};
 
@@ -47,6 +47,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(
             ".discovered.v1.GetNodesResponse",
             "crate::server::reply::EncodedReply",
+        )
+        // Watch events go out encoded once for every stream.
+        .extern_path(
+            ".discovered.v1.WatchEvent",
+            "crate::server::reply::SharedEvent",
         )
         .codec_path("crate::server::codec::RequestCodec")
         .compile_protos(&protos, &includes)?;

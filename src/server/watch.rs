@@ -11,12 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use super::reply::SharedEvent;
 use crate::auth::{Action, Auth, Caller};
 use crate::model::{NodeRecord, ServiceKey, now_millis};
 use crate::proto::timestamp;
@@ -46,13 +48,13 @@ pub struct WatchStream {
 /// slots stay small: a stream that is open but quiet costs little.
 enum Queued {
     /// An event and its share of the stream's budget.
-    Event(Box<pb::WatchEvent>, OwnedSemaphorePermit),
+    Event(Box<SharedEvent>, OwnedSemaphorePermit),
     /// The status the stream ends with.
     End(Box<Status>),
 }
 
 impl Stream for WatchStream {
-    type Item = Result<pb::WatchEvent, Status>;
+    type Item = Result<SharedEvent, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.queue.poll_recv(cx).map(|queued| {
@@ -311,7 +313,8 @@ impl Watcher {
                     let key = change.change.key();
                     if self.filter.matches(key) && change.revision > seen.revision_of(&key.service)
                     {
-                        self.send(change_event(&change, self.sequence + 1)).await?;
+                        let body = change.wire.get_or_init(|| encoded(&change_event(&change)));
+                        self.send(body.clone()).await?;
                     }
                 }
                 Ok(StoreEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -353,8 +356,8 @@ impl Watcher {
         if send_nodes {
             for node in nodes {
                 let revision = snapshot.revision_of(&node.key.service);
-                let event = initial_event(node, revision, now, self.sequence + 1);
-                self.send(event).await?;
+                let event = initial_event(node, revision, now);
+                self.send(encoded(&event)).await?;
             }
         }
         self.marker(EventType::Synced).await?;
@@ -368,16 +371,21 @@ impl Watcher {
             service_name: self.filter.service.clone().unwrap_or_default(),
             node: None,
             service: None,
-            sequence: self.sequence + 1,
+            sequence: 0,
             revision: 0,
             time: Some(timestamp(now_millis())),
         };
-        self.send(event).await
+        self.send(encoded(&event)).await
     }
 
-    /// Queues one event, waiting while the stream's budget is spent. An
+    /// Queues one event (`body`: all but its sequence number, encoded) as
+    /// the stream's next, waiting while the stream's budget is spent. An
     /// event larger than the whole budget waits for an empty queue.
-    async fn send(&mut self, event: pb::WatchEvent) -> Result<(), End> {
+    async fn send(&mut self, body: Bytes) -> Result<(), End> {
+        let event = SharedEvent {
+            body,
+            sequence: self.sequence + 1,
+        };
         let cost = u32::try_from(event.encoded_len())
             .unwrap_or(u32::MAX)
             .clamp(1, self.budget_bytes);
@@ -396,20 +404,27 @@ impl Watcher {
     }
 }
 
-fn initial_event(node: NodeRecord, revision: u64, now: i64, sequence: u64) -> pb::WatchEvent {
+/// An event without its sequence number (each stream adds its own), as
+/// the bytes every stream shares.
+fn encoded(event: &pb::WatchEvent) -> Bytes {
+    debug_assert_eq!(event.sequence, 0, "the sequence is the stream's own");
+    event.encode_to_vec().into()
+}
+
+fn initial_event(node: NodeRecord, revision: u64, now: i64) -> pb::WatchEvent {
     pb::WatchEvent {
         r#type: EventType::Initial as i32,
         service_group: node.key.group.clone(),
         service_name: node.key.service.clone(),
         node: Some(node.into()),
         service: None,
-        sequence,
+        sequence: 0,
         revision,
         time: Some(timestamp(now)),
     }
 }
 
-fn change_event(event: &ChangeEvent, sequence: u64) -> pb::WatchEvent {
+fn change_event(event: &ChangeEvent) -> pb::WatchEvent {
     let key = event.change.key();
     let (kind, node, service) = match event.change.clone() {
         Change::NodeAdded(n) => (EventType::NodeAdded, Some(n.into()), None),
@@ -426,7 +441,7 @@ fn change_event(event: &ChangeEvent, sequence: u64) -> pb::WatchEvent {
         service_name: key.service.clone(),
         node,
         service,
-        sequence,
+        sequence: 0,
         revision: event.revision,
         time: Some(timestamp(event.time)),
     }

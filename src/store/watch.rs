@@ -2,7 +2,9 @@
 //! it to every watch stream of this process.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 
 use tokio::sync::broadcast;
 
@@ -73,6 +75,10 @@ pub struct ChangeEvent {
     pub revision: u64,
     /// When it happened.
     pub time: Millis,
+    /// The change as the server sends it to watchers (its encoded
+    /// `WatchEvent` but for the stream's own sequence number), made once
+    /// by the first stream that sends it and shared by every other.
+    pub wire: OnceLock<Bytes>,
 }
 
 /// What a watcher receives from the store.
@@ -183,6 +189,7 @@ impl Hub {
             change,
             revision,
             time,
+            wire: OnceLock::new(),
         });
     }
 

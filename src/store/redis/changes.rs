@@ -79,6 +79,7 @@ pub fn parse(payload: &str) -> Result<ChangeEvent, ParseError> {
         change,
         revision: p.revision,
         time: p.time,
+        wire: Default::default(),
     })
 }
 
