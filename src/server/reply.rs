@@ -12,6 +12,22 @@ use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use prost::encoding::{DecodeContext, WireType};
 
+/// `Message::merge_field` of a type the server only sends: it never
+/// decodes one, so a field is skipped.
+macro_rules! never_decoded {
+    () => {
+        fn merge_field(
+            &mut self,
+            tag: u32,
+            wire_type: WireType,
+            buf: &mut impl Buf,
+            ctx: DecodeContext,
+        ) -> Result<(), prost::DecodeError> {
+            prost::encoding::skip_field(wire_type, tag, buf, ctx)
+        }
+    };
+}
+
 /// A message's fields, already encoded (without the length prefix).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EncodedReply(pub Bytes);
@@ -28,16 +44,7 @@ impl Message for EncodedReply {
         buf.put_slice(&self.0);
     }
 
-    /// A server never decodes its own answers; a field is skipped.
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
+    never_decoded!();
 
     fn encoded_len(&self) -> usize {
         self.0.len()
@@ -70,16 +77,7 @@ impl Message for SharedEvent {
         }
     }
 
-    /// A server never decodes its own events; a field is skipped.
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
+    never_decoded!();
 
     fn encoded_len(&self) -> usize {
         let sequence = if self.sequence == 0 {

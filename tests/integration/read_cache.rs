@@ -105,14 +105,21 @@ async fn a_change_through_another_server_reaches_this_ones_answers() {
     until_names(&mut b.client, "s", &[]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resync_empties_the_cache() {
+/// A server on Redis whose cached answer of `g/s` shows nodes `n1` and
+/// `n2`, while Redis holds `n1` only (see [`cache_then_delete`]).
+async fn stale_answer_cached() -> TestServer {
     let mut t = TestServer::start(Backend::Redis).await;
     register_node(&mut t.client, bare_node("g", "s", "n1", None)).await;
     register_node(&mut t.client, bare_node("g", "s", "n2", None)).await;
     let redis = t.redis.take().expect("redis");
     cache_then_delete(&mut t.client, &redis, "s", "n2").await;
     t.redis = Some(redis);
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_empties_the_cache() {
+    let mut t = stale_answer_cached().await;
     // A key of ours expiring is something else changing the registry:
     // watchers resync, and the cache forgets everything.
     let mut conn = t.redis().connection().await;
@@ -131,12 +138,7 @@ async fn a_resync_empties_the_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_bypass_the_cache_of_a_broken_feed() {
-    let mut t = TestServer::start(Backend::Redis).await;
-    register_node(&mut t.client, bare_node("g", "s", "n1", None)).await;
-    register_node(&mut t.client, bare_node("g", "s", "n2", None)).await;
-    let redis = t.redis.take().expect("redis");
-    cache_then_delete(&mut t.client, &redis, "s", "n2").await;
-    t.redis = Some(redis);
+    let mut t = stale_answer_cached().await;
     // The change subscription's connection dies: whatever happened while
     // it was down is unknown, so no answer cached under it is served.
     let mut conn = t.redis().connection().await;
