@@ -7,6 +7,7 @@
 //! with the ratios against the project's targets. See `bench/run.sh`,
 //! which starts the servers and runs this.
 
+mod ceiling;
 mod cpu;
 mod driver;
 mod lean;
@@ -44,6 +45,17 @@ struct Args {
     /// etcd's client address, e.g. http://127.0.0.1:2379.
     #[arg(long)]
     etcd: Option<String>,
+
+    /// The ceiling server's address (see --serve-ceiling), for the
+    /// ceiling-get-nodes scenario.
+    #[arg(long)]
+    ceiling: Option<String>,
+
+    /// Instead of benchmarking, serve the ceiling on this address: seed the
+    /// read set in --discovered, take its GetNodes answer once and answer
+    /// every GetNodes with it.
+    #[arg(long, value_name = "ADDR")]
+    serve_ceiling: Option<std::net::SocketAddr>,
 
     /// Scenarios to run, in this order [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -112,7 +124,20 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = args.threads {
         runtime.worker_threads(n);
     }
-    runtime.enable_all().build()?.block_on(run(args))
+    let runtime = runtime.enable_all().build()?;
+    if let Some(listen) = args.serve_ceiling {
+        let discovered = args
+            .discovered
+            .as_deref()
+            .context("--serve-ceiling needs --discovered")?;
+        return runtime.block_on(ceiling::serve(
+            listen,
+            discovered,
+            &args.read_service,
+            args.nodes,
+        ));
+    }
+    runtime.block_on(run(args))
 }
 
 /// The connections to each system, made only for systems some scenario
@@ -120,6 +145,7 @@ fn main() -> anyhow::Result<()> {
 struct Connections {
     discovered: Vec<Channel>,
     etcd: Vec<Channel>,
+    ceiling: Vec<Channel>,
 }
 
 impl Connections {
@@ -137,6 +163,7 @@ impl Connections {
         Ok(Self {
             discovered: open(&args.discovered, System::Discovered).await?,
             etcd: open(&args.etcd, System::Etcd).await?,
+            ceiling: open(&args.ceiling, System::Ceiling).await?,
         })
     }
 }
@@ -232,8 +259,13 @@ async fn run_scenario(
     let expected = args.nodes as usize;
     let pool = args.pool;
     let measured = match scenario {
-        Scenario::GetNodes => {
-            let clients: Vec<_> = conns.discovered.iter().cloned().map(Grpc::new).collect();
+        Scenario::GetNodes | Scenario::CeilingGetNodes => {
+            let channels = if scenario == Scenario::GetNodes {
+                &conns.discovered
+            } else {
+                &conns.ceiling
+            };
+            let clients: Vec<_> = channels.iter().cloned().map(Grpc::new).collect();
             let request = workload::get_nodes_request(&args.read_service);
             driver::run(&clients, plan, cpu, move |client, _| {
                 workload::get_nodes(client, request.clone(), expected)

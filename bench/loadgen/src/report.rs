@@ -205,7 +205,7 @@ pub fn markdown(outcomes: &[Outcome], procs: &[Watched]) -> String {
         writeln!(out).unwrap();
         writeln!(
             out,
-            "| target | discovered ops/s | etcd ops/s | ratio | target | met | server CPU/call, etcd ÷ discovered |"
+            "| target | discovered ops/s | compared with, ops/s | ratio | target | met | server CPU/call, other ÷ discovered |"
         )
         .unwrap();
         writeln!(out, "| --- | ---: | ---: | ---: | ---: | --- | ---: |").unwrap();

@@ -9,6 +9,8 @@ pub enum System {
     Discovered,
     /// etcd v3.
     Etcd,
+    /// The bare tonic server answering GetNodes with a fixed reply.
+    Ceiling,
 }
 
 impl System {
@@ -17,6 +19,7 @@ impl System {
         match self {
             System::Discovered => "discovered",
             System::Etcd => "etcd",
+            System::Ceiling => "ceiling",
         }
     }
 }
@@ -26,6 +29,8 @@ impl System {
 pub enum Scenario {
     /// discovered GetNodes of the seeded service.
     GetNodes,
+    /// The ceiling server's GetNodes: one fixed answer of the same nodes.
+    CeilingGetNodes,
     /// etcd Range of the seeded prefix, linearizable (etcd's default).
     RangeLinearizable,
     /// etcd Range of the seeded prefix, serializable (member-local).
@@ -39,8 +44,9 @@ pub enum Scenario {
 impl Scenario {
     /// Every scenario, in run order: reads, then writes, each discovered
     /// first.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::GetNodes,
+        Scenario::CeilingGetNodes,
         Scenario::RangeLinearizable,
         Scenario::RangeSerializable,
         Scenario::RegisterNode,
@@ -51,6 +57,7 @@ impl Scenario {
     pub fn system(self) -> System {
         match self {
             Scenario::GetNodes | Scenario::RegisterNode => System::Discovered,
+            Scenario::CeilingGetNodes => System::Ceiling,
             _ => System::Etcd,
         }
     }
@@ -59,6 +66,7 @@ impl Scenario {
     pub fn label(self) -> &'static str {
         match self {
             Scenario::GetNodes => "read: GetNodes",
+            Scenario::CeilingGetNodes => "read: GetNodes, fixed answer (ceiling)",
             Scenario::RangeLinearizable => "read: Range prefix, linearizable",
             Scenario::RangeSerializable => "read: Range prefix, serializable",
             Scenario::RegisterNode => "write: RegisterNode ttl",
@@ -70,6 +78,7 @@ impl Scenario {
     pub fn id(self) -> &'static str {
         match self {
             Scenario::GetNodes => "get-nodes",
+            Scenario::CeilingGetNodes => "ceiling-get-nodes",
             Scenario::RangeLinearizable => "range-linearizable",
             Scenario::RangeSerializable => "range-serializable",
             Scenario::RegisterNode => "register-node",
@@ -78,26 +87,34 @@ impl Scenario {
     }
 }
 
-/// A target: discovered's figure over the best of etcd's comparable ones.
+/// A target: discovered's figure over the best of the comparable ones
+/// (etcd's, or the ceiling's).
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
     /// What is compared, in reports.
     pub label: &'static str,
     /// The discovered scenario.
     pub discovered: Scenario,
-    /// The etcd scenarios; the fastest of those that ran counts.
+    /// The scenarios compared with (etcd's, or the ceiling); the fastest
+    /// of those that ran counts.
     pub etcd: &'static [Scenario],
     /// The ratio discovered must reach.
     pub min_ratio: f64,
 }
 
 /// The project's targets.
-pub const TARGETS: [Target; 2] = [
+pub const TARGETS: [Target; 3] = [
     Target {
         label: "GetNodes vs etcd's faster Range",
         discovered: Scenario::GetNodes,
         etcd: &[Scenario::RangeLinearizable, Scenario::RangeSerializable],
         min_ratio: 4.0,
+    },
+    Target {
+        label: "GetNodes vs the ceiling (bare tonic, fixed answer)",
+        discovered: Scenario::GetNodes,
+        etcd: &[Scenario::CeilingGetNodes],
+        min_ratio: 0.6,
     },
     Target {
         label: "RegisterNode vs etcd Put with lease",
