@@ -10,6 +10,7 @@
 mod ceiling;
 mod cpu;
 mod driver;
+mod fanout;
 mod lean;
 mod proto;
 mod report;
@@ -99,6 +100,14 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     ttl: i64,
 
+    /// Writes per fan-out scenario, each one change to every stream.
+    #[arg(long, default_value_t = 20)]
+    fanout_writes: u64,
+
+    /// Milliseconds between two fan-out writes.
+    #[arg(long, default_value_t = 200)]
+    fanout_spacing_ms: u64,
+
     /// Skip seeding the read set (it must be there already).
     #[arg(long)]
     no_seed: bool,
@@ -150,7 +159,12 @@ struct Connections {
 
 impl Connections {
     async fn connect(args: &Args, scenarios: &[Scenario]) -> anyhow::Result<Self> {
-        let wants = |system| scenarios.iter().any(|s| s.system() == system);
+        // Fan-out scenarios open connections of their own.
+        let wants = |system| {
+            scenarios
+                .iter()
+                .any(|s| s.system() == system && s.fanout_streams().is_none())
+        };
         let open = async |url: &Option<String>, system: System| -> anyhow::Result<Vec<Channel>> {
             if !wants(system) {
                 return Ok(Vec::new());
@@ -315,6 +329,34 @@ async fn run_scenario(
                 workload::put(client, requests[(n % pool) as usize].clone())
             })
             .await
+        }
+        Scenario::Fanout1000
+        | Scenario::Fanout10000
+        | Scenario::EtcdFanout1000
+        | Scenario::EtcdFanout10000 => {
+            let system = scenario.system();
+            let (target, url) = match system {
+                System::Etcd => (fanout::Target::Etcd, &args.etcd),
+                _ => (fanout::Target::Discovered, &args.discovered),
+            };
+            let url = url.as_deref().with_context(|| {
+                format!("--{} is required for the chosen scenarios", system.name())
+            })?;
+            // The server whose memory counts: the watched process named
+            // after the system.
+            let pid = args
+                .watch
+                .iter()
+                .find(|w| w.name == system.name())
+                .and_then(|w| w.pid);
+            let fanout_plan = fanout::FanoutPlan {
+                streams: scenario.fanout_streams().unwrap_or(1),
+                writes: args.fanout_writes,
+                spacing: Duration::from_millis(args.fanout_spacing_ms),
+                settle: Duration::from_secs(10),
+                open_timeout: Duration::from_secs(120),
+            };
+            fanout::run(target, url, &fanout_plan, cpu, pid).await?
         }
     };
     Ok(measured)

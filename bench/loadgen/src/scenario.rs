@@ -39,24 +39,52 @@ pub enum Scenario {
     RegisterNode,
     /// etcd Put attached to one lease, over the same pool of keys.
     PutLease,
+    /// One change to 1,000 discovered WatchService streams.
+    #[value(name = "fanout-1000")]
+    Fanout1000,
+    /// One change to 10,000 discovered WatchService streams.
+    #[value(name = "fanout-10000")]
+    Fanout10000,
+    /// One Put to 1,000 etcd Watch streams.
+    #[value(name = "etcd-fanout-1000")]
+    EtcdFanout1000,
+    /// One Put to 10,000 etcd Watch streams.
+    #[value(name = "etcd-fanout-10000")]
+    EtcdFanout10000,
 }
 
 impl Scenario {
     /// Every scenario, in run order: reads, then writes, each discovered
     /// first.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::GetNodes,
         Scenario::CeilingGetNodes,
         Scenario::RangeLinearizable,
         Scenario::RangeSerializable,
         Scenario::RegisterNode,
         Scenario::PutLease,
+        Scenario::Fanout1000,
+        Scenario::EtcdFanout1000,
+        Scenario::Fanout10000,
+        Scenario::EtcdFanout10000,
     ];
+
+    /// Watch streams of a fan-out scenario; `None` for the others.
+    pub fn fanout_streams(self) -> Option<usize> {
+        match self {
+            Scenario::Fanout1000 | Scenario::EtcdFanout1000 => Some(1_000),
+            Scenario::Fanout10000 | Scenario::EtcdFanout10000 => Some(10_000),
+            _ => None,
+        }
+    }
 
     /// The system it calls.
     pub fn system(self) -> System {
         match self {
-            Scenario::GetNodes | Scenario::RegisterNode => System::Discovered,
+            Scenario::GetNodes
+            | Scenario::RegisterNode
+            | Scenario::Fanout1000
+            | Scenario::Fanout10000 => System::Discovered,
             Scenario::CeilingGetNodes => System::Ceiling,
             _ => System::Etcd,
         }
@@ -71,6 +99,10 @@ impl Scenario {
             Scenario::RangeSerializable => "read: Range prefix, serializable",
             Scenario::RegisterNode => "write: RegisterNode ttl",
             Scenario::PutLease => "write: Put with lease",
+            Scenario::Fanout1000 => "fan-out: 1 change to 1,000 WatchService streams",
+            Scenario::Fanout10000 => "fan-out: 1 change to 10,000 WatchService streams",
+            Scenario::EtcdFanout1000 => "fan-out: 1 Put to 1,000 Watch streams",
+            Scenario::EtcdFanout10000 => "fan-out: 1 Put to 10,000 Watch streams",
         }
     }
 
@@ -83,6 +115,10 @@ impl Scenario {
             Scenario::RangeSerializable => "range-serializable",
             Scenario::RegisterNode => "register-node",
             Scenario::PutLease => "put-lease",
+            Scenario::Fanout1000 => "fanout-1000",
+            Scenario::Fanout10000 => "fanout-10000",
+            Scenario::EtcdFanout1000 => "etcd-fanout-1000",
+            Scenario::EtcdFanout10000 => "etcd-fanout-10000",
         }
     }
 }
@@ -121,5 +157,30 @@ pub const TARGETS: [Target; 3] = [
         discovered: Scenario::RegisterNode,
         etcd: &[Scenario::PutLease],
         min_ratio: 1.2,
+    },
+];
+
+/// A bound on one of discovered's fan-out figures.
+#[derive(Debug, Clone, Copy)]
+pub struct LatencyTarget {
+    /// The fan-out scenario.
+    pub scenario: Scenario,
+    /// Most p99 delivery time, milliseconds.
+    pub max_p99_ms: f64,
+    /// Most server RSS with the streams open, MB (10^6 bytes).
+    pub max_rss_mb: Option<f64>,
+}
+
+/// The fan-out targets (issue 14).
+pub const LATENCY_TARGETS: [LatencyTarget; 2] = [
+    LatencyTarget {
+        scenario: Scenario::Fanout1000,
+        max_p99_ms: 10.0,
+        max_rss_mb: None,
+    },
+    LatencyTarget {
+        scenario: Scenario::Fanout10000,
+        max_p99_ms: 50.0,
+        max_rss_mb: Some(150.0),
     },
 ];
