@@ -10,8 +10,10 @@
 #   DURATION (10) seconds per scenario, ROUNDS (3) passes over all the
 #   scenarios, interleaved, each row reporting its median round,
 #   NODES (20), POOL (1000), TTL (30),
-#   SCENARIOS (comma list, default all: get-nodes,range-linearizable,
-#   range-serializable,register-node,put-lease), KEEP_WORK=1 to keep the
+#   SCENARIOS (comma list, default all: get-nodes,ceiling-get-nodes,
+#   range-linearizable,range-serializable,register-node,put-lease,
+#   fanout-1000,fanout-10000,etcd-fanout-1000,etcd-fanout-10000),
+#   KEEP_WORK=1 to keep the
 #   temp dir (logs, results.json).
 #
 # Stops only the processes it started, by PID, whatever way it exits.
@@ -28,6 +30,11 @@ NODES=${NODES:-20}
 POOL=${POOL:-1000}
 TTL=${TTL:-30}
 SCENARIOS=${SCENARIOS:-}
+
+# Watch streams in the fan-out scenarios need a descriptor each side of
+# every connection, and etcd one per stream: raise the soft limit for
+# everything started here (up to the hard limit).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 
@@ -130,6 +137,7 @@ REDIS_PORT=$(free_port)
 DISCOVERED_PORT=$(free_port)
 ETCD_PORT=$(free_port)
 ETCD_PEER_PORT=$(free_port)
+CEILING_PORT=$(free_port)
 
 log "starting redis-server on 127.0.0.1:$REDIS_PORT"
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
@@ -140,10 +148,21 @@ wait_for redis "alive $REDIS_PID && redis-cli -p $REDIS_PORT ping 2>/dev/null | 
 
 log "starting discovered on 127.0.0.1:$DISCOVERED_PORT"
 "$DISCOVERED" serve --listen "127.0.0.1:$DISCOVERED_PORT" \
-    --redis-url "redis://127.0.0.1:$REDIS_PORT/" >"$WORK/discovered.log" 2>&1 &
+    --redis-url "redis://127.0.0.1:$REDIS_PORT/" --max-watch-streams 50000 \
+    >"$WORK/discovered.log" 2>&1 &
 DISCOVERED_PID=$!
 PIDS+=("$DISCOVERED_PID")
 wait_for discovered "alive $DISCOVERED_PID && listening $DISCOVERED_PORT" 15
+
+# The ceiling: a bare tonic server (the load generator in another mode)
+# answering every GetNodes with discovered's answer, taken once at start.
+log "starting the ceiling server on 127.0.0.1:$CEILING_PORT"
+"$LOADGEN" --serve-ceiling "127.0.0.1:$CEILING_PORT" \
+    --discovered "http://127.0.0.1:$DISCOVERED_PORT" --nodes "$NODES" \
+    >"$WORK/ceiling.log" 2>&1 &
+CEILING_PID=$!
+PIDS+=("$CEILING_PID")
+wait_for ceiling "alive $CEILING_PID && listening $CEILING_PORT" 15
 
 log "starting etcd on 127.0.0.1:$ETCD_PORT (data in $WORK/etcd)"
 etcd --name bench --data-dir "$WORK/etcd" \
@@ -162,11 +181,12 @@ log "redis-server $(redis-server --version | grep -o 'v=[^ ]*'), $(etcd --versio
 args=(
     --discovered "http://127.0.0.1:$DISCOVERED_PORT"
     --etcd "http://127.0.0.1:$ETCD_PORT"
+    --ceiling "http://127.0.0.1:$CEILING_PORT"
     --concurrency "$CONCURRENCY" --channels "$CHANNELS"
     --warmup-secs "$WARMUP" --duration-secs "$DURATION" --rounds "$ROUNDS"
     --nodes "$NODES" --pool "$POOL" --ttl "$TTL"
     --watch "discovered/discovered=$DISCOVERED_PID" --watch "discovered/redis=$REDIS_PID"
-    --watch "etcd/etcd=$ETCD_PID"
+    --watch "etcd/etcd=$ETCD_PID" --watch "ceiling/ceiling=$CEILING_PID"
     --json "$WORK/results.json"
 )
 [[ -n "$SCENARIOS" ]] && args+=(--scenarios "$SCENARIOS")

@@ -38,6 +38,8 @@ pub struct Measured {
     pub cpu: Vec<Option<f64>>,
     /// Cores used by everything else on the machine during the window.
     pub other_cpu: Option<f64>,
+    /// The server's resident memory with the load on (fan-out scenarios).
+    pub rss_bytes: Option<u64>,
 }
 
 /// Drives `op` per `plan`. Task `i` uses `clients[i % clients.len()]`;
@@ -106,5 +108,6 @@ where
         warmup_errors,
         cpu: cpu.cores(&before, &after, plan.duration),
         other_cpu: cpu.others(&before, &after, plan.duration),
+        rss_bytes: None,
     }
 }

@@ -7,8 +7,10 @@
 //! with the ratios against the project's targets. See `bench/run.sh`,
 //! which starts the servers and runs this.
 
+mod ceiling;
 mod cpu;
 mod driver;
+mod fanout;
 mod lean;
 mod proto;
 mod report;
@@ -44,6 +46,17 @@ struct Args {
     /// etcd's client address, e.g. http://127.0.0.1:2379.
     #[arg(long)]
     etcd: Option<String>,
+
+    /// The ceiling server's address (see --serve-ceiling), for the
+    /// ceiling-get-nodes scenario.
+    #[arg(long)]
+    ceiling: Option<String>,
+
+    /// Instead of benchmarking, serve the ceiling on this address: seed the
+    /// read set in --discovered, take its GetNodes answer once and answer
+    /// every GetNodes with it.
+    #[arg(long, value_name = "ADDR")]
+    serve_ceiling: Option<std::net::SocketAddr>,
 
     /// Scenarios to run, in this order [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -87,6 +100,14 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     ttl: i64,
 
+    /// Writes per fan-out scenario, each one change to every stream.
+    #[arg(long, default_value_t = 20)]
+    fanout_writes: u64,
+
+    /// Milliseconds between two fan-out writes.
+    #[arg(long, default_value_t = 200)]
+    fanout_spacing_ms: u64,
+
     /// Skip seeding the read set (it must be there already).
     #[arg(long)]
     no_seed: bool,
@@ -112,7 +133,20 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = args.threads {
         runtime.worker_threads(n);
     }
-    runtime.enable_all().build()?.block_on(run(args))
+    let runtime = runtime.enable_all().build()?;
+    if let Some(listen) = args.serve_ceiling {
+        let discovered = args
+            .discovered
+            .as_deref()
+            .context("--serve-ceiling needs --discovered")?;
+        return runtime.block_on(ceiling::serve(
+            listen,
+            discovered,
+            &args.read_service,
+            args.nodes,
+        ));
+    }
+    runtime.block_on(run(args))
 }
 
 /// The connections to each system, made only for systems some scenario
@@ -120,11 +154,17 @@ fn main() -> anyhow::Result<()> {
 struct Connections {
     discovered: Vec<Channel>,
     etcd: Vec<Channel>,
+    ceiling: Vec<Channel>,
 }
 
 impl Connections {
     async fn connect(args: &Args, scenarios: &[Scenario]) -> anyhow::Result<Self> {
-        let wants = |system| scenarios.iter().any(|s| s.system() == system);
+        // Fan-out scenarios open connections of their own.
+        let wants = |system| {
+            scenarios
+                .iter()
+                .any(|s| s.system() == system && s.fanout_streams().is_none())
+        };
         let open = async |url: &Option<String>, system: System| -> anyhow::Result<Vec<Channel>> {
             if !wants(system) {
                 return Ok(Vec::new());
@@ -137,6 +177,7 @@ impl Connections {
         Ok(Self {
             discovered: open(&args.discovered, System::Discovered).await?,
             etcd: open(&args.etcd, System::Etcd).await?,
+            ceiling: open(&args.ceiling, System::Ceiling).await?,
         })
     }
 }
@@ -232,8 +273,13 @@ async fn run_scenario(
     let expected = args.nodes as usize;
     let pool = args.pool;
     let measured = match scenario {
-        Scenario::GetNodes => {
-            let clients: Vec<_> = conns.discovered.iter().cloned().map(Grpc::new).collect();
+        Scenario::GetNodes | Scenario::CeilingGetNodes => {
+            let channels = if scenario == Scenario::GetNodes {
+                &conns.discovered
+            } else {
+                &conns.ceiling
+            };
+            let clients: Vec<_> = channels.iter().cloned().map(Grpc::new).collect();
             let request = workload::get_nodes_request(&args.read_service);
             driver::run(&clients, plan, cpu, move |client, _| {
                 workload::get_nodes(client, request.clone(), expected)
@@ -283,6 +329,34 @@ async fn run_scenario(
                 workload::put(client, requests[(n % pool) as usize].clone())
             })
             .await
+        }
+        Scenario::Fanout1000
+        | Scenario::Fanout10000
+        | Scenario::EtcdFanout1000
+        | Scenario::EtcdFanout10000 => {
+            let system = scenario.system();
+            let (target, url) = match system {
+                System::Etcd => (fanout::Target::Etcd, &args.etcd),
+                _ => (fanout::Target::Discovered, &args.discovered),
+            };
+            let url = url.as_deref().with_context(|| {
+                format!("--{} is required for the chosen scenarios", system.name())
+            })?;
+            // The server whose memory counts: the watched process named
+            // after the system.
+            let pid = args
+                .watch
+                .iter()
+                .find(|w| w.name == system.name())
+                .and_then(|w| w.pid);
+            let fanout_plan = fanout::FanoutPlan {
+                streams: scenario.fanout_streams().unwrap_or(1),
+                writes: args.fanout_writes,
+                spacing: Duration::from_millis(args.fanout_spacing_ms),
+                settle: Duration::from_secs(10),
+                open_timeout: Duration::from_secs(120),
+            };
+            fanout::run(target, url, &fanout_plan, cpu, pid).await?
         }
     };
     Ok(measured)

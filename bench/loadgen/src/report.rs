@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::cpu::Watched;
 use crate::driver::Measured;
-use crate::scenario::{Scenario, TARGETS};
+use crate::scenario::{LATENCY_TARGETS, Scenario, TARGETS};
 
 /// One scenario's outcome.
 #[derive(Debug, Clone)]
@@ -29,11 +29,17 @@ impl Outcome {
     ///
     /// # Panics
     /// If `runs` is empty.
+    /// Fan-out scenarios take the median round by p99 instead.
     pub fn median_of(scenario: Scenario, runs: Vec<Measured>) -> Self {
         let rounds: Vec<f64> = runs.iter().map(|m| m.summary.ops_per_sec).collect();
         let all_errors = runs.iter().map(|m| m.summary.errors).sum();
         let mut order: Vec<usize> = (0..runs.len()).collect();
-        order.sort_by(|&a, &b| rounds[a].total_cmp(&rounds[b]));
+        if scenario.fanout_streams().is_some() {
+            let p99 = |i: usize| runs[i].summary.p99.unwrap_or(Duration::MAX);
+            order.sort_by_key(|&i| p99(i));
+        } else {
+            order.sort_by(|&a, &b| rounds[a].total_cmp(&rounds[b]));
+        }
         let median = order[(order.len() - 1) / 2];
         let measured = runs.into_iter().nth(median).expect("at least one round");
         Self {
@@ -78,6 +84,10 @@ fn ms(d: Option<Duration>) -> String {
     d.map_or_else(|| "-".into(), |d| format!("{:.3}", d.as_secs_f64() * 1e3))
 }
 
+fn mib(b: Option<u64>) -> String {
+    b.map_or_else(|| "-".into(), |b| format!("{:.1}", b as f64 / 1e6))
+}
+
 fn cores(c: Option<f64>) -> String {
     c.map_or_else(|| "-".into(), |c| format!("{c:.2}"))
 }
@@ -117,12 +127,12 @@ pub fn markdown(outcomes: &[Outcome], procs: &[Watched]) -> String {
     let cpu_rule: String = procs.iter().map(|_| " ---: |").chain([" ---: |"]).collect();
     writeln!(
         out,
-        "| scenario | system | ops/s | rounds ops/s | p50 ms | p99 ms | max ms | errors | server CPU µs/call |{cpu_head}"
+        "| scenario | system | ops/s | rounds ops/s | p50 ms | p99 ms | max ms | errors | server CPU µs/call | server RSS MB |{cpu_head}"
     )
     .unwrap();
     writeln!(
         out,
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |{cpu_rule}"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |{cpu_rule}"
     )
     .unwrap();
     for o in outcomes {
@@ -136,7 +146,7 @@ pub fn markdown(outcomes: &[Outcome], procs: &[Watched]) -> String {
             .collect();
         writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |{cpu}",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |{cpu}",
             o.scenario.label(),
             o.scenario.system().name(),
             s.ops_per_sec,
@@ -146,12 +156,14 @@ pub fn markdown(outcomes: &[Outcome], procs: &[Watched]) -> String {
             ms(s.max),
             errors(o),
             us(o.server_cpu_per_call(procs)),
+            mib(o.measured.rss_bytes),
         )
         .unwrap();
     }
 
     let find = |sc: Scenario| outcomes.iter().find(|o| o.scenario == sc);
     let mut targets = String::new();
+    let mut latency = String::new();
     for t in TARGETS {
         let Some(d) = find(t.discovered) else {
             continue;
@@ -201,11 +213,59 @@ pub fn markdown(outcomes: &[Outcome], procs: &[Watched]) -> String {
         )
         .unwrap();
     }
+    for t in LATENCY_TARGETS {
+        let Some(d) = find(t.scenario) else {
+            continue;
+        };
+        let p99 = d.measured.summary.p99.map(|p| p.as_secs_f64() * 1e3);
+        let rss = d.measured.rss_bytes.map(|b| b as f64 / 1e6);
+        let mut ok = p99.is_some_and(|p| p < t.max_p99_ms);
+        let mut measured = format!("p99 {} ms", p99.map_or("-".into(), |p| format!("{p:.1}")));
+        let mut bound = format!("p99 < {:.0} ms", t.max_p99_ms);
+        if let Some(max) = t.max_rss_mb {
+            ok &= rss.is_some_and(|r| r < max);
+            write!(measured, ", RSS {} MB", mib(d.measured.rss_bytes)).unwrap();
+            write!(bound, ", RSS < {max:.0} MB").unwrap();
+        }
+        let etcd = t
+            .scenario
+            .fanout_streams()
+            .and_then(|n| {
+                outcomes.iter().find(|o| {
+                    o.scenario.system() == crate::scenario::System::Etcd
+                        && o.scenario.fanout_streams() == Some(n)
+                })
+            })
+            .map_or("-".into(), |e| {
+                format!(
+                    "p99 {} ms, RSS {} MB",
+                    ms(e.measured.summary.p99),
+                    mib(e.measured.rss_bytes)
+                )
+            });
+        let met = match (ok, d.all_errors == 0) {
+            (true, true) => "yes",
+            (true, false) => "no (errors)",
+            (false, _) => "**no**",
+        };
+        writeln!(
+            latency,
+            "| {} | {measured} | {etcd} | {bound} | {met} |",
+            t.scenario.label()
+        )
+        .unwrap();
+    }
+    if !latency.is_empty() {
+        writeln!(out).unwrap();
+        writeln!(out, "| fan-out target | discovered | etcd | target | met |").unwrap();
+        writeln!(out, "| --- | ---: | ---: | ---: | --- |").unwrap();
+        out.push_str(&latency);
+    }
     if !targets.is_empty() {
         writeln!(out).unwrap();
         writeln!(
             out,
-            "| target | discovered ops/s | etcd ops/s | ratio | target | met | server CPU/call, etcd ÷ discovered |"
+            "| target | discovered ops/s | compared with, ops/s | ratio | target | met | server CPU/call, other ÷ discovered |"
         )
         .unwrap();
         writeln!(out, "| --- | ---: | ---: | ---: | ---: | --- | ---: |").unwrap();
@@ -246,6 +306,7 @@ pub fn json(outcomes: &[Outcome], procs: &[Watched]) -> serde_json::Value {
                 "cpu_cores": cpu,
                 "other_cpu_cores": o.measured.other_cpu,
                 "server_cpu_us_per_call": o.server_cpu_per_call(procs),
+                "server_rss_bytes": o.measured.rss_bytes,
             })
         })
         .collect()
@@ -266,6 +327,7 @@ mod tests {
             warmup_errors: 0,
             cpu: vec![],
             other_cpu: None,
+            rss_bytes: None,
         }
     }
 

@@ -9,6 +9,8 @@ pub enum System {
     Discovered,
     /// etcd v3.
     Etcd,
+    /// The bare tonic server answering GetNodes with a fixed reply.
+    Ceiling,
 }
 
 impl System {
@@ -17,6 +19,7 @@ impl System {
         match self {
             System::Discovered => "discovered",
             System::Etcd => "etcd",
+            System::Ceiling => "ceiling",
         }
     }
 }
@@ -26,6 +29,8 @@ impl System {
 pub enum Scenario {
     /// discovered GetNodes of the seeded service.
     GetNodes,
+    /// The ceiling server's GetNodes: one fixed answer of the same nodes.
+    CeilingGetNodes,
     /// etcd Range of the seeded prefix, linearizable (etcd's default).
     RangeLinearizable,
     /// etcd Range of the seeded prefix, serializable (member-local).
@@ -34,23 +39,53 @@ pub enum Scenario {
     RegisterNode,
     /// etcd Put attached to one lease, over the same pool of keys.
     PutLease,
+    /// One change to 1,000 discovered WatchService streams.
+    #[value(name = "fanout-1000")]
+    Fanout1000,
+    /// One change to 10,000 discovered WatchService streams.
+    #[value(name = "fanout-10000")]
+    Fanout10000,
+    /// One Put to 1,000 etcd Watch streams.
+    #[value(name = "etcd-fanout-1000")]
+    EtcdFanout1000,
+    /// One Put to 10,000 etcd Watch streams.
+    #[value(name = "etcd-fanout-10000")]
+    EtcdFanout10000,
 }
 
 impl Scenario {
     /// Every scenario, in run order: reads, then writes, each discovered
     /// first.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::GetNodes,
+        Scenario::CeilingGetNodes,
         Scenario::RangeLinearizable,
         Scenario::RangeSerializable,
         Scenario::RegisterNode,
         Scenario::PutLease,
+        Scenario::Fanout1000,
+        Scenario::EtcdFanout1000,
+        Scenario::Fanout10000,
+        Scenario::EtcdFanout10000,
     ];
+
+    /// Watch streams of a fan-out scenario; `None` for the others.
+    pub fn fanout_streams(self) -> Option<usize> {
+        match self {
+            Scenario::Fanout1000 | Scenario::EtcdFanout1000 => Some(1_000),
+            Scenario::Fanout10000 | Scenario::EtcdFanout10000 => Some(10_000),
+            _ => None,
+        }
+    }
 
     /// The system it calls.
     pub fn system(self) -> System {
         match self {
-            Scenario::GetNodes | Scenario::RegisterNode => System::Discovered,
+            Scenario::GetNodes
+            | Scenario::RegisterNode
+            | Scenario::Fanout1000
+            | Scenario::Fanout10000 => System::Discovered,
+            Scenario::CeilingGetNodes => System::Ceiling,
             _ => System::Etcd,
         }
     }
@@ -59,10 +94,15 @@ impl Scenario {
     pub fn label(self) -> &'static str {
         match self {
             Scenario::GetNodes => "read: GetNodes",
+            Scenario::CeilingGetNodes => "read: GetNodes, fixed answer (ceiling)",
             Scenario::RangeLinearizable => "read: Range prefix, linearizable",
             Scenario::RangeSerializable => "read: Range prefix, serializable",
             Scenario::RegisterNode => "write: RegisterNode ttl",
             Scenario::PutLease => "write: Put with lease",
+            Scenario::Fanout1000 => "fan-out: 1 change to 1,000 WatchService streams",
+            Scenario::Fanout10000 => "fan-out: 1 change to 10,000 WatchService streams",
+            Scenario::EtcdFanout1000 => "fan-out: 1 Put to 1,000 Watch streams",
+            Scenario::EtcdFanout10000 => "fan-out: 1 Put to 10,000 Watch streams",
         }
     }
 
@@ -70,29 +110,36 @@ impl Scenario {
     pub fn id(self) -> &'static str {
         match self {
             Scenario::GetNodes => "get-nodes",
+            Scenario::CeilingGetNodes => "ceiling-get-nodes",
             Scenario::RangeLinearizable => "range-linearizable",
             Scenario::RangeSerializable => "range-serializable",
             Scenario::RegisterNode => "register-node",
             Scenario::PutLease => "put-lease",
+            Scenario::Fanout1000 => "fanout-1000",
+            Scenario::Fanout10000 => "fanout-10000",
+            Scenario::EtcdFanout1000 => "etcd-fanout-1000",
+            Scenario::EtcdFanout10000 => "etcd-fanout-10000",
         }
     }
 }
 
-/// A target: discovered's figure over the best of etcd's comparable ones.
+/// A target: discovered's figure over the best of the comparable ones
+/// (etcd's, or the ceiling's).
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
     /// What is compared, in reports.
     pub label: &'static str,
     /// The discovered scenario.
     pub discovered: Scenario,
-    /// The etcd scenarios; the fastest of those that ran counts.
+    /// The scenarios compared with (etcd's, or the ceiling); the fastest
+    /// of those that ran counts.
     pub etcd: &'static [Scenario],
     /// The ratio discovered must reach.
     pub min_ratio: f64,
 }
 
 /// The project's targets.
-pub const TARGETS: [Target; 2] = [
+pub const TARGETS: [Target; 3] = [
     Target {
         label: "GetNodes vs etcd's faster Range",
         discovered: Scenario::GetNodes,
@@ -100,9 +147,40 @@ pub const TARGETS: [Target; 2] = [
         min_ratio: 4.0,
     },
     Target {
+        label: "GetNodes vs the ceiling (bare tonic, fixed answer)",
+        discovered: Scenario::GetNodes,
+        etcd: &[Scenario::CeilingGetNodes],
+        min_ratio: 0.6,
+    },
+    Target {
         label: "RegisterNode vs etcd Put with lease",
         discovered: Scenario::RegisterNode,
         etcd: &[Scenario::PutLease],
         min_ratio: 1.2,
+    },
+];
+
+/// A bound on one of discovered's fan-out figures.
+#[derive(Debug, Clone, Copy)]
+pub struct LatencyTarget {
+    /// The fan-out scenario.
+    pub scenario: Scenario,
+    /// Most p99 delivery time, milliseconds.
+    pub max_p99_ms: f64,
+    /// Most server RSS with the streams open, MB (10^6 bytes).
+    pub max_rss_mb: Option<f64>,
+}
+
+/// The fan-out targets (issue 14).
+pub const LATENCY_TARGETS: [LatencyTarget; 2] = [
+    LatencyTarget {
+        scenario: Scenario::Fanout1000,
+        max_p99_ms: 10.0,
+        max_rss_mb: None,
+    },
+    LatencyTarget {
+        scenario: Scenario::Fanout10000,
+        max_p99_ms: 50.0,
+        max_rss_mb: Some(150.0),
     },
 ];

@@ -1,0 +1,392 @@
+//! The fan-out scenarios: how fast one change reaches many watch streams.
+//!
+//! `streams` watch streams of one service (discovered: WatchService; etcd:
+//! one Watch call per stream, each with one watch on the service's key
+//! prefix), spread over at least 100 HTTP/2 connections with at most 100
+//! streams each. Once every stream is in place (discovered: SYNCED; etcd:
+//! `created`), the load generator writes a changed node `writes` times,
+//! `spacing` apart (discovered: RegisterNode; etcd: Put), and records for
+//! each stream and write the time from sending the write to receiving its
+//! event. An event that does not arrive within `settle` after the last
+//! write counts as an error. The server's RSS is read with the streams
+//! open, after the streams are in place and after the writes (the larger).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::cpu::CpuWatch;
+use crate::driver::Measured;
+use crate::proto::discovered::discovery_client::DiscoveryClient;
+use crate::proto::discovered::{EventType, WatchServiceRequest};
+use crate::proto::etcdserverpb::watch_client::WatchClient;
+use crate::proto::etcdserverpb::watch_request::RequestUnion;
+use crate::proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest};
+use crate::stats::{Failure, Recorder};
+use crate::workload;
+
+/// Most streams on one connection.
+const STREAMS_PER_CONNECTION: usize = 100;
+/// Fewest connections the streams are spread over.
+const MIN_CONNECTIONS: usize = 100;
+
+/// How one fan-out scenario runs.
+#[derive(Debug, Clone)]
+pub struct FanoutPlan {
+    /// Watch streams.
+    pub streams: usize,
+    /// Changes written once every stream is in place.
+    pub writes: u64,
+    /// Time between two writes.
+    pub spacing: Duration,
+    /// How long after the last write events may still arrive.
+    pub settle: Duration,
+    /// How long the streams may take to be in place.
+    pub open_timeout: Duration,
+}
+
+/// Which system the streams watch.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    Discovered,
+    Etcd,
+}
+
+/// When each write was sent, in nanoseconds after `base` (0: not yet).
+struct Sent {
+    base: Instant,
+    at: Vec<AtomicU64>,
+}
+
+impl Sent {
+    fn latency(&self, seq: u64) -> Option<Duration> {
+        let at = self.at.get(seq as usize)?.load(Ordering::Acquire);
+        (at > 0).then(|| self.base.elapsed().saturating_sub(Duration::from_nanos(at)))
+    }
+
+    fn mark(&self, seq: u64) {
+        let nanos = self.base.elapsed().as_nanos().max(1) as u64;
+        self.at[seq as usize].store(nanos, Ordering::Release);
+    }
+}
+
+/// VmRSS of `pid` in bytes, from `/proc/<pid>/status`.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Streams in place, and streams that got every write.
+#[derive(Default)]
+struct Counts {
+    ready: AtomicUsize,
+    done: AtomicUsize,
+}
+
+/// What one stream saw: a latency per write it got.
+type StreamResult = Result<Vec<Duration>, String>;
+
+/// Runs one fan-out scenario against `url`; `server_pid` is the process
+/// whose RSS is reported.
+pub async fn run(
+    target: Target,
+    url: &str,
+    plan: &FanoutPlan,
+    cpu: &CpuWatch,
+    server_pid: Option<u32>,
+) -> anyhow::Result<Measured> {
+    let connections = MIN_CONNECTIONS.max(plan.streams.div_ceil(STREAMS_PER_CONNECTION));
+    let channels = workload::connect(url, connections).await?;
+    // A service of its own per run, so that earlier runs leave nothing.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let service = format!("bench-fanout-{}-{nonce}", plan.streams);
+    let key = workload::etcd_key(&service, "fanout-node");
+    let prefix = workload::etcd_prefix(&service);
+
+    // The node exists before the streams open (write 0, not measured).
+    write(target, &channels[0], &service, &key, 0).await?;
+
+    let sent = Arc::new(Sent {
+        base: Instant::now(),
+        at: (0..=plan.writes).map(|_| AtomicU64::new(0)).collect(),
+    });
+    let counts = Arc::new(Counts::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::with_capacity(plan.streams);
+    for i in 0..plan.streams {
+        let channel = channels[i % connections].clone();
+        let (sent, counts, stop) = (Arc::clone(&sent), Arc::clone(&counts), stop_rx.clone());
+        let writes = plan.writes;
+        tasks.push(match target {
+            Target::Discovered => tokio::spawn(discovered_stream(
+                channel,
+                service.clone(),
+                writes,
+                sent,
+                counts,
+                stop,
+            )),
+            Target::Etcd => tokio::spawn(etcd_stream(
+                channel,
+                prefix.clone(),
+                key.clone(),
+                writes,
+                sent,
+                counts,
+                stop,
+            )),
+        });
+    }
+    let deadline = Instant::now() + plan.open_timeout;
+    while counts.ready.load(Ordering::Acquire) < plan.streams {
+        if Instant::now() >= deadline {
+            let _ = stop_tx.send(true);
+            let mut first_error = None;
+            for task in tasks {
+                if let Ok(Err(e)) = task.await {
+                    first_error.get_or_insert(e);
+                }
+            }
+            bail!(
+                "only {} of {} streams in place after {:?}; first error: {}",
+                counts.ready.load(Ordering::Acquire),
+                plan.streams,
+                plan.open_timeout,
+                first_error.unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the server settle after the burst of opens.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_open = server_pid.and_then(rss_bytes);
+
+    let before = cpu.snapshot();
+    let started = Instant::now();
+    let mut write_errors = 0;
+    for seq in 1..=plan.writes {
+        tokio::time::sleep_until(started + plan.spacing * (seq - 1) as u32).await;
+        sent.mark(seq);
+        if let Err(e) = write(
+            target,
+            &channels[seq as usize % connections],
+            &service,
+            &key,
+            seq,
+        )
+        .await
+        {
+            eprintln!("  write {seq} failed: {e:#}");
+            write_errors += 1;
+        }
+    }
+    // Wait until every stream has every event, or `settle` has passed.
+    let settle_until = Instant::now() + plan.settle;
+    while Instant::now() < settle_until && counts.done.load(Ordering::Acquire) < plan.streams {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let window = started.elapsed();
+    let after = cpu.snapshot();
+    let rss_after = server_pid.and_then(rss_bytes);
+    let _ = stop_tx.send(true);
+
+    let mut recorder = Recorder::default();
+    for task in tasks {
+        match task.await.context("watch task panicked")? {
+            Ok(latencies) => {
+                let missed = plan.writes.saturating_sub(latencies.len() as u64);
+                for l in latencies {
+                    recorder.record(l, Ok(()));
+                }
+                for _ in 0..missed {
+                    recorder.record(Duration::ZERO, Err(Failure::BadResponse("event missed")));
+                }
+            }
+            Err(_) => {
+                for _ in 0..plan.writes {
+                    recorder.record(Duration::ZERO, Err(Failure::BadResponse("stream failed")));
+                }
+            }
+        }
+    }
+    for _ in 0..write_errors {
+        recorder.record(Duration::ZERO, Err(Failure::BadResponse("write failed")));
+    }
+    drop(channels);
+    Ok(Measured {
+        summary: recorder.summary(window),
+        warmup_errors: 0,
+        cpu: cpu.cores(&before, &after, window),
+        other_cpu: cpu.others(&before, &after, window),
+        rss_bytes: rss_open.max(rss_after),
+    })
+}
+
+/// Write number `seq`: the node with `seq` in its metadata (discovered), or
+/// a Put of the key whose value carries it (etcd; the key's version is then
+/// `seq + 1`).
+async fn write(
+    target: Target,
+    channel: &Channel,
+    service: &str,
+    key: &[u8],
+    seq: u64,
+) -> anyhow::Result<()> {
+    let mut node = workload::register_request(service, 0, 3600);
+    node.node_name = "fanout-node".into();
+    node.metadata.insert("seq".into(), seq.to_string());
+    match target {
+        Target::Discovered => {
+            DiscoveryClient::new(channel.clone())
+                .register_node(node)
+                .await
+                .context("RegisterNode")?;
+        }
+        Target::Etcd => {
+            let value = workload::etcd_value(&node);
+            crate::proto::etcdserverpb::kv_client::KvClient::new(channel.clone())
+                .put(PutRequest {
+                    key: key.to_vec(),
+                    value,
+                    lease: 0,
+                    prev_kv: false,
+                })
+                .await
+                .context("etcd Put")?;
+        }
+    }
+    Ok(())
+}
+
+/// One discovered watch stream: counts itself ready at SYNCED, then
+/// records the latency of each NODE_ADDED / NODE_UPDATED of a write.
+async fn discovered_stream(
+    channel: Channel,
+    service: String,
+    writes: u64,
+    sent: Arc<Sent>,
+    counts: Arc<Counts>,
+    mut stop: watch::Receiver<bool>,
+) -> StreamResult {
+    let mut client = DiscoveryClient::new(channel);
+    let mut stream = client
+        .watch_service(WatchServiceRequest {
+            service_group: workload::GROUP.into(),
+            service_name: service,
+            send_initial: Some(true),
+        })
+        .await
+        .map_err(|s| format!("WatchService: {s}"))?
+        .into_inner();
+    let mut latencies = Vec::with_capacity(writes as usize);
+    let mut synced = false;
+    let mut seen: HashMap<u64, ()> = HashMap::new();
+    loop {
+        let event = tokio::select! {
+            event = stream.message() => event.map_err(|s| format!("stream: {s}"))?,
+            _ = stop.changed() => break,
+        };
+        let Some(event) = event else {
+            return Err("stream ended".into());
+        };
+        match event.r#type() {
+            EventType::Synced if !synced => {
+                synced = true;
+                counts.ready.fetch_add(1, Ordering::AcqRel);
+            }
+            EventType::NodeAdded | EventType::NodeUpdated => {
+                let seq = event
+                    .node
+                    .as_ref()
+                    .and_then(|n| n.metadata.get("seq"))
+                    .and_then(|s| s.parse::<u64>().ok());
+                if let Some(seq) = seq.filter(|&s| s > 0)
+                    && seen.insert(seq, ()).is_none()
+                    && let Some(l) = sent.latency(seq)
+                {
+                    latencies.push(l);
+                    if latencies.len() as u64 == writes {
+                        counts.done.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+            }
+            EventType::Resync => return Err("RESYNC".into()),
+            _ => {}
+        }
+    }
+    Ok(latencies)
+}
+
+/// One etcd Watch call with one watch on `prefix`: counts itself ready at
+/// `created`, then records the latency of each Put of `key`.
+async fn etcd_stream(
+    channel: Channel,
+    prefix: String,
+    key: Vec<u8>,
+    writes: u64,
+    sent: Arc<Sent>,
+    counts: Arc<Counts>,
+    mut stop: watch::Receiver<bool>,
+) -> StreamResult {
+    let range = workload::range_request(&prefix, false);
+    let create = WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: range.key,
+            range_end: range.range_end,
+            start_revision: 0,
+        })),
+    };
+    // The request stream stays open: etcd keeps the watch for as long.
+    use tonic::codegen::tokio_stream::{self, StreamExt};
+    let requests = tokio_stream::iter([create]).chain(tokio_stream::pending());
+    let mut stream = WatchClient::new(channel)
+        .watch(requests)
+        .await
+        .map_err(|s| format!("Watch: {s}"))?
+        .into_inner();
+    let mut latencies = Vec::with_capacity(writes as usize);
+    let mut created = false;
+    let mut complete = false;
+    loop {
+        let response = tokio::select! {
+            response = stream.message() => response.map_err(|s| format!("stream: {s}"))?,
+            _ = stop.changed() => break,
+        };
+        let Some(response) = response else {
+            return Err("stream ended".into());
+        };
+        if response.canceled {
+            return Err(format!("watch canceled: {}", response.cancel_reason));
+        }
+        if response.created && !created {
+            created = true;
+            counts.ready.fetch_add(1, Ordering::AcqRel);
+        }
+        for event in response.events {
+            let Some(kv) = event.kv else { continue };
+            if kv.key != key || kv.version < 2 {
+                continue;
+            }
+            if let Some(l) = sent.latency(kv.version as u64 - 1) {
+                latencies.push(l);
+            }
+        }
+        if latencies.len() as u64 == writes && !complete {
+            complete = true;
+            counts.done.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+    Ok(latencies)
+}
