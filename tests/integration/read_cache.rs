@@ -83,22 +83,36 @@ async fn an_answer_is_served_from_the_cache_until_something_changes_it() {
     );
 }
 
+/// Leaves B's cached answer of `g/s` stale: node `x` registered through A,
+/// cached by B, then deleted straight in Redis (no change published). B's
+/// answers still show `x` (whose names beside it are `now`), so only the
+/// change feed can bring them up to date.
+async fn stale_on_b(a: &mut TestServer, b: &mut TestServer, redis: &RedisServer, now: &[&str]) {
+    register_node(&mut a.client, bare_node("g", "s", "x", None)).await;
+    let mut with_x = now.to_vec();
+    with_x.push("x");
+    with_x.sort_unstable();
+    until_names(&mut b.client, "s", &with_x).await;
+    cache_then_delete(&mut b.client, redis, "s", "x").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_another_server_reaches_this_ones_answers() {
     let redis = RedisServer::start();
     let mut a = TestServer::sharing(&redis).await;
     let mut b = TestServer::sharing(&redis).await;
     register_node(&mut a.client, bare_node("g", "s", "n1", None)).await;
-    // B caches the answer.
-    until_names(&mut b.client, "s", &["n1"]).await;
-    assert_eq!(names(&get_nodes(&mut b.client, "g", "s").await), ["n1"]);
-    // Each kind of change through A shows in B's answers within the bound.
+    // Before each change through A, B serves a stale cached answer; after
+    // it, B's answers are Redis's state (x gone) within the bound.
+    stale_on_b(&mut a, &mut b, &redis, &["n1"]).await;
     register_node(&mut a.client, bare_node("g", "s", "n2", None)).await;
     until_names(&mut b.client, "s", &["n1", "n2"]).await;
+    stale_on_b(&mut a, &mut b, &redis, &["n1", "n2"]).await;
     try_remove_node(&mut a.client, "g", "s", "n1", false)
         .await
         .expect("RemoveNode");
     until_names(&mut b.client, "s", &["n2"]).await;
+    stale_on_b(&mut a, &mut b, &redis, &["n2"]).await;
     try_remove_service(&mut a.client, "g", "s", false)
         .await
         .expect("RemoveService");
@@ -139,8 +153,11 @@ async fn a_resync_empties_the_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_bypass_the_cache_of_a_broken_feed() {
     let mut t = stale_answer_cached().await;
-    // The change subscription's connection dies: whatever happened while
-    // it was down is unknown, so no answer cached under it is served.
+    // The change subscription's connection dies, and Redis then stops
+    // answering for a while, so the subscription cannot come back (nor
+    // send the RESYNC that would empty the cache). Whatever happens while
+    // it is down is unknown: reads must go to Redis (and fail here, with
+    // UNAVAILABLE) rather than answer from the cache.
     let mut conn = t.redis().connection().await;
     let killed: u32 = redis::cmd("CLIENT")
         .arg("KILL")
@@ -150,6 +167,46 @@ async fn reads_bypass_the_cache_of_a_broken_feed() {
         .await
         .expect("CLIENT KILL");
     assert!(killed >= 1, "the server's subscription was killed");
+    let pause = Duration::from_secs(6);
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(pause.as_millis() as u64)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT PAUSE");
+    let paused = Instant::now();
+    // Until the server notices the lost subscription, the stale answer
+    // may still come; the first other answer must come while Redis is
+    // paused: a read that went to Redis.
+    let first_other = loop {
+        let reply = t
+            .client
+            .get_nodes(discovered::proto::v1::GetNodesRequest {
+                service_group: "g".into(),
+                service_name: "s".into(),
+            })
+            .await;
+        match reply {
+            Ok(r) if names(&r.get_ref().nodes) == ["n1", "n2"] => {
+                assert!(
+                    paused.elapsed() < pause,
+                    "the stale cached answer outlived the lost feed"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => break other,
+        }
+    };
+    assert!(
+        paused.elapsed() < pause,
+        "the first read past the cache came after the pause"
+    );
+    let status = first_other.expect_err("Redis is paused: the read that bypassed the cache fails");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    // Once Redis answers again, the subscription is back and reads are
+    // Redis's state.
+    tokio::time::sleep(pause.saturating_sub(paused.elapsed())).await;
     until_names(&mut t.client, "s", &["n1"]).await;
 }
 
