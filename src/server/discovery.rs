@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::audit::{Audit, what};
 use super::auth::caller;
-use super::read_cache::{DEFAULT_READ_CACHE_BYTES, ReadCache};
+use super::read_cache::{Answer, DEFAULT_READ_CACHE_BYTES, ReadCache};
 use super::reply::EncodedReply;
 use super::status::{group_not_found, node_not_found, other_instance, service_not_found};
 use super::watch::{self, Filter, WatchSlots, WatchStream};
@@ -78,10 +79,7 @@ impl DiscoveryService {
             registry,
             defaults,
             shutdown,
-            watch_slots: WatchSlots::new(
-                watch::DEFAULT_MAX_WATCH_STREAMS,
-                watch::DEFAULT_WATCH_BUFFER_BYTES,
-            ),
+            watch_slots: WatchSlots::new(watch::DEFAULT_MAX_WATCH_STREAMS),
             cache,
             auth: None,
         }
@@ -128,11 +126,10 @@ impl DiscoveryService {
     }
 
     /// Allows at most `max` open watch streams (a new one beyond them is
-    /// refused with RESOURCE_EXHAUSTED), each holding at most
-    /// `buffer_bytes` of events its client has not taken.
-    pub fn with_watch_limits(self, max: usize, buffer_bytes: usize) -> Self {
+    /// refused with RESOURCE_EXHAUSTED).
+    pub fn with_max_watch_streams(self, max: usize) -> Self {
         Self {
-            watch_slots: WatchSlots::new(max, buffer_bytes),
+            watch_slots: WatchSlots::new(max),
             ..self
         }
     }
@@ -244,7 +241,10 @@ impl Discovery for DiscoveryService {
             self.allow_key(caller.as_ref(), Action::RegisterService, &key),
         )?;
         let spec = ServiceSpec::try_from(r)?;
+        let cached = key.clone();
         let result = self.registry.register_service(key, spec).await;
+        // Even an identical record: the answer shows the new updated_at.
+        self.cache.invalidate(&cached);
         let result = result.map_err(Status::from);
         audit.record(&target, &result);
         Ok(Response::new(result?.into()))
@@ -312,21 +312,43 @@ impl Discovery for DiscoveryService {
             Action::GetService
         };
         self.allow_key(caller.as_ref(), action, &key)?;
-        let Some(mut record) = self.registry.get_service(&key).await? else {
-            return Err(service_not_found(&key));
-        };
         if r.reveal_credentials {
-            // Opened only here: a value the server cannot open fails the
-            // reveal alone, with a message naming the service, not the value.
+            // Never cached: opened only here, so a value the server cannot
+            // open fails the reveal alone, with a message naming the
+            // service, not the value.
+            let Some(mut record) = self.registry.get_service(&key).await? else {
+                return Err(service_not_found(&key));
+            };
             record.spec.auth_credentials = self
                 .registry
                 .reveal_credentials(&record)
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            return Ok(Response::new(pb::Service::from_record(record, true)));
         }
-        Ok(Response::new(pb::Service::from_record(
-            record,
-            r.reveal_credentials,
-        )))
+        // The cache holds the encoded answer; this RPC's response type is
+        // shared with ListServices and WatchEvent, so it is decoded again
+        // (a few strings) rather than served as bytes: what the cache
+        // saves is the two Redis round trips.
+        let feed = self.registry.feed();
+        if let Some(answer) = self.cache.get(&key, Answer::Service, feed) {
+            let service = pb::Service::decode(answer)
+                .map_err(|e| Status::internal(format!("a cached answer does not decode: {e}")))?;
+            return Ok(Response::new(service));
+        }
+        let ticket = self.cache.ticket(&key, feed);
+        let Some(record) = self.registry.get_service(&key).await? else {
+            return Err(service_not_found(&key));
+        };
+        // Only a registered service's answer is kept (see read_cache).
+        let registered = record.registered_at.is_some();
+        let service = pb::Service::from_record(record, false);
+        if let Some(ticket) = ticket.filter(|_| registered) {
+            let answer = service.encode_to_vec().into();
+            let feed = self.registry.feed();
+            self.cache
+                .put(&key, Answer::Service, ticket, feed, answer, None);
+        }
+        Ok(Response::new(service))
     }
 
     async fn get_nodes(
@@ -338,7 +360,7 @@ impl Discovery for DiscoveryService {
         let key = self.key(&r.service_group, &r.service_name)?;
         self.allow_key(caller.as_ref(), Action::GetNodes, &key)?;
         let feed = self.registry.feed();
-        if let Some(answer) = self.cache.get(&key, feed) {
+        if let Some(answer) = self.cache.get(&key, Answer::Nodes, feed) {
             return Ok(Response::new(EncodedReply(answer)));
         }
         let ticket = self.cache.ticket(&key, feed);
@@ -349,8 +371,14 @@ impl Discovery for DiscoveryService {
         });
         if let Some(ticket) = ticket {
             let feed = self.registry.feed();
-            self.cache
-                .put(&key, ticket, feed, reply.0.clone(), valid_until);
+            self.cache.put(
+                &key,
+                Answer::Nodes,
+                ticket,
+                feed,
+                reply.0.clone(),
+                valid_until,
+            );
         }
         Ok(Response::new(reply))
     }

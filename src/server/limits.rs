@@ -24,11 +24,6 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// and gRPC clients reconnect on their next call without an error.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Bytes hyper may hold per stream for a client that does not take what
-/// is sent (its own default is 400 KB). With the watch buffer
-/// (`--watch-buffer-bytes`) it bounds what a frozen client pins.
-pub const SEND_BUFFER: usize = 64 * 1024;
-
 /// Bounds on what clients may hold open, and how the server finds
 /// connections whose client is gone.
 #[derive(Debug, Clone)]
@@ -39,9 +34,10 @@ pub struct Limits {
     /// Watch streams the server keeps open over all connections; a new
     /// one beyond them is refused with RESOURCE_EXHAUSTED.
     pub max_watch_streams: usize,
-    /// Encoded bytes of events one watch stream holds for a client that
-    /// does not read; past them the stream stops taking changes and, once
-    /// too far behind, sends RESYNC when its client reads again.
+    /// Bytes HTTP/2 holds per stream for a client that does not read
+    /// (hyper's per-stream send buffer; its own default is 400 KB): for a
+    /// watch, encoded events. Past them the stream stops taking changes
+    /// and, once too far behind, sends RESYNC when its client reads again.
     pub watch_buffer_bytes: usize,
     /// Bytes of GetNodes answers the read cache keeps (least recently used
     /// out first); 0 caches nothing.

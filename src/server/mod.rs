@@ -11,6 +11,7 @@ mod discovery;
 mod framing;
 mod health;
 pub mod limits;
+mod on_wake;
 mod peer;
 pub(crate) mod read_cache;
 pub(crate) mod reload;
@@ -115,7 +116,7 @@ pub async fn serve(
 
     let stopping = CancellationToken::new();
     let service = DiscoveryService::new(registry, defaults, stopping.clone())
-        .with_watch_limits(limits.max_watch_streams, limits.watch_buffer_bytes)
+        .with_max_watch_streams(limits.max_watch_streams)
         .with_read_cache(limits.read_cache_bytes)
         .with_auth(auth.clone());
     let service = grpc_service(service, health, auth)?;

@@ -1,5 +1,10 @@
-//! The read cache: each service's GetNodes answer, encoded, kept until
-//! something could have changed it.
+//! The read cache: each service's GetNodes answer and its GetService
+//! answer, encoded, kept until something could have changed them.
+//!
+//! GetService's is kept for a registered service only: a service listed
+//! by its nodes alone can lose its listing without a change message (a
+//! registration and a removal that raced), and an unknown service is not
+//! worth keeping. An answer revealing credentials is never kept.
 //!
 //! An entry goes when
 //! - the change feed reports a change of its service (any server's write),
@@ -42,8 +47,17 @@ const VERSION_SLOTS: usize = 256;
 /// What an entry costs beyond its bytes (key, map slot, list links).
 const ENTRY_OVERHEAD: usize = 128;
 
+/// Which answer about a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// GetNodes: its live nodes.
+    Nodes,
+    /// GetService: its record.
+    Service,
+}
+
 /// One cached answer.
-struct Entry {
+struct Held {
     answer: Bytes,
     /// The earliest deadline of its nodes: not served from then on.
     valid_until: Option<Millis>,
@@ -51,9 +65,35 @@ struct Entry {
     feed: u64,
 }
 
+impl Held {
+    fn fresh(&self, feed: u64) -> bool {
+        self.feed == feed && self.valid_until.is_none_or(|t| now_millis() < t)
+    }
+}
+
+/// A service's cached answers: they go together, as any change of the
+/// service may change either.
+#[derive(Default)]
+struct Entry {
+    nodes: Option<Held>,
+    service: Option<Held>,
+}
+
 impl Entry {
-    fn cost(key: &ServiceKey, answer: &Bytes) -> usize {
-        answer.len() + key.group.len() + key.service.len() + ENTRY_OVERHEAD
+    fn slot(&mut self, answer: Answer) -> &mut Option<Held> {
+        match answer {
+            Answer::Nodes => &mut self.nodes,
+            Answer::Service => &mut self.service,
+        }
+    }
+
+    fn cost(&self, key: &ServiceKey) -> usize {
+        let held = |h: &Option<Held>| h.as_ref().map_or(0, |h| h.answer.len());
+        held(&self.nodes)
+            + held(&self.service)
+            + key.group.len()
+            + key.service.len()
+            + ENTRY_OVERHEAD
     }
 }
 
@@ -115,18 +155,22 @@ impl ReadCache {
         &self.slots[(h.finish() as usize) % VERSION_SLOTS]
     }
 
-    /// The cached answer of `key`, if it is still good under `feed` (the
+    /// `key`'s cached `answer`, if it is still good under `feed` (the
     /// registry's [`Registry::feed`] now).
-    pub fn get(&self, key: &ServiceKey, feed: Option<u64>) -> Option<Bytes> {
+    pub fn get(&self, key: &ServiceKey, answer: Answer, feed: Option<u64>) -> Option<Bytes> {
         let feed = feed?;
         let mut entries = self.entries.lock().ok()?;
-        let entry = entries.lru.get(key)?;
-        let fresh = entry.feed == feed && entry.valid_until.is_none_or(|t| now_millis() < t);
-        if fresh {
-            return Some(entry.answer.clone());
+        let held = entries.lru.get_mut(key)?.slot(answer);
+        match held {
+            Some(h) if h.fresh(feed) => Some(h.answer.clone()),
+            Some(_) => {
+                // Stale: the service's other answer goes too (the same
+                // change or deadline made it).
+                entries.remove(key);
+                None
+            }
+            None => None,
         }
-        entries.remove(key);
-        None
     }
 
     /// What a read of `key` must note before it fetches, to store its
@@ -139,19 +183,22 @@ impl ReadCache {
         })
     }
 
-    /// Stores the answer a read fetched under `ticket`, unless an
-    /// invalidation came in between or the feed changed (`feed` now).
+    /// Stores the `answer` a read fetched under `ticket` as `key`'s
+    /// `kind`, unless an invalidation came in between or the feed changed
+    /// (`feed` now).
     pub fn put(
         &self,
         key: &ServiceKey,
+        kind: Answer,
         ticket: Ticket,
         feed: Option<u64>,
         answer: Bytes,
         valid_until: Option<Millis>,
     ) {
-        let cost = Entry::cost(key, &answer);
         let budget = self.budget.load(Ordering::Relaxed);
-        if cost > budget || feed != Some(ticket.feed) {
+        if answer.len() + key.group.len() + key.service.len() + ENTRY_OVERHEAD > budget
+            || feed != Some(ticket.feed)
+        {
             return;
         }
         let Ok(mut entries) = self.entries.lock() else {
@@ -164,21 +211,19 @@ impl ReadCache {
         if !current {
             return;
         }
-        entries.remove(key);
-        entries.bytes += cost;
-        entries.lru.put(
-            key.clone(),
-            Entry {
-                answer,
-                valid_until,
-                feed: ticket.feed,
-            },
-        );
+        let mut entry = entries.take(key).unwrap_or_default();
+        *entry.slot(kind) = Some(Held {
+            answer,
+            valid_until,
+            feed: ticket.feed,
+        });
+        entries.bytes += entry.cost(key);
+        entries.lru.put(key.clone(), entry);
         while entries.bytes > budget {
             let Some((k, e)) = entries.lru.pop_lru() else {
                 break;
             };
-            entries.bytes -= Entry::cost(&k, &e.answer);
+            entries.bytes -= e.cost(&k);
         }
     }
 
@@ -241,10 +286,15 @@ impl ReadCache {
 }
 
 impl Entries {
+    /// Takes `key`'s entry out, with its bytes.
+    fn take(&mut self, key: &ServiceKey) -> Option<Entry> {
+        let entry = self.lru.pop(key)?;
+        self.bytes -= entry.cost(key);
+        Some(entry)
+    }
+
     fn remove(&mut self, key: &ServiceKey) {
-        if let Some(e) = self.lru.pop(key) {
-            self.bytes -= Entry::cost(key, &e.answer);
-        }
+        self.take(key);
     }
 }
 
@@ -265,26 +315,32 @@ mod tests {
         let cache = ReadCache::new(1 << 20);
         let ticket = cache.ticket(&key("a"), Some(1)).unwrap();
         cache.invalidate(&key("a"));
-        cache.put(&key("a"), ticket, Some(1), answer(10), None);
-        assert!(cache.get(&key("a"), Some(1)).is_none());
+        cache.put(&key("a"), Answer::Nodes, ticket, Some(1), answer(10), None);
+        assert!(cache.get(&key("a"), Answer::Nodes, Some(1)).is_none());
         // A fresh read stores.
         let ticket = cache.ticket(&key("a"), Some(1)).unwrap();
-        cache.put(&key("a"), ticket, Some(1), answer(10), None);
-        assert_eq!(cache.get(&key("a"), Some(1)), Some(answer(10)));
+        cache.put(&key("a"), Answer::Nodes, ticket, Some(1), answer(10), None);
+        assert_eq!(
+            cache.get(&key("a"), Answer::Nodes, Some(1)),
+            Some(answer(10))
+        );
     }
 
     #[test]
     fn a_clear_or_a_new_feed_drops_everything() {
         let cache = ReadCache::new(1 << 20);
         let ticket = cache.ticket(&key("a"), Some(1)).unwrap();
-        cache.put(&key("a"), ticket, Some(1), answer(10), None);
-        assert!(cache.get(&key("a"), Some(2)).is_none(), "another feed");
+        cache.put(&key("a"), Answer::Nodes, ticket, Some(1), answer(10), None);
+        assert!(
+            cache.get(&key("a"), Answer::Nodes, Some(2)).is_none(),
+            "another feed"
+        );
         let ticket = cache.ticket(&key("a"), Some(2)).unwrap();
         cache.clear();
-        cache.put(&key("a"), ticket, Some(2), answer(10), None);
+        cache.put(&key("a"), Answer::Nodes, ticket, Some(2), answer(10), None);
         assert!(cache.is_empty());
         assert!(cache.ticket(&key("a"), None).is_none(), "feed down");
-        assert!(cache.get(&key("a"), None).is_none());
+        assert!(cache.get(&key("a"), Answer::Nodes, None).is_none());
     }
 
     #[test]
@@ -293,31 +349,59 @@ mod tests {
         let ticket = cache.ticket(&key("a"), Some(1)).unwrap();
         cache.put(
             &key("a"),
+            Answer::Nodes,
             ticket,
             Some(1),
             answer(10),
             Some(now_millis() - 1),
         );
-        assert!(cache.get(&key("a"), Some(1)).is_none());
+        assert!(cache.get(&key("a"), Answer::Nodes, Some(1)).is_none());
         assert!(cache.is_empty());
     }
 
     #[test]
     fn the_least_recently_used_go_past_the_budget() {
-        let cost = Entry::cost(&key("a"), &answer(1000));
+        let cost = 1000 + "g".len() + "a".len() + ENTRY_OVERHEAD;
         let cache = ReadCache::new(3 * cost);
         for s in ["a", "b", "c"] {
             let ticket = cache.ticket(&key(s), Some(1)).unwrap();
-            cache.put(&key(s), ticket, Some(1), answer(1000), None);
+            cache.put(&key(s), Answer::Nodes, ticket, Some(1), answer(1000), None);
         }
-        assert!(cache.get(&key("a"), Some(1)).is_some(), "a used last");
+        assert!(
+            cache.get(&key("a"), Answer::Nodes, Some(1)).is_some(),
+            "a used last"
+        );
         let ticket = cache.ticket(&key("d"), Some(1)).unwrap();
-        cache.put(&key("d"), ticket, Some(1), answer(1000), None);
+        cache.put(
+            &key("d"),
+            Answer::Nodes,
+            ticket,
+            Some(1),
+            answer(1000),
+            None,
+        );
         assert_eq!(cache.len(), 3);
         assert!(
-            cache.get(&key("b"), Some(1)).is_none(),
+            cache.get(&key("b"), Answer::Nodes, Some(1)).is_none(),
             "b was least recent"
         );
-        assert!(cache.get(&key("a"), Some(1)).is_some());
+        assert!(cache.get(&key("a"), Answer::Nodes, Some(1)).is_some());
+    }
+
+    #[test]
+    fn a_service_keeps_both_answers_and_loses_them_together() {
+        let cache = ReadCache::new(1 << 20);
+        for kind in [Answer::Nodes, Answer::Service] {
+            let ticket = cache.ticket(&key("a"), Some(1)).unwrap();
+            cache.put(&key("a"), kind, ticket, Some(1), answer(10), None);
+        }
+        assert_eq!(cache.len(), 1, "one entry per service");
+        assert!(cache.get(&key("a"), Answer::Service, Some(1)).is_some());
+        assert!(cache.get(&key("a"), Answer::Nodes, Some(1)).is_some());
+        cache.invalidate(&key("a"));
+        assert!(cache.get(&key("a"), Answer::Service, Some(1)).is_none());
+        assert!(cache.get(&key("a"), Answer::Nodes, Some(1)).is_none());
+        // The bytes of both were counted and given back.
+        assert_eq!(cache.entries.lock().unwrap().bytes, 0);
     }
 }

@@ -1,23 +1,35 @@
-//! WatchService: one task per stream, fed by the store's fan-out.
+//! WatchService: each stream is a [`WatchStream`] that the connection's
+//! HTTP/2 task polls for its next event; no task, channel or buffer of its
+//! own (issue 14: with 10,000 streams those were most of the cost of one
+//! change, in CPU and memory).
 //!
 //! A stream subscribes to the store's changes first and takes its snapshot
 //! second, so nothing falls between the two: a change that the snapshot
 //! already shows has a revision no higher than the snapshot's revision of
 //! its service and is skipped. The same happens after every RESYNC.
+//!
+//! A client that does not read: HTTP/2 holds at most `--watch-buffer-bytes`
+//! of the stream's events (hyper's per-stream send buffer), and then stops
+//! polling the stream, which stops taking changes from the fan-out. Once
+//! it is more than the fan-out's capacity behind, its client gets a RESYNC
+//! and the current state when it reads again.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use prost::Message;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_stream::Stream;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use super::on_wake::OnWake;
 use super::reply::SharedEvent;
 use crate::auth::{Action, Auth, Caller};
 use crate::model::{NodeRecord, ServiceKey, now_millis};
@@ -25,48 +37,14 @@ use crate::proto::timestamp;
 use crate::proto::v1::{self as pb, EventType};
 use crate::store::{Change, ChangeEvent, Registry, Snapshot, StoreError, StoreEvent};
 
-/// The default of `--watch-buffer-bytes`: encoded bytes of events a stream
-/// holds for a client that reads slowly (issue 11).
-///
-/// When it is full the stream's task waits and stops taking changes from
-/// the fan-out; if it falls more than the fan-out's capacity behind, the
-/// client gets a RESYNC and the current state once it reads again. Counted
-/// in bytes, not events: 256 events of a node with large metadata once
+/// The default of `--watch-buffer-bytes`: encoded bytes of events HTTP/2
+/// holds per stream for a client that reads slowly (issue 11). Counted in
+/// bytes, not events: 256 events of a node with large metadata once
 /// pinned 400 KB per frozen client.
 pub const DEFAULT_WATCH_BUFFER_BYTES: usize = 32 * 1024;
 /// How long a stream waits before retrying a snapshot the store refused
 /// (Redis down): the store's own RESYNC usually comes first.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
-
-/// The stream type of WatchService: the events a stream's task queued,
-/// each giving its bytes back to the stream's budget as it is taken.
-pub struct WatchStream {
-    queue: mpsc::UnboundedReceiver<Queued>,
-}
-
-/// One entry of a stream's queue. Boxed, so an empty queue's blocks of
-/// slots stay small: a stream that is open but quiet costs little.
-enum Queued {
-    /// An event and its share of the stream's budget.
-    Event(Box<SharedEvent>, OwnedSemaphorePermit),
-    /// The status the stream ends with.
-    End(Box<Status>),
-}
-
-impl Stream for WatchStream {
-    type Item = Result<SharedEvent, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.queue.poll_recv(cx).map(|queued| {
-            queued.map(|q| match q {
-                // The permit is dropped here: the event's bytes now belong
-                // to the transport, which has its own bounds.
-                Queued::Event(event, _permit) => Ok(*event),
-                Queued::End(status) => Err(*status),
-            })
-        })
-    }
-}
 
 /// What one stream watches: a group, and one service or all of them.
 #[derive(Debug, Clone)]
@@ -83,10 +61,10 @@ impl Filter {
     }
 }
 
-/// The default of `--max-watch-streams`: each open stream costs a task,
-/// a buffer of up to [`DEFAULT_WATCH_BUFFER_BYTES`] and a fan-out receiver,
-/// so a bound keeps a client that opens streams without end from taking
-/// the memory.
+/// The default of `--max-watch-streams`: each open stream costs its
+/// HTTP/2 state, up to [`DEFAULT_WATCH_BUFFER_BYTES`] of events held for
+/// its client and a fan-out receiver, so a bound keeps a client that opens
+/// streams without end from taking the memory.
 pub const DEFAULT_MAX_WATCH_STREAMS: usize = 10_000;
 
 /// Counts the open watch streams of one server against its limit.
@@ -100,8 +78,6 @@ pub struct WatchSlots {
 struct SlotCount {
     open: AtomicUsize,
     max: usize,
-    /// Each stream's budget of queued bytes.
-    buffer_bytes: u32,
     /// Set when a refusal has been logged; cleared once the count has
     /// fallen back, so a server at its limit logs each crossing once and
     /// not each refused watch.
@@ -115,14 +91,12 @@ pub struct WatchSlot {
 }
 
 impl WatchSlots {
-    /// Room for `max` open streams, each holding at most `buffer_bytes` of
-    /// events its client has not taken.
-    pub fn new(max: usize, buffer_bytes: usize) -> Self {
+    /// Room for `max` open streams.
+    pub fn new(max: usize) -> Self {
         Self {
             inner: Arc::new(SlotCount {
                 open: AtomicUsize::new(0),
                 max,
-                buffer_bytes: u32::try_from(buffer_bytes.max(1)).unwrap_or(u32::MAX),
                 warned: AtomicBool::new(false),
             }),
         }
@@ -221,9 +195,10 @@ async fn revoked(access: &mut Option<Access>, filter: &Filter) -> Status {
     }
 }
 
-/// Starts a stream's task and returns the stream. The task ends when the
-/// client goes away, or with UNAVAILABLE when `shutdown` is cancelled;
-/// `slot` is given back then.
+/// A new stream: subscribed to the store's changes now, it reads its
+/// snapshot when first polled. It ends when the client goes away (HTTP/2
+/// drops it), or with UNAVAILABLE when `shutdown` is cancelled; `slot` is
+/// given back then.
 pub fn start(
     registry: Arc<dyn Registry>,
     filter: Filter,
@@ -232,140 +207,164 @@ pub fn start(
     slot: WatchSlot,
     access: Option<Access>,
 ) -> WatchStream {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let budget = slot.inner.buffer_bytes;
-    // Subscribe before the task runs, so that the snapshot it takes cannot
-    // miss a change made in between.
-    let events = registry.subscribe();
-    let watcher = Watcher {
+    // Subscribe before the snapshot is read, so that it cannot miss a
+    // change made in between.
+    let events = BroadcastStream::new(registry.subscribe());
+    let filter = Arc::new(filter);
+    let watched = filter.clone();
+    let end = OnWake::new(async move {
+        let mut access = access;
+        tokio::select! {
+            () = shutdown.cancelled_owned() => {
+                Status::unavailable("the server is shutting down; watch again elsewhere")
+            }
+            status = revoked(&mut access, &watched) => status,
+        }
+    });
+    // Without INITIAL events the snapshot is still read, for its
+    // revisions: a change made before the stream opened can reach this
+    // server after it (on Redis Cluster, through another master), and must
+    // not be sent as news.
+    let phase = Phase::Reading {
+        snapshot: read_snapshot(registry.clone(), filter.clone()),
+        send_nodes: send_initial,
+    };
+    WatchStream {
         registry,
         filter,
-        tx,
-        budget: Arc::new(Semaphore::new(budget as usize)),
-        budget_bytes: budget,
-        shutdown,
+        events,
+        phase,
+        end: Some(end),
         sequence: 0,
-        access,
         _slot: slot,
-    };
-    tokio::spawn(watcher.run(events, send_initial));
-    WatchStream { queue: rx }
+    }
 }
 
-struct Watcher {
+/// The stream type of WatchService.
+pub struct WatchStream {
     registry: Arc<dyn Registry>,
-    filter: Filter,
-    tx: mpsc::UnboundedSender<Queued>,
-    /// Permits are bytes: what the queue may hold before [`Watcher::send`]
-    /// waits for the client to take some.
-    budget: Arc<Semaphore>,
-    budget_bytes: u32,
-    shutdown: CancellationToken,
+    filter: Arc<Filter>,
+    events: BroadcastStream<StoreEvent>,
+    phase: Phase,
+    /// Completes with the status to end the stream with (server stopping,
+    /// access revoked); `None` once the stream has ended.
+    end: Option<OnWake<Status>>,
+    /// The last event's sequence number.
     sequence: u64,
-    /// The caller, checked again on reloads of the auth file.
-    access: Option<Access>,
-    /// Held for as long as the task runs, which is as long as the stream.
+    /// Held for as long as the stream, which is as long as its call.
     _slot: WatchSlot,
 }
 
-/// Why a stream's task stops.
-enum End {
-    /// The client went away: nothing more to send.
-    ClientGone,
-    /// The server is stopping: tell the client.
-    Shutdown,
-    /// The caller's access was taken away: end with this status.
-    Revoked(Status),
+/// Where a stream is between its snapshots and the changes after them.
+enum Phase {
+    /// Reading a snapshot; its nodes go out as INITIAL if `send_nodes`.
+    Reading {
+        snapshot: BoxFuture<'static, Snapshot>,
+        send_nodes: bool,
+    },
+    /// Sending a snapshot's nodes, then SYNCED; `seen` is the snapshot
+    /// without them.
+    Sending {
+        nodes: std::vec::IntoIter<NodeRecord>,
+        seen: Snapshot,
+    },
+    /// Passing on the changes that are news to `seen`.
+    Live { seen: Snapshot },
 }
 
-impl Watcher {
-    async fn run(mut self, mut events: broadcast::Receiver<StoreEvent>, send_initial: bool) {
-        let end = self.watch(&mut events, send_initial).await;
-        let status = match end {
-            Err(End::Shutdown) => {
-                Status::unavailable("the server is shutting down; watch again elsewhere")
-            }
-            Err(End::Revoked(status)) => status,
-            Ok(()) | Err(End::ClientGone) => return,
-        };
-        let _ = self.tx.send(Queued::End(Box::new(status)));
-    }
+impl Stream for WatchStream {
+    type Item = Result<SharedEvent, Status>;
 
-    async fn watch(
-        &mut self,
-        events: &mut broadcast::Receiver<StoreEvent>,
-        send_initial: bool,
-    ) -> Result<(), End> {
-        // Without INITIAL events the snapshot is still read, for its
-        // revisions: a change made before the stream opened can reach this
-        // server after it (on Redis Cluster, through another master), and
-        // must not be sent as news.
-        let mut seen = self.sync(false, send_initial).await?;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Every field is Unpin (the futures are boxed).
+        let this = self.get_mut();
+        let Some(end) = this.end.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(status) = end.poll(cx) {
+            this.end = None;
+            return Poll::Ready(Some(Err(status)));
+        }
+        let body = match ready!(this.next_body(cx)) {
+            Ok(body) => body,
+            Err(status) => {
+                this.end = None;
+                return Poll::Ready(Some(Err(status)));
+            }
+        };
+        this.sequence += 1;
+        Poll::Ready(Some(Ok(SharedEvent {
+            body,
+            sequence: this.sequence,
+        })))
+    }
+}
+
+impl WatchStream {
+    /// The next event to send, encoded without its sequence number; an
+    /// error ends the stream.
+    fn next_body(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, Status>> {
         loop {
-            let event = tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(End::Shutdown),
-                _ = self.tx.closed() => return Err(End::ClientGone),
-                status = revoked(&mut self.access, &self.filter) => return Err(End::Revoked(status)),
-                event = events.recv() => event,
-            };
-            match event {
-                Ok(StoreEvent::Change(change)) => {
-                    let key = change.change.key();
-                    if self.filter.matches(key) && change.revision > seen.revision_of(&key.service)
-                    {
-                        let body = change.wire.get_or_init(|| encoded(&change_event(&change)));
-                        self.send(body.clone()).await?;
+            match &mut self.phase {
+                Phase::Reading {
+                    snapshot,
+                    send_nodes,
+                } => {
+                    let mut seen = ready!(snapshot.as_mut().poll(cx));
+                    let nodes = std::mem::take(&mut seen.nodes);
+                    let nodes = if *send_nodes { nodes } else { Vec::new() };
+                    self.phase = Phase::Sending {
+                        nodes: nodes.into_iter(),
+                        seen,
+                    };
+                }
+                Phase::Sending { nodes, seen } => {
+                    if let Some(node) = nodes.next() {
+                        let revision = seen.revision_of(&node.key.service);
+                        return Poll::Ready(Ok(encoded(&initial_event(
+                            node,
+                            revision,
+                            now_millis(),
+                        ))));
+                    }
+                    let seen = std::mem::take(seen);
+                    self.phase = Phase::Live { seen };
+                    return Poll::Ready(Ok(self.marker(EventType::Synced)));
+                }
+                Phase::Live { seen } => {
+                    let event = ready!(Pin::new(&mut self.events).poll_next(cx));
+                    match event {
+                        Some(Ok(StoreEvent::Change(change))) => {
+                            let key = change.change.key();
+                            if self.filter.matches(key)
+                                && change.revision > seen.revision_of(&key.service)
+                            {
+                                let body =
+                                    change.wire.get_or_init(|| encoded(&change_event(&change)));
+                                return Poll::Ready(Ok(body.clone()));
+                            }
+                        }
+                        Some(Ok(StoreEvent::Resync) | Err(BroadcastStreamRecvError::Lagged(_))) => {
+                            self.phase = Phase::Reading {
+                                snapshot: read_snapshot(self.registry.clone(), self.filter.clone()),
+                                send_nodes: true,
+                            };
+                            return Poll::Ready(Ok(self.marker(EventType::Resync)));
+                        }
+                        None => {
+                            return Poll::Ready(Err(Status::unavailable(
+                                "the server is shutting down; watch again elsewhere",
+                            )));
+                        }
                     }
                 }
-                Ok(StoreEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    seen = self.sync(true, true).await?;
-                }
-                Err(broadcast::error::RecvError::Closed) => return Err(End::Shutdown),
             }
         }
     }
 
-    /// Reads a snapshot and sends the current state (after a RESYNC marker
-    /// when `resync`; INITIAL events when `send_nodes`), then SYNCED;
-    /// returns the snapshot's revisions (its nodes taken out).
-    async fn sync(&mut self, resync: bool, send_nodes: bool) -> Result<Snapshot, End> {
-        if resync {
-            self.marker(EventType::Resync).await?;
-        }
-        let mut snapshot = loop {
-            match self
-                .registry
-                .snapshot(&self.filter.group, self.filter.service.as_deref())
-                .await
-            {
-                Ok(snapshot) => break snapshot,
-                Err(e) => {
-                    if matches!(e, StoreError::Internal(_)) {
-                        tracing::error!(error = %e, "watch snapshot failed");
-                    }
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return Err(End::Shutdown),
-                        _ = self.tx.closed() => return Err(End::ClientGone),
-                        _ = tokio::time::sleep(SNAPSHOT_RETRY) => {}
-                    }
-                }
-            }
-        };
-        let now = now_millis();
-        let nodes = std::mem::take(&mut snapshot.nodes);
-        if send_nodes {
-            for node in nodes {
-                let revision = snapshot.revision_of(&node.key.service);
-                let event = initial_event(node, revision, now);
-                self.send(encoded(&event)).await?;
-            }
-        }
-        self.marker(EventType::Synced).await?;
-        Ok(snapshot)
-    }
-
-    async fn marker(&mut self, kind: EventType) -> Result<(), End> {
-        let event = pb::WatchEvent {
+    /// A RESYNC or SYNCED marker for this stream's filter.
+    fn marker(&self, kind: EventType) -> Bytes {
+        encoded(&pb::WatchEvent {
             r#type: kind as i32,
             service_group: self.filter.group.clone(),
             service_name: self.filter.service.clone().unwrap_or_default(),
@@ -374,34 +373,30 @@ impl Watcher {
             sequence: 0,
             revision: 0,
             time: Some(timestamp(now_millis())),
-        };
-        self.send(encoded(&event)).await
+        })
     }
+}
 
-    /// Queues one event (`body`: all but its sequence number, encoded) as
-    /// the stream's next, waiting while the stream's budget is spent. An
-    /// event larger than the whole budget waits for an empty queue.
-    async fn send(&mut self, body: Bytes) -> Result<(), End> {
-        let event = SharedEvent {
-            body,
-            sequence: self.sequence + 1,
-        };
-        let cost = u32::try_from(event.encoded_len())
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.budget_bytes);
-        let permit = tokio::select! {
-            _ = self.shutdown.cancelled() => return Err(End::Shutdown),
-            _ = self.tx.closed() => return Err(End::ClientGone),
-            permit = self.budget.clone().acquire_many_owned(cost) => {
-                permit.expect("a stream's budget is never closed")
+/// Reads the snapshot of `filter`, retrying every [`SNAPSHOT_RETRY`] while
+/// the store refuses (the stream's end, or its client going away, stops
+/// it).
+fn read_snapshot(registry: Arc<dyn Registry>, filter: Arc<Filter>) -> BoxFuture<'static, Snapshot> {
+    Box::pin(async move {
+        loop {
+            match registry
+                .snapshot(&filter.group, filter.service.as_deref())
+                .await
+            {
+                Ok(snapshot) => return snapshot,
+                Err(e) => {
+                    if matches!(e, StoreError::Internal(_)) {
+                        tracing::error!(error = %e, "watch snapshot failed");
+                    }
+                    tokio::time::sleep(SNAPSHOT_RETRY).await;
+                }
             }
-        };
-        self.tx
-            .send(Queued::Event(Box::new(event), permit))
-            .map_err(|_| End::ClientGone)?;
-        self.sequence += 1;
-        Ok(())
-    }
+        }
+    })
 }
 
 /// An event without its sequence number (each stream adds its own), as
@@ -453,7 +448,7 @@ mod tests {
 
     #[test]
     fn slots_refuse_past_the_limit_and_come_back_when_dropped() {
-        let slots = WatchSlots::new(2, DEFAULT_WATCH_BUFFER_BYTES);
+        let slots = WatchSlots::new(2);
         let a = slots.acquire().expect("first");
         let _b = slots.acquire().expect("second");
         let refused = slots.acquire().expect_err("third");
@@ -468,7 +463,7 @@ mod tests {
 
     #[test]
     fn the_warning_rearms_only_after_room_frees_up() {
-        let slots = WatchSlots::new(20, DEFAULT_WATCH_BUFFER_BYTES);
+        let slots = WatchSlots::new(20);
         let mut held: Vec<_> = (0..20).map(|_| slots.acquire().unwrap()).collect();
         assert!(slots.acquire().is_err());
         assert!(slots.inner.warned.load(Ordering::Acquire));

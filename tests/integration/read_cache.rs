@@ -1,5 +1,6 @@
 //! The read cache (issue 14): each server keeps the encoded GetNodes
-//! answer of a service until something could have changed it. Each way an
+//! answer of a service, and a registered service's GetService answer,
+//! until something could have changed them. Each way an
 //! answer goes is caused here on real Redis: a write through this server,
 //! a change through another server (the change feed), a RESYNC, the feed
 //! breaking, and the earliest deadline passing.
@@ -236,4 +237,131 @@ async fn an_expired_node_is_never_served_from_the_cache() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Gets `service`'s GetService answer cached in the server behind `c`,
+/// then deletes its record straight in Redis (no change published): the
+/// service stays listed, so a read from Redis now answers an implicit
+/// service (no endpoint), and the cached answer still shows the record.
+/// Retried as [`cache_then_delete`] is.
+async fn cache_service_then_delete(c: &mut Client, redis: &RedisServer, service: &str) {
+    let key = format!("discovered:v2:{{g/{service}}}:service");
+    let mut conn = redis.connection().await;
+    let stored: String = conn.get(&key).await.expect("GET");
+    for _ in 0..100 {
+        let cached = get_service(c, "g", service, false)
+            .await
+            .expect("GetService");
+        assert!(!cached.endpoint.is_empty(), "{cached:?}");
+        let removed: u32 = conn.del(&key).await.expect("DEL");
+        assert_eq!(removed, 1);
+        let again = get_service(c, "g", service, false)
+            .await
+            .expect("GetService");
+        if again.endpoint == cached.endpoint {
+            return;
+        }
+        let () = conn.set(&key, &stored).await.expect("SET");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("GetService of g/{service} was never answered from the cache");
+}
+
+/// Reads `service`'s record through `c` until its endpoint is `want`, at
+/// most [`FEED_BOUND`].
+async fn until_endpoint(c: &mut Client, service: &str, want: &str) {
+    let start = Instant::now();
+    loop {
+        let got = get_service(c, "g", service, false)
+            .await
+            .expect("GetService");
+        if got.endpoint == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < FEED_BOUND,
+            "GetService of g/{service} still has endpoint {:?} after {FEED_BOUND:?}, want {want:?}",
+            got.endpoint
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_services_answer_is_cached_until_it_changes() {
+    let redis = RedisServer::start();
+    let mut a = TestServer::sharing(&redis).await;
+    let mut b = TestServer::sharing(&redis).await;
+    register_service(&mut a.client, bare_service("g", "s")).await;
+    until_endpoint(&mut b.client, "s", "http://x").await;
+    // Cached on B: a deletion Redis never announces is not seen...
+    cache_service_then_delete(&mut b.client, &redis, "s").await;
+    let cached = get_service(&mut b.client, "g", "s", false).await;
+    assert_eq!(cached.expect("cached").endpoint, "http://x");
+    // ...but an answer that reveals credentials is read from Redis each
+    // time (the record is gone there: an implicit service).
+    let revealed = get_service(&mut b.client, "g", "s", true).await;
+    assert_eq!(revealed.expect("revealed").endpoint, "");
+    // A change through A reaches B's answer through the change feed.
+    let mut changed = bare_service("g", "s");
+    changed.endpoint = "http://y".into();
+    register_service(&mut a.client, changed).await;
+    until_endpoint(&mut b.client, "s", "http://y").await;
+    // A write through B answers only once B's cached answer is gone: even
+    // an identical registration, which publishes no change but moves
+    // updated_at.
+    let before = get_service(&mut b.client, "g", "s", false).await;
+    let before = before.expect("GetService").updated_at.expect("updated_at");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut same = bare_service("g", "s");
+    same.endpoint = "http://y".into();
+    let renewed = register_service(&mut b.client, same).await;
+    let after = get_service(&mut b.client, "g", "s", false).await;
+    let after = after.expect("GetService").updated_at.expect("updated_at");
+    assert_eq!(Some(after), renewed.updated_at, "the renewal's updated_at");
+    assert!(
+        (after.seconds, after.nanos) > (before.seconds, before.nanos),
+        "{after:?} after {before:?}"
+    );
+    cache_service_then_delete(&mut b.client, &redis, "s").await;
+    let mut again = bare_service("g", "s");
+    again.endpoint = "http://z".into();
+    register_service(&mut b.client, again).await;
+    let now = get_service(&mut b.client, "g", "s", false).await;
+    assert_eq!(now.expect("GetService").endpoint, "http://z");
+    // A removal through A: B answers NOT_FOUND within the bound.
+    try_remove_service(&mut a.client, "g", "s", false)
+        .await
+        .expect("RemoveService");
+    let start = Instant::now();
+    while get_service(&mut b.client, "g", "s", false).await.is_ok() {
+        assert!(
+            start.elapsed() < FEED_BOUND,
+            "B still answers a removed service"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_known_only_by_its_nodes_is_never_cached() {
+    let mut t = TestServer::start(Backend::Redis).await;
+    register_node(&mut t.client, bare_node("g", "s", "n1", None)).await;
+    for _ in 0..3 {
+        let implicit = get_service(&mut t.client, "g", "s", false).await;
+        assert_eq!(implicit.expect("an implicit service").endpoint, "");
+    }
+    // Its listing goes without a change message (as a registration that
+    // raced a removal can leave it): the next answer is Redis's.
+    let redis = t.redis.as_ref().expect("redis");
+    let mut conn = redis.connection().await;
+    let removed: u32 = conn
+        .zrem("discovered:v2:{listing}:group:g:services", "s")
+        .await
+        .expect("ZREM");
+    assert_eq!(removed, 1);
+    let status = get_service(&mut t.client, "g", "s", false)
+        .await
+        .expect_err("no longer listed");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
 }

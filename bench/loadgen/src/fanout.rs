@@ -11,7 +11,6 @@
 //! write counts as an error. The server's RSS is read with the streams
 //! open, after the streams are in place and after the writes (the larger).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -20,13 +19,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tonic::client::Grpc;
 use tonic::transport::Channel;
 
 use crate::cpu::CpuWatch;
 use crate::driver::Measured;
+use crate::lean;
 use crate::proto::discovered::discovery_client::DiscoveryClient;
 use crate::proto::discovered::{EventType, WatchServiceRequest};
-use crate::proto::etcdserverpb::watch_client::WatchClient;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest};
 use crate::stats::{Failure, Recorder};
@@ -272,6 +272,9 @@ async fn write(
 
 /// One discovered watch stream: counts itself ready at SYNCED, then
 /// records the latency of each NODE_ADDED / NODE_UPDATED of a write.
+/// Events are decoded lean (see [`crate::lean`]), and the stop signal is
+/// one future for the whole stream: this process shares the cores with
+/// the server, so what it spends per event is taken from the server.
 async fn discovered_stream(
     channel: Channel,
     service: String,
@@ -280,41 +283,42 @@ async fn discovered_stream(
     counts: Arc<Counts>,
     mut stop: watch::Receiver<bool>,
 ) -> StreamResult {
-    let mut client = DiscoveryClient::new(channel);
-    let mut stream = client
-        .watch_service(WatchServiceRequest {
-            service_group: workload::GROUP.into(),
-            service_name: service,
-            send_initial: Some(true),
-        })
+    let mut grpc = Grpc::new(channel);
+    let request = WatchServiceRequest {
+        service_group: workload::GROUP.into(),
+        service_name: service,
+        send_initial: Some(true),
+    };
+    let mut stream = lean::watch_service(&mut grpc, request)
         .await
-        .map_err(|s| format!("WatchService: {s}"))?
-        .into_inner();
+        .map_err(|s| format!("WatchService: {s}"))?;
     let mut latencies = Vec::with_capacity(writes as usize);
     let mut synced = false;
-    let mut seen: HashMap<u64, ()> = HashMap::new();
+    let mut seen = vec![false; writes as usize + 1];
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         let event = tokio::select! {
             event = stream.message() => event.map_err(|s| format!("stream: {s}"))?,
-            _ = stop.changed() => break,
+            _ = &mut stopped => break,
         };
         let Some(event) = event else {
             return Err("stream ended".into());
         };
-        match event.r#type() {
-            EventType::Synced if !synced => {
+        match EventType::try_from(event.r#type) {
+            Ok(EventType::Synced) if !synced => {
                 synced = true;
                 counts.ready.fetch_add(1, Ordering::AcqRel);
             }
-            EventType::NodeAdded | EventType::NodeUpdated => {
+            Ok(EventType::NodeAdded | EventType::NodeUpdated) => {
                 let seq = event
                     .node
                     .as_ref()
-                    .and_then(|n| n.metadata.get("seq"))
-                    .and_then(|s| s.parse::<u64>().ok());
-                if let Some(seq) = seq.filter(|&s| s > 0)
-                    && seen.insert(seq, ()).is_none()
-                    && let Some(l) = sent.latency(seq)
+                    .and_then(|n| n.metadata("seq"))
+                    .and_then(|s| s.parse::<usize>().ok());
+                if let Some(seq) = seq.filter(|&s| s > 0 && s < seen.len())
+                    && !std::mem::replace(&mut seen[seq], true)
+                    && let Some(l) = sent.latency(seq as u64)
                 {
                     latencies.push(l);
                     if latencies.len() as u64 == writes {
@@ -322,7 +326,7 @@ async fn discovered_stream(
                     }
                 }
             }
-            EventType::Resync => return Err("RESYNC".into()),
+            Ok(EventType::Resync) => return Err("RESYNC".into()),
             _ => {}
         }
     }
@@ -330,7 +334,8 @@ async fn discovered_stream(
 }
 
 /// One etcd Watch call with one watch on `prefix`: counts itself ready at
-/// `created`, then records the latency of each Put of `key`.
+/// `created`, then records the latency of each Put of `key`. Decoded lean
+/// and stopped as [`discovered_stream`] is.
 async fn etcd_stream(
     channel: Channel,
     prefix: String,
@@ -351,18 +356,19 @@ async fn etcd_stream(
     // The request stream stays open: etcd keeps the watch for as long.
     use tonic::codegen::tokio_stream::{self, StreamExt};
     let requests = tokio_stream::iter([create]).chain(tokio_stream::pending());
-    let mut stream = WatchClient::new(channel)
-        .watch(requests)
+    let mut grpc = Grpc::new(channel);
+    let mut stream = lean::etcd_watch(&mut grpc, requests)
         .await
-        .map_err(|s| format!("Watch: {s}"))?
-        .into_inner();
+        .map_err(|s| format!("Watch: {s}"))?;
     let mut latencies = Vec::with_capacity(writes as usize);
     let mut created = false;
     let mut complete = false;
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         let response = tokio::select! {
             response = stream.message() => response.map_err(|s| format!("stream: {s}"))?,
-            _ = stop.changed() => break,
+            _ = &mut stopped => break,
         };
         let Some(response) = response else {
             return Err("stream ended".into());

@@ -10,6 +10,10 @@
 //! use the same lean decoding instead: each repeated entry (a `Node`, a
 //! `KeyValue`) stays an undecoded byte slice that is only counted.
 //!
+//! The fan-out scenarios decode watch events the same way: discovered's
+//! `WatchEvent` to its type and its node's metadata entries, etcd's
+//! `WatchResponse` to each event's key and version.
+//!
 //! The calls go through the same `tonic::client::Grpc` over the same
 //! channels as the generated clients; only the response type differs. A
 //! message field and a bytes field share protobuf's length-delimited wire
@@ -21,8 +25,10 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use crate::proto::discovered::GetNodesRequest;
-use crate::proto::etcdserverpb::RangeRequest;
+use tonic::Streaming;
+
+use crate::proto::discovered::{GetNodesRequest, WatchServiceRequest};
+use crate::proto::etcdserverpb::{RangeRequest, WatchRequest};
 
 /// `discovered.v1.GetNodesResponse` with each node left encoded.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -41,6 +47,109 @@ pub struct KeyValueList {
     pub kvs: Vec<Bytes>,
 }
 
+/// `discovered.v1.WatchEvent` as far as the fan-out checks it: its type
+/// and its node's metadata, each entry left encoded.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeanEvent {
+    /// `WatchEvent.type`.
+    #[prost(int32, tag = "1")]
+    pub r#type: i32,
+    /// `WatchEvent.node`.
+    #[prost(message, optional, tag = "4")]
+    pub node: Option<LeanNode>,
+}
+
+/// `discovered.v1.Node` with only its metadata entries, encoded.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeanNode {
+    /// The encoded map entries of `Node.metadata`.
+    #[prost(bytes = "bytes", repeated, tag = "13")]
+    pub metadata: Vec<Bytes>,
+}
+
+/// One entry of a protobuf `map<string, string>`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MapEntry {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+impl LeanNode {
+    /// The metadata value under `key`, if any.
+    pub fn metadata(&self, key: &str) -> Option<String> {
+        self.metadata
+            .iter()
+            .filter_map(|e| <MapEntry as prost::Message>::decode(e.clone()).ok())
+            .find(|e| e.key == key)
+            .map(|e| e.value)
+    }
+}
+
+/// `etcdserverpb.WatchResponse` as far as the fan-out checks it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeanWatchResponse {
+    #[prost(bool, tag = "3")]
+    pub created: bool,
+    #[prost(bool, tag = "4")]
+    pub canceled: bool,
+    #[prost(string, tag = "6")]
+    pub cancel_reason: String,
+    #[prost(message, repeated, tag = "11")]
+    pub events: Vec<LeanEtcdEvent>,
+}
+
+/// `mvccpb.Event` with only its key-value's key and version.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeanEtcdEvent {
+    #[prost(message, optional, tag = "2")]
+    pub kv: Option<LeanKeyValue>,
+}
+
+/// `mvccpb.KeyValue`'s key and version (the value is skipped).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeanKeyValue {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(int64, tag = "4")]
+    pub version: i64,
+}
+
+/// discovered `WatchService`, events decoded lean.
+pub async fn watch_service(
+    grpc: &mut Grpc<Channel>,
+    request: WatchServiceRequest,
+) -> Result<Streaming<LeanEvent>, Status> {
+    ready(grpc).await?;
+    let codec = tonic_prost::ProstCodec::<WatchServiceRequest, LeanEvent>::default();
+    let path = PathAndQuery::from_static("/discovered.v1.Discovery/WatchService");
+    Ok(grpc
+        .server_streaming(Request::new(request), path, codec)
+        .await?
+        .into_inner())
+}
+
+/// etcd `Watch.Watch` with `requests`, responses decoded lean.
+pub async fn etcd_watch(
+    grpc: &mut Grpc<Channel>,
+    requests: impl tonic::codegen::tokio_stream::Stream<Item = WatchRequest> + Send + 'static,
+) -> Result<Streaming<LeanWatchResponse>, Status> {
+    ready(grpc).await?;
+    let codec = tonic_prost::ProstCodec::<WatchRequest, LeanWatchResponse>::default();
+    let path = PathAndQuery::from_static("/etcdserverpb.Watch/Watch");
+    Ok(grpc
+        .streaming(Request::new(requests), path, codec)
+        .await?
+        .into_inner())
+}
+
+async fn ready(grpc: &mut Grpc<Channel>) -> Result<(), Status> {
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("channel not ready: {e}")))
+}
+
 /// A unary call on `path` whose response is decoded as `Resp`.
 async fn unary<Req, Resp>(
     grpc: &mut Grpc<Channel>,
@@ -51,9 +160,7 @@ where
     Req: prost::Message + Send + Sync + 'static,
     Resp: prost::Message + Default + Send + Sync + 'static,
 {
-    grpc.ready()
-        .await
-        .map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
+    ready(grpc).await?;
     let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
     let response = grpc
         .unary(
@@ -116,5 +223,49 @@ mod tests {
         };
         let lean = KeyValueList::decode(full.encode_to_vec().as_slice()).unwrap();
         assert_eq!(lean.kvs.len(), 3);
+    }
+
+    #[test]
+    fn lean_watch_types_decode_the_real_messages() {
+        use crate::proto::discovered::WatchEvent;
+        use crate::proto::etcdserverpb::WatchResponse;
+        use crate::proto::mvccpb::Event;
+
+        let full = WatchEvent {
+            r#type: 3,
+            node: Some(Node {
+                node_name: "a".into(),
+                metadata: [("zone", "z1"), ("seq", "42")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            }),
+            sequence: 9,
+            ..Default::default()
+        };
+        let lean = LeanEvent::decode(full.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(lean.r#type, 3);
+        let node = lean.node.expect("the node");
+        assert_eq!(node.metadata("seq").as_deref(), Some("42"));
+        assert_eq!(node.metadata("absent"), None);
+
+        let full = WatchResponse {
+            created: true,
+            events: vec![Event {
+                kv: Some(KeyValue {
+                    key: b"k".to_vec(),
+                    version: 5,
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let lean = LeanWatchResponse::decode(full.encode_to_vec().as_slice()).unwrap();
+        assert!(lean.created && !lean.canceled);
+        let kv = lean.events[0].kv.as_ref().expect("a key-value");
+        assert_eq!((kv.key.as_slice(), kv.version), (&b"k"[..], 5));
     }
 }
