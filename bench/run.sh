@@ -5,24 +5,33 @@
 # a temp dir), seeds them, runs every scenario of bench/loadgen side by side
 # and prints a markdown table with the ratios against the targets.
 #
-# Usage: bench/run.sh            (from anywhere; about 3 minutes of load)
-# Tunables (environment): CONCURRENCY (64), CHANNELS (4), WARMUP (2),
-#   DURATION (10) seconds per scenario, ROUNDS (3) passes over all the
-#   scenarios, interleaved, each row reporting its median round,
-#   NODES (20), POOL (1000), TTL (30),
+# The call scenarios (reads, writes) run at each load shape of SHAPES,
+# CALLSxCONNECTIONS: 64 calls over 4 connections, and 128 over 16 (what
+# `h2load -c16 -m8` makes). The latency scenarios (fan-out, expiry) run
+# once, after them. Each part prints its own tables.
+#
+# Usage: bench/run.sh            (from anywhere; about 15 minutes)
+# Tunables (environment): SHAPES ("64x4 128x16"; CONCURRENCY and CHANNELS,
+#   if set, make it one shape), WARMUP (2), DURATION (10) seconds per
+#   scenario, ROUNDS (3) passes over all the scenarios, interleaved, each
+#   row reporting its median round, NODES (20), POOL (1000), TTL (30),
 #   SCENARIOS (comma list, default all: get-nodes,ceiling-get-nodes,
-#   range-linearizable,range-serializable,register-node,put-lease,
-#   fanout-1000,fanout-10000,etcd-fanout-1000,etcd-fanout-10000),
-#   KEEP_WORK=1 to keep the
-#   temp dir (logs, results.json).
+#   range-linearizable,range-serializable,register-node,put-lease, then
+#   fanout-1000,etcd-fanout-1000,fanout-10000,etcd-fanout-10000,
+#   expiry-10000,etcd-expiry-10000), KEEP_WORK=1 to keep the temp dir
+#   (logs, results-*.json).
 #
 # Stops only the processes it started, by PID, whatever way it exits.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
-CONCURRENCY=${CONCURRENCY:-64}
-CHANNELS=${CHANNELS:-4}
+if [[ -n "${CONCURRENCY:-}${CHANNELS:-}" ]]; then
+    SHAPES="${CONCURRENCY:-64}x${CHANNELS:-4}"
+fi
+SHAPES=${SHAPES:-64x4 128x16}
+CALL_SCENARIOS=get-nodes,ceiling-get-nodes,range-linearizable,range-serializable,register-node,put-lease
+LATENCY_SCENARIOS=fanout-1000,etcd-fanout-1000,fanout-10000,etcd-fanout-10000,expiry-10000,etcd-expiry-10000
 WARMUP=${WARMUP:-2}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
@@ -37,6 +46,15 @@ SCENARIOS=${SCENARIOS:-}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 log() { printf '[bench] %s\n' "$*" >&2; }
+
+# A scenario name SCENARIOS misspells is an error, not nothing run.
+IFS=, read -r -a asked <<<"$SCENARIOS"
+for s in "${asked[@]}"; do
+    if [[ ",$CALL_SCENARIOS,$LATENCY_SCENARIOS," != *",$s,"* ]]; then
+        log "unknown scenario in SCENARIOS: $s (known: $CALL_SCENARIOS,$LATENCY_SCENARIOS)"
+        exit 2
+    fi
+done
 
 # --- what we start, and how it is stopped --------------------------------
 PIDS=()
@@ -178,25 +196,59 @@ wait_for etcd "alive $ETCD_PID && etcd_healthy $ETCD_PORT" 30
 
 # --- the run ----------------------------------------------------------------
 log "redis-server $(redis-server --version | grep -o 'v=[^ ]*'), $(etcd --version | head -n1), $(nproc) cores"
-args=(
+common=(
     --discovered "http://127.0.0.1:$DISCOVERED_PORT"
     --etcd "http://127.0.0.1:$ETCD_PORT"
     --ceiling "http://127.0.0.1:$CEILING_PORT"
-    --concurrency "$CONCURRENCY" --channels "$CHANNELS"
     --warmup-secs "$WARMUP" --duration-secs "$DURATION" --rounds "$ROUNDS"
     --nodes "$NODES" --pool "$POOL" --ttl "$TTL"
     --watch "discovered/discovered=$DISCOVERED_PID" --watch "discovered/redis=$REDIS_PID"
     --watch "etcd/etcd=$ETCD_PID" --watch "ceiling/ceiling=$CEILING_PID"
-    --json "$WORK/results.json"
 )
-[[ -n "$SCENARIOS" ]] && args+=(--scenarios "$SCENARIOS")
-# In the background with `wait`, so that a signal stops the run at once
-# (bash runs traps only between foreground commands) and the cleanup stops
-# the load generator too.
-"$LOADGEN" "${args[@]}" &
-LOADGEN_PID=$!
-PIDS=("$LOADGEN_PID" "${PIDS[@]}")
-wait "$LOADGEN_PID"
+
+# The scenarios of the comma list $1 that SCENARIOS asks for (all of them
+# when it is empty), as a comma list.
+chosen() {
+    local picked=() s
+    IFS=, read -r -a all <<<"$1"
+    for s in "${all[@]}"; do
+        if [[ -z "$SCENARIOS" || ",$SCENARIOS," == *",$s,"* ]]; then
+            picked+=("$s")
+        fi
+    done
+    (IFS=,; echo "${picked[*]}")
+}
+
+# Runs the load generator with "$@" after the common arguments. In the
+# background with `wait`, so that a signal stops the run at once (bash
+# runs traps only between foreground commands) and the cleanup stops the
+# load generator too.
+loadgen() {
+    "$LOADGEN" "${common[@]}" "$@" &
+    LOADGEN_PID=$!
+    PIDS=("$LOADGEN_PID" "${PIDS[@]}")
+    wait "$LOADGEN_PID"
+}
+
+calls=$(chosen "$CALL_SCENARIOS")
+if [[ -n "$calls" ]]; then
+    for shape in $SHAPES; do
+        concurrency=${shape%x*}
+        channels=${shape#*x}
+        echo
+        echo "## $concurrency calls over $channels HTTP/2 connections"
+        echo
+        loadgen --scenarios "$calls" --concurrency "$concurrency" --channels "$channels" \
+            --json "$WORK/results-$shape.json"
+    done
+fi
+latency=$(chosen "$LATENCY_SCENARIOS")
+if [[ -n "$latency" ]]; then
+    echo
+    echo "## Fan-out and expiry"
+    echo
+    loadgen --scenarios "$latency" --json "$WORK/results-latency.json"
+fi
 
 stored=$(redis-cli -p "$REDIS_PORT" HSTRLEN 'discovered:v2:{default/bench-read}:nodes' node-0000 2>/dev/null || echo '?')
 echo

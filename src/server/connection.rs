@@ -16,8 +16,8 @@
 //! - **send buffer**: hyper buffers up to 400 KB per stream for a client
 //!   that does not take what is sent; [`Limits::watch_buffer_bytes`]
 //!   bounds it lower.
-//! - **batched writes**: the socket is offered to HTTP/2 as one without
-//!   vectored writes (see [`Rewind`]'s `is_write_vectored`).
+//! - **batched writes**: the frames of many streams go out in one write
+//!   ([`Batched`]).
 //! - **TLS**: the handshake happens here (tokio-rustls), with the
 //!   configuration current when the connection arrives (see
 //!   [`super::tls`]); a verified client certificate's names go to every
@@ -50,6 +50,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower::Service;
 
 use super::accept::Accepting;
+use super::batched::Batched;
 use super::limits::Limits;
 use super::peer::PeerCertificate;
 use super::tls::TlsConfig;
@@ -195,9 +196,10 @@ impl<S: GrpcService> Connection<S> {
             certificate,
             streams: Arc::new(streams),
         };
-        let conn = self
-            .http2
-            .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+        let conn = self.http2.serve_connection(
+            TokioIo::new(Batched::new(io)),
+            TowerToHyperService::new(service),
+        );
         let mut conn = pin!(conn);
         let mut idle = pin!(idle_for(open, self.limits.idle_timeout));
         let mut closing = false;
@@ -299,16 +301,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
-    /// `false`, so that HTTP/2 batches frames. With vectored writes, h2
-    /// hands every DATA frame of more than 256 bytes to the socket on its
-    /// own (one `writev` each): one change to 10,000 watch streams was
-    /// 10,000 system calls. Without them it copies frames of up to 1 KiB
-    /// (a change event is ~400 bytes) into its 16 KiB write buffer and
-    /// writes them together: ~20 times fewer system calls in the fan-out
-    /// benchmark. Larger frames (GetNodes answers) are written as before,
-    /// their 9-byte header apart.
     fn is_write_vectored(&self) -> bool {
-        false
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

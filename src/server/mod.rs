@@ -4,6 +4,7 @@
 mod accept;
 mod audit;
 mod auth;
+mod batched;
 pub(crate) mod codec;
 mod connection;
 mod content_type;

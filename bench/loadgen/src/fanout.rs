@@ -289,7 +289,7 @@ async fn discovered_stream(
         service_name: service,
         send_initial: Some(true),
     };
-    let mut stream = lean::watch_service(&mut grpc, request)
+    let mut stream = lean::watch_service::<lean::LeanEvent>(&mut grpc, request)
         .await
         .map_err(|s| format!("WatchService: {s}"))?;
     let mut latencies = Vec::with_capacity(writes as usize);

@@ -67,6 +67,26 @@ pub struct LeanNode {
     pub metadata: Vec<Bytes>,
 }
 
+/// `discovered.v1.WatchEvent` as far as the expiry scenario checks it:
+/// its type and its node's name.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NamedEvent {
+    /// `WatchEvent.type`.
+    #[prost(int32, tag = "1")]
+    pub r#type: i32,
+    /// `WatchEvent.node`.
+    #[prost(message, optional, tag = "4")]
+    pub node: Option<NamedNode>,
+}
+
+/// `discovered.v1.Node` with only its name.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NamedNode {
+    /// `Node.node_name`.
+    #[prost(string, tag = "3")]
+    pub node_name: String,
+}
+
 /// One entry of a protobuf `map<string, string>`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MapEntry {
@@ -100,9 +120,12 @@ pub struct LeanWatchResponse {
     pub events: Vec<LeanEtcdEvent>,
 }
 
-/// `mvccpb.Event` with only its key-value's key and version.
+/// `mvccpb.Event` with only its type and its key-value's key and version.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LeanEtcdEvent {
+    /// PUT (0) or DELETE (1).
+    #[prost(int32, tag = "1")]
+    pub r#type: i32,
     #[prost(message, optional, tag = "2")]
     pub kv: Option<LeanKeyValue>,
 }
@@ -116,13 +139,17 @@ pub struct LeanKeyValue {
     pub version: i64,
 }
 
-/// discovered `WatchService`, events decoded lean.
-pub async fn watch_service(
+/// discovered `WatchService`, events decoded lean as `T` ([`LeanEvent`]
+/// or [`NamedEvent`]).
+pub async fn watch_service<T>(
     grpc: &mut Grpc<Channel>,
     request: WatchServiceRequest,
-) -> Result<Streaming<LeanEvent>, Status> {
+) -> Result<Streaming<T>, Status>
+where
+    T: prost::Message + Default + Send + 'static,
+{
     ready(grpc).await?;
-    let codec = tonic_prost::ProstCodec::<WatchServiceRequest, LeanEvent>::default();
+    let codec = tonic_prost::ProstCodec::<WatchServiceRequest, T>::default();
     let path = PathAndQuery::from_static("/discovered.v1.Discovery/WatchService");
     Ok(grpc
         .server_streaming(Request::new(request), path, codec)

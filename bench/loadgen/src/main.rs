@@ -10,6 +10,7 @@
 mod ceiling;
 mod cpu;
 mod driver;
+mod expiry;
 mod fanout;
 mod lean;
 mod proto;
@@ -108,6 +109,11 @@ struct Args {
     #[arg(long, default_value_t = 200)]
     fanout_spacing_ms: u64,
 
+    /// TTL in seconds of the nodes (etcd: of the lease) in the expiry
+    /// scenarios: long enough to register them all first.
+    #[arg(long, default_value_t = 8)]
+    expiry_ttl: i64,
+
     /// Skip seeding the read set (it must be there already).
     #[arg(long)]
     no_seed: bool,
@@ -159,11 +165,11 @@ struct Connections {
 
 impl Connections {
     async fn connect(args: &Args, scenarios: &[Scenario]) -> anyhow::Result<Self> {
-        // Fan-out scenarios open connections of their own.
+        // Fan-out and expiry scenarios open connections of their own.
         let wants = |system| {
             scenarios
                 .iter()
-                .any(|s| s.system() == system && s.fanout_streams().is_none())
+                .any(|s| s.system() == system && !s.is_latency())
         };
         let open = async |url: &Option<String>, system: System| -> anyhow::Result<Vec<Channel>> {
             if !wants(system) {
@@ -334,21 +340,7 @@ async fn run_scenario(
         | Scenario::Fanout10000
         | Scenario::EtcdFanout1000
         | Scenario::EtcdFanout10000 => {
-            let system = scenario.system();
-            let (target, url) = match system {
-                System::Etcd => (fanout::Target::Etcd, &args.etcd),
-                _ => (fanout::Target::Discovered, &args.discovered),
-            };
-            let url = url.as_deref().with_context(|| {
-                format!("--{} is required for the chosen scenarios", system.name())
-            })?;
-            // The server whose memory counts: the watched process named
-            // after the system.
-            let pid = args
-                .watch
-                .iter()
-                .find(|w| w.name == system.name())
-                .and_then(|w| w.pid);
+            let (target, url, pid) = watched_server(scenario, args)?;
             let fanout_plan = fanout::FanoutPlan {
                 streams: scenario.fanout_streams().unwrap_or(1),
                 writes: args.fanout_writes,
@@ -358,6 +350,39 @@ async fn run_scenario(
             };
             fanout::run(target, url, &fanout_plan, cpu, pid).await?
         }
+        Scenario::Expiry10000 | Scenario::EtcdExpiry10000 => {
+            let (target, url, pid) = watched_server(scenario, args)?;
+            let expiry_plan = expiry::ExpiryPlan {
+                nodes: scenario.expiring_nodes().unwrap_or(1),
+                ttl_secs: args.expiry_ttl,
+                concurrency: args.concurrency,
+                settle: Duration::from_secs(30),
+            };
+            expiry::run(target, url, &expiry_plan, cpu, pid).await?
+        }
     };
     Ok(measured)
+}
+
+/// For a fan-out or expiry scenario: which system it watches, its address,
+/// and the PID of its server process whose memory counts (the watched
+/// process named after the system), if given.
+fn watched_server(
+    scenario: Scenario,
+    args: &Args,
+) -> anyhow::Result<(fanout::Target, &str, Option<u32>)> {
+    let system = scenario.system();
+    let (target, url) = match system {
+        System::Etcd => (fanout::Target::Etcd, &args.etcd),
+        _ => (fanout::Target::Discovered, &args.discovered),
+    };
+    let url = url
+        .as_deref()
+        .with_context(|| format!("--{} is required for the chosen scenarios", system.name()))?;
+    let pid = args
+        .watch
+        .iter()
+        .find(|w| w.name == system.name())
+        .and_then(|w| w.pid);
+    Ok((target, url, pid))
 }

@@ -29,12 +29,13 @@ impl Outcome {
     ///
     /// # Panics
     /// If `runs` is empty.
-    /// Fan-out scenarios take the median round by p99 instead.
+    /// Latency scenarios (fan-out, expiry) take the median round by p99
+    /// instead.
     pub fn median_of(scenario: Scenario, runs: Vec<Measured>) -> Self {
         let rounds: Vec<f64> = runs.iter().map(|m| m.summary.ops_per_sec).collect();
         let all_errors = runs.iter().map(|m| m.summary.errors).sum();
         let mut order: Vec<usize> = (0..runs.len()).collect();
-        if scenario.fanout_streams().is_some() {
+        if scenario.is_latency() {
             let p99 = |i: usize| runs[i].summary.p99.unwrap_or(Duration::MAX);
             order.sort_by_key(|&i| p99(i));
         } else {
@@ -229,13 +230,8 @@ pub fn markdown(outcomes: &[Outcome], procs: &[Watched]) -> String {
         }
         let etcd = t
             .scenario
-            .fanout_streams()
-            .and_then(|n| {
-                outcomes.iter().find(|o| {
-                    o.scenario.system() == crate::scenario::System::Etcd
-                        && o.scenario.fanout_streams() == Some(n)
-                })
-            })
+            .etcd_counterpart()
+            .and_then(|peer| outcomes.iter().find(|o| o.scenario == peer))
             .map_or("-".into(), |e| {
                 format!(
                     "p99 {} ms, RSS {} MB",
@@ -257,7 +253,7 @@ pub fn markdown(outcomes: &[Outcome], procs: &[Watched]) -> String {
     }
     if !latency.is_empty() {
         writeln!(out).unwrap();
-        writeln!(out, "| fan-out target | discovered | etcd | target | met |").unwrap();
+        writeln!(out, "| latency target | discovered | etcd | target | met |").unwrap();
         writeln!(out, "| --- | ---: | ---: | ---: | --- |").unwrap();
         out.push_str(&latency);
     }
