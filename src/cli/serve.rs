@@ -197,15 +197,16 @@ pub struct ServeArgs {
     #[arg(long, env = "DISCOVERED_MAX_WATCH_STREAMS", default_value_t = limits::DEFAULT_MAX_WATCH_STREAMS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     max_watch_streams: u64,
 
-    /// Bytes of events one watch stream holds for a client that does not
-    /// read; past them it stops taking changes, and a client that fell too
-    /// far behind gets RESYNC and the current state when it reads again.
+    /// Bytes HTTP/2 holds per stream for a client that does not read (a
+    /// watch's events); past them a watch stops taking changes, and a
+    /// client that fell too far behind gets RESYNC and the current state
+    /// when it reads again.
     #[arg(long, env = "DISCOVERED_WATCH_BUFFER_BYTES", default_value_t = limits::DEFAULT_WATCH_BUFFER_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
     watch_buffer_bytes: u64,
 
-    /// Bytes of GetNodes answers the server keeps, so that a read of a
-    /// service that has not changed is served without asking Redis (least
-    /// recently used out first); 0 turns the cache off.
+    /// Bytes of GetNodes and GetService answers the server keeps, so that
+    /// a read of a service that has not changed is served without asking
+    /// Redis (least recently used out first); 0 turns the cache off.
     #[arg(long, env = "DISCOVERED_READ_CACHE_BYTES", default_value_t = limits::DEFAULT_READ_CACHE_BYTES as u64, value_parser = clap::value_parser!(u64).range(0..=16 * 1024 * 1024 * 1024))]
     read_cache_bytes: u64,
 

@@ -9,11 +9,14 @@
 //! - it tells h2 it has no vectored writes, so h2 copies DATA frames of up
 //!   to 1 KiB (a change event is ~400 bytes) into its 16 KiB write buffer
 //!   instead of handing each to the socket apart;
-//! - the first write of each batch yields once (the task wakes itself and
-//!   returns `Pending`), which puts the connection behind the streams
-//!   already woken: they add their frames to h2's buffer, and one write
-//!   takes them all. A connection that has nothing else to do writes one
-//!   scheduler turn later.
+//! - a write yields (the task wakes itself and returns `Pending`), which
+//!   puts the connection behind the tasks already woken: the streams among
+//!   them add their frames to h2's buffer, and one write takes them all.
+//!   It yields again while the last yield brought more bytes, up to
+//!   [`MAX_YIELDS`] times and [`BATCH_BYTES`]: tokio runs at most 256
+//!   queued tasks between two turns of the connection, and the woken
+//!   streams of one connection are spread over 10,000. A connection that
+//!   has nothing else to do writes one scheduler turn later.
 
 use std::io;
 use std::pin::Pin;
@@ -21,20 +24,39 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Most yields before one write.
+const MAX_YIELDS: u8 = 8;
+/// Bytes waiting that are written without yielding again.
+const BATCH_BYTES: usize = 8 * 1024;
+
 /// An IO whose writes are batched; see the module documentation.
 pub(crate) struct Batched<IO> {
     inner: IO,
-    /// Whether this batch has yielded once already; a flush starts the
-    /// next batch.
-    yielded: bool,
+    /// Yields since the last flush (which starts the next batch).
+    yields: u8,
+    /// Bytes offered at the last yield.
+    offered: usize,
 }
 
 impl<IO> Batched<IO> {
     pub(crate) fn new(inner: IO) -> Self {
         Self {
             inner,
-            yielded: false,
+            yields: 0,
+            offered: 0,
         }
+    }
+
+    /// Whether to yield before writing `len` bytes: on the first attempt,
+    /// and while the batch keeps growing, within the bounds.
+    fn yields_for(&mut self, len: usize) -> bool {
+        let growing = self.yields == 0 || len > self.offered;
+        if growing && self.yields < MAX_YIELDS && len < BATCH_BYTES {
+            self.yields += 1;
+            self.offered = len;
+            return true;
+        }
+        false
     }
 }
 
@@ -54,8 +76,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Batched<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if !self.yielded {
-            self.yielded = true;
+        if self.yields_for(buf.len()) {
             // Woken during its own poll, a tokio task is queued behind the
             // tasks already woken (a yield), not run next.
             cx.waker().wake_by_ref();
@@ -72,7 +93,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Batched<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.yielded = false;
+        self.yields = 0;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -104,25 +125,28 @@ mod tests {
     }
 
     #[test]
-    fn the_first_write_of_a_batch_yields_once() {
+    fn a_write_yields_while_its_batch_grows_within_bounds() {
         let (a, _b) = tokio::io::duplex(1 << 16);
         let mut batched = Batched::new(a);
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let mut w = Pin::new(&mut batched);
-        assert!(w.as_mut().poll_write(&mut cx, b"x").is_pending());
-        assert!(matches!(
-            w.as_mut().poll_write(&mut cx, b"x"),
-            Poll::Ready(Ok(1))
-        ));
-        assert!(matches!(
-            w.as_mut().poll_write(&mut cx, b"y"),
-            Poll::Ready(Ok(1))
-        ));
+        let data = vec![7u8; BATCH_BYTES];
+        // The first attempt yields; the same bytes again are written.
+        assert!(w.as_mut().poll_write(&mut cx, &data[..10]).is_pending());
+        let written = w.as_mut().poll_write(&mut cx, &data[..10]);
+        assert!(matches!(written, Poll::Ready(Ok(10))));
         assert!(w.as_mut().poll_flush(&mut cx).is_ready());
-        assert!(
-            w.as_mut().poll_write(&mut cx, b"z").is_pending(),
-            "a new batch"
-        );
+        // A batch that keeps growing yields up to MAX_YIELDS times.
+        for n in 1..=usize::from(MAX_YIELDS) {
+            let attempt = w.as_mut().poll_write(&mut cx, &data[..n]);
+            assert!(attempt.is_pending(), "yield {n}");
+        }
+        let n = usize::from(MAX_YIELDS) + 1;
+        let written = w.as_mut().poll_write(&mut cx, &data[..n]);
+        assert!(matches!(written, Poll::Ready(Ok(_))));
+        assert!(w.as_mut().poll_flush(&mut cx).is_ready());
+        // A full batch is written at once.
+        assert!(w.as_mut().poll_write(&mut cx, &data).is_ready());
     }
 }

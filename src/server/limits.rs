@@ -39,7 +39,7 @@ pub struct Limits {
     /// watch, encoded events. Past them the stream stops taking changes
     /// and, once too far behind, sends RESYNC when its client reads again.
     pub watch_buffer_bytes: usize,
-    /// Bytes of GetNodes answers the read cache keeps (least recently used
+    /// Bytes of GetNodes and GetService answers the read cache keeps (least recently used
     /// out first); 0 caches nothing.
     pub read_cache_bytes: usize,
     /// How often the server pings each connection; `None` sends no pings.

@@ -69,10 +69,17 @@ pub async fn run(
 ) -> anyhow::Result<Measured> {
     let channels = workload::connect(url, 4).await?;
     let service = fresh_service(plan.nodes);
+    let writing = tokio::time::Instant::now();
     let (deadlines, events) = match target {
         Target::Discovered => discovered(&channels, &service, plan).await?,
         Target::Etcd => etcd(&channels, &service, plan).await?,
     };
+    eprintln!(
+        "  {} written in {:.2} s, expiring {} s after",
+        plan.nodes,
+        writing.elapsed().as_secs_f64(),
+        plan.ttl_secs
+    );
     let last = deadlines.values().copied().max().unwrap_or_else(now_ms);
     // The measured window: from the first deadline to the last event.
     let first = deadlines.values().copied().min().unwrap_or_else(now_ms);

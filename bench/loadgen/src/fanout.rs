@@ -17,8 +17,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tonic::Streaming;
 use tonic::client::Grpc;
 use tonic::transport::Channel;
 
@@ -124,28 +126,27 @@ pub async fn run(
     });
     let counts = Arc::new(Counts::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::with_capacity(plan.streams);
-    for i in 0..plan.streams {
-        let channel = channels[i % connections].clone();
-        let (sent, counts, stop) = (Arc::clone(&sent), Arc::clone(&counts), stop_rx.clone());
-        let writes = plan.writes;
+    // One task per connection, following all of its streams.
+    let mut tasks = Vec::with_capacity(connections);
+    for (c, channel) in channels.iter().enumerate() {
+        let n = plan.streams / connections + usize::from(c < plan.streams % connections);
+        let follow = Follow {
+            writes: plan.writes,
+            sent: Arc::clone(&sent),
+            counts: Arc::clone(&counts),
+            stop: stop_rx.clone(),
+        };
+        let channel = channel.clone();
         tasks.push(match target {
-            Target::Discovered => tokio::spawn(discovered_stream(
+            Target::Discovered => {
+                tokio::spawn(discovered_streams(channel, n, service.clone(), follow))
+            }
+            Target::Etcd => tokio::spawn(etcd_streams(
                 channel,
-                service.clone(),
-                writes,
-                sent,
-                counts,
-                stop,
-            )),
-            Target::Etcd => tokio::spawn(etcd_stream(
-                channel,
+                n,
                 prefix.clone(),
                 key.clone(),
-                writes,
-                sent,
-                counts,
-                stop,
+                follow,
             )),
         });
     }
@@ -155,8 +156,10 @@ pub async fn run(
             let _ = stop_tx.send(true);
             let mut first_error = None;
             for task in tasks {
-                if let Ok(Err(e)) = task.await {
-                    first_error.get_or_insert(e);
+                for result in task.await.unwrap_or_default() {
+                    if let Err(e) = result {
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
             bail!(
@@ -203,8 +206,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
 
     let mut recorder = Recorder::default();
-    for task in tasks {
-        match task.await.context("watch task panicked")? {
+    let results = futures::future::join_all(tasks).await;
+    for result in results.into_iter().flat_map(|r| r.unwrap_or_default()) {
+        match result {
             Ok(latencies) => {
                 let missed = plan.writes.saturating_sub(latencies.len() as u64);
                 for l in latencies {
@@ -270,81 +274,167 @@ async fn write(
     Ok(())
 }
 
-/// One discovered watch stream: counts itself ready at SYNCED, then
-/// records the latency of each NODE_ADDED / NODE_UPDATED of a write.
-/// Events are decoded lean (see [`crate::lean`]), and the stop signal is
-/// one future for the whole stream: this process shares the cores with
-/// the server, so what it spends per event is taken from the server.
-async fn discovered_stream(
-    channel: Channel,
-    service: String,
+/// What a connection's task needs to follow its streams.
+struct Follow {
     writes: u64,
     sent: Arc<Sent>,
     counts: Arc<Counts>,
-    mut stop: watch::Receiver<bool>,
-) -> StreamResult {
-    let mut grpc = Grpc::new(channel);
+    stop: watch::Receiver<bool>,
+}
+
+/// One stream's progress.
+struct Progress {
+    latencies: Vec<Duration>,
+    /// In place (SYNCED, or etcd's `created`).
+    ready: bool,
+    /// Which writes it has seen, by number.
+    seen: Vec<bool>,
+    failed: Option<String>,
+}
+
+impl Progress {
+    fn new(writes: u64) -> Self {
+        Self {
+            latencies: Vec::with_capacity(writes as usize),
+            ready: false,
+            seen: vec![false; writes as usize + 1],
+            failed: None,
+        }
+    }
+
+    /// Counts the stream in place, once.
+    fn in_place(&mut self, counts: &Counts) {
+        if !std::mem::replace(&mut self.ready, true) {
+            counts.ready.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Records the arrival of write `seq`, once.
+    fn got(&mut self, seq: u64, follow: &Follow) {
+        let Some(seen) = self.seen.get_mut(seq as usize).filter(|_| seq > 0) else {
+            return;
+        };
+        if std::mem::replace(seen, true) {
+            return;
+        }
+        if let Some(l) = follow.sent.latency(seq) {
+            self.latencies.push(l);
+            if self.latencies.len() as u64 == follow.writes {
+                follow.counts.done.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// Follows every stream of one connection from one task, handing each
+/// item to `on_item` with its stream's progress, until `follow.stop`. A
+/// stream's event wakes this task rather than a task per stream: the load
+/// generator shares the cores with the server, so what it spends per
+/// event is taken from the server.
+async fn follow_streams<T>(
+    streams: Vec<Result<Streaming<T>, String>>,
+    follow: Follow,
+    on_item: impl Fn(&mut Progress, T, &Follow) -> Result<(), String>,
+) -> Vec<StreamResult> {
+    let mut progress: Vec<Progress> = streams
+        .iter()
+        .map(|_| Progress::new(follow.writes))
+        .collect();
+    let mut open = Vec::new();
+    for (i, stream) in streams.into_iter().enumerate() {
+        match stream {
+            Ok(stream) => open.push(
+                stream
+                    .map(move |item| (i, Some(item)))
+                    .chain(futures::stream::once(async move { (i, None) }))
+                    .boxed(),
+            ),
+            Err(e) => progress[i].failed = Some(e),
+        }
+    }
+    let mut merged = futures::stream::select_all(open);
+    let mut stop = follow.stop.clone();
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
+    loop {
+        let (i, item) = tokio::select! {
+            next = merged.next() => match next {
+                Some(next) => next,
+                None => break,
+            },
+            _ = &mut stopped => break,
+        };
+        let p = &mut progress[i];
+        if p.failed.is_some() {
+            continue;
+        }
+        p.failed = match item {
+            Some(Ok(item)) => on_item(p, item, &follow).err(),
+            Some(Err(status)) => Some(format!("stream: {status}")),
+            None => Some("stream ended".into()),
+        };
+    }
+    progress
+        .into_iter()
+        .map(|p| p.failed.map_or(Ok(p.latencies), Err))
+        .collect()
+}
+
+/// `n` discovered watch streams of `service` on one connection: each
+/// counts itself in place at SYNCED, then records the latency of each
+/// NODE_ADDED / NODE_UPDATED of a write. Events are decoded lean (see
+/// [`crate::lean`]).
+async fn discovered_streams(
+    channel: Channel,
+    n: usize,
+    service: String,
+    follow: Follow,
+) -> Vec<StreamResult> {
     let request = WatchServiceRequest {
         service_group: workload::GROUP.into(),
         service_name: service,
         send_initial: Some(true),
     };
-    let mut stream = lean::watch_service::<lean::LeanEvent>(&mut grpc, request)
-        .await
-        .map_err(|s| format!("WatchService: {s}"))?;
-    let mut latencies = Vec::with_capacity(writes as usize);
-    let mut synced = false;
-    let mut seen = vec![false; writes as usize + 1];
-    let stopped = stop.changed();
-    tokio::pin!(stopped);
-    loop {
-        let event = tokio::select! {
-            event = stream.message() => event.map_err(|s| format!("stream: {s}"))?,
-            _ = &mut stopped => break,
-        };
-        let Some(event) = event else {
-            return Err("stream ended".into());
-        };
+    let opens = (0..n).map(|_| {
+        let (channel, request) = (channel.clone(), request.clone());
+        async move {
+            lean::watch_service::<lean::LeanEvent>(&mut Grpc::new(channel), request)
+                .await
+                .map_err(|s| format!("WatchService: {s}"))
+        }
+    });
+    let streams = futures::future::join_all(opens).await;
+    follow_streams(streams, follow, |p, event: lean::LeanEvent, follow| {
         match EventType::try_from(event.r#type) {
-            Ok(EventType::Synced) if !synced => {
-                synced = true;
-                counts.ready.fetch_add(1, Ordering::AcqRel);
-            }
+            Ok(EventType::Synced) => p.in_place(&follow.counts),
             Ok(EventType::NodeAdded | EventType::NodeUpdated) => {
                 let seq = event
                     .node
                     .as_ref()
                     .and_then(|n| n.metadata("seq"))
-                    .and_then(|s| s.parse::<usize>().ok());
-                if let Some(seq) = seq.filter(|&s| s > 0 && s < seen.len())
-                    && !std::mem::replace(&mut seen[seq], true)
-                    && let Some(l) = sent.latency(seq as u64)
-                {
-                    latencies.push(l);
-                    if latencies.len() as u64 == writes {
-                        counts.done.fetch_add(1, Ordering::AcqRel);
-                    }
+                    .and_then(|s| s.parse::<u64>().ok());
+                if let Some(seq) = seq {
+                    p.got(seq, follow);
                 }
             }
             Ok(EventType::Resync) => return Err("RESYNC".into()),
             _ => {}
         }
-    }
-    Ok(latencies)
+        Ok(())
+    })
+    .await
 }
 
-/// One etcd Watch call with one watch on `prefix`: counts itself ready at
-/// `created`, then records the latency of each Put of `key`. Decoded lean
-/// and stopped as [`discovered_stream`] is.
-async fn etcd_stream(
+/// `n` etcd Watch calls on one connection, each with one watch on
+/// `prefix`: each counts itself in place at `created`, then records the
+/// latency of each Put of `key`. Decoded lean as well.
+async fn etcd_streams(
     channel: Channel,
+    n: usize,
     prefix: String,
     key: Vec<u8>,
-    writes: u64,
-    sent: Arc<Sent>,
-    counts: Arc<Counts>,
-    mut stop: watch::Receiver<bool>,
-) -> StreamResult {
+    follow: Follow,
+) -> Vec<StreamResult> {
     let range = workload::range_request(&prefix, false);
     let create = WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
@@ -353,46 +443,37 @@ async fn etcd_stream(
             start_revision: 0,
         })),
     };
-    // The request stream stays open: etcd keeps the watch for as long.
-    use tonic::codegen::tokio_stream::{self, StreamExt};
-    let requests = tokio_stream::iter([create]).chain(tokio_stream::pending());
-    let mut grpc = Grpc::new(channel);
-    let mut stream = lean::etcd_watch(&mut grpc, requests)
-        .await
-        .map_err(|s| format!("Watch: {s}"))?;
-    let mut latencies = Vec::with_capacity(writes as usize);
-    let mut created = false;
-    let mut complete = false;
-    let stopped = stop.changed();
-    tokio::pin!(stopped);
-    loop {
-        let response = tokio::select! {
-            response = stream.message() => response.map_err(|s| format!("stream: {s}"))?,
-            _ = &mut stopped => break,
-        };
-        let Some(response) = response else {
-            return Err("stream ended".into());
-        };
-        if response.canceled {
-            return Err(format!("watch canceled: {}", response.cancel_reason));
+    let opens = (0..n).map(|_| {
+        let (channel, create) = (channel.clone(), create.clone());
+        async move {
+            // The request stream stays open: etcd keeps the watch for as
+            // long.
+            let requests = futures::stream::iter([create]).chain(futures::stream::pending());
+            lean::etcd_watch(&mut Grpc::new(channel), requests)
+                .await
+                .map_err(|s| format!("Watch: {s}"))
         }
-        if response.created && !created {
-            created = true;
-            counts.ready.fetch_add(1, Ordering::AcqRel);
-        }
-        for event in response.events {
-            let Some(kv) = event.kv else { continue };
-            if kv.key != key || kv.version < 2 {
-                continue;
+    });
+    let streams = futures::future::join_all(opens).await;
+    follow_streams(
+        streams,
+        follow,
+        |p, response: lean::LeanWatchResponse, follow| {
+            if response.canceled {
+                return Err(format!("watch canceled: {}", response.cancel_reason));
             }
-            if let Some(l) = sent.latency(kv.version as u64 - 1) {
-                latencies.push(l);
+            if response.created {
+                p.in_place(&follow.counts);
             }
-        }
-        if latencies.len() as u64 == writes && !complete {
-            complete = true;
-            counts.done.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-    Ok(latencies)
+            for event in response.events {
+                let Some(kv) = event.kv else { continue };
+                // The key's version is the write's number plus one.
+                if kv.key == key && kv.version >= 2 {
+                    p.got(kv.version as u64 - 1, follow);
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
 }
