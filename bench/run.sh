@@ -7,8 +7,10 @@
 #
 # The call scenarios (reads, writes) run at each load shape of SHAPES,
 # CALLSxCONNECTIONS: 64 calls over 4 connections, and 128 over 16 (what
-# `h2load -c16 -m8` makes). The latency scenarios (fan-out, expiry) run
-# once, after them. Each part prints its own tables.
+# `h2load -c16 -m8` makes), first driven by the load generator, then the
+# reads again by h2load (a client far cheaper per call). The latency
+# scenarios (fan-out, expiry) run once, after them. Each part prints its
+# own tables.
 #
 # Usage: bench/run.sh            (from anywhere; about 15 minutes)
 # Tunables (environment): SHAPES ("64x4 128x16"; CONCURRENCY and CHANNELS,
@@ -17,9 +19,10 @@
 #   row reporting its median round, NODES (20), POOL (1000), TTL (30),
 #   SCENARIOS (comma list, default all: get-nodes,ceiling-get-nodes,
 #   range-linearizable,range-serializable,register-node,put-lease, then
-#   fanout-1000,etcd-fanout-1000,fanout-10000,etcd-fanout-10000,
-#   expiry-10000,etcd-expiry-10000), KEEP_WORK=1 to keep the temp dir
-#   (logs, results-*.json).
+#   h2load-get-nodes,h2load-ceiling-get-nodes,h2load-range-serializable,
+#   h2load-range-linearizable, then fanout-1000,etcd-fanout-1000,
+#   fanout-10000,etcd-fanout-10000, expiry-10000,etcd-expiry-10000),
+#   KEEP_WORK=1 to keep the temp dir (logs, results-*.json).
 #
 # Stops only the processes it started, by PID, whatever way it exits.
 set -euo pipefail
@@ -31,6 +34,7 @@ if [[ -n "${CONCURRENCY:-}${CHANNELS:-}" ]]; then
 fi
 SHAPES=${SHAPES:-64x4 128x16}
 CALL_SCENARIOS=get-nodes,ceiling-get-nodes,range-linearizable,range-serializable,register-node,put-lease
+H2LOAD_SCENARIOS=h2load-get-nodes,h2load-ceiling-get-nodes,h2load-range-serializable,h2load-range-linearizable
 LATENCY_SCENARIOS=fanout-1000,etcd-fanout-1000,fanout-10000,etcd-fanout-10000,expiry-10000,etcd-expiry-10000
 WARMUP=${WARMUP:-2}
 DURATION=${DURATION:-10}
@@ -50,8 +54,8 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 # A scenario name SCENARIOS misspells is an error, not nothing run.
 IFS=, read -r -a asked <<<"$SCENARIOS"
 for s in "${asked[@]}"; do
-    if [[ ",$CALL_SCENARIOS,$LATENCY_SCENARIOS," != *",$s,"* ]]; then
-        log "unknown scenario in SCENARIOS: $s (known: $CALL_SCENARIOS,$LATENCY_SCENARIOS)"
+    if [[ ",$CALL_SCENARIOS,$H2LOAD_SCENARIOS,$LATENCY_SCENARIOS," != *",$s,"* ]]; then
+        log "unknown scenario in SCENARIOS: $s (known: $CALL_SCENARIOS,$H2LOAD_SCENARIOS,$LATENCY_SCENARIOS)"
         exit 2
     fi
 done
@@ -89,11 +93,12 @@ trap 'exit 143' TERM
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v etcd >/dev/null || missing+=(etcd-server)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
 if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
-    apt-get install -y -q redis-server etcd-server
+    apt-get install -y -q "${missing[@]}"
 fi
 command -v cargo >/dev/null || { log "cargo is required"; exit 1; }
 
@@ -242,6 +247,131 @@ if [[ -n "$calls" ]]; then
             --json "$WORK/results-$shape.json"
     done
 fi
+# --- the reads again, with h2load as the client ---------------------------
+# The load generator decodes and checks every answer, and takes a core of
+# the two for it: at 30k calls/s the reads are bound by the client. h2load
+# (nghttp2, in C) sends the same gRPC requests for a fraction of that. It
+# checks no gRPC status, so each run sends a fixed number of calls and the
+# DATA bytes received must be that number times one answer's size, which an
+# error answer (trailers only) would not reach.
+
+# Prints the server CPU ticks (user + system) of the PIDs given.
+ticks() {
+    local total=0 pid stat
+    for pid in "$@"; do
+        read -r -a stat <"/proc/$pid/stat"
+        total=$((total + stat[13] + stat[14]))
+    done
+    echo "$total"
+}
+
+# The value after "$2" in h2load's output $1 (e.g. "req/s" or "2xx").
+h2field() { grep -Eo "[0-9.]+ $2" <<<"$1" | head -n1 | cut -d' ' -f1; }
+
+# One h2load scenario: NAME PORT PATH BODY CONNECTIONS STREAMS PIDS...
+# Prints "NAME REQ_PER_S CPU_US_PER_CALL ERRORS ANSWER_BYTES".
+h2load_run() {
+    local name=$1 port=$2 path=$3 body=$4 c=$5 m=$6
+    shift 6
+    local url="http://127.0.0.1:$port$path"
+    local h=(-d "$body" -H 'content-type: application/grpc' -H 'te: trailers')
+    local out one size rate n t0 t1 data ok errors
+    one=$(h2load -c1 -m1 -n1 "${h[@]}" "$url" 2>&1)
+    size=$(grep -Eo '\(([0-9]+)\) data' <<<"$one" | tr -dc 0-9)
+    # Warm-up, which also gives the rate to size the measured run.
+    out=$(h2load -c "$c" -m "$m" -D "$WARMUP" "${h[@]}" "$url" 2>&1)
+    rate=$(h2field "$out" "req/s")
+    n=$(awk -v r="$rate" -v d="$DURATION" -v b="$((c * m))" 'BEGIN { n = int(r * d / b) * b; print (n < b ? b : n) }')
+    t0=$(ticks "$@")
+    out=$(h2load -c "$c" -m "$m" -n "$n" "${h[@]}" "$url" 2>&1)
+    t1=$(ticks "$@")
+    rate=$(h2field "$out" "req/s")
+    ok=$(h2field "$out" "2xx")
+    data=$(grep -Eo '\(([0-9]+)\) data' <<<"$out" | tr -dc 0-9)
+    errors=0
+    if [[ -z "$size" || "$size" -eq 0 || "$ok" != "$n" || "$data" != "$((n * size))" ]]; then
+        errors=$((n - ${data:-0} / ${size:-1}))
+        ((errors > 0)) || errors=$n
+    fi
+    local hz
+    hz=$(getconf CLK_TCK)
+    awk -v name="$name" -v r="$rate" -v t="$((t1 - t0))" -v hz="$hz" -v n="$n" -v e="$errors" -v b="$size" \
+        'BEGIN { printf "%s %.0f %.0f %d %d\n", name, r, t * 1e6 / hz / n, e, b }'
+}
+
+# A gRPC request body: the message's bytes (hex) after the 5-byte prefix.
+grpc_body() {
+    local hex
+    hex=$(printf '00%08x%s' $((${#1} / 2)) "$1")
+    # shellcheck disable=SC2059 # the format is the bytes, as \x escapes
+    printf "$(sed 's/../\\x&/g' <<<"$hex")" >"$2"
+}
+
+# Hex of a protobuf length-delimited field: TAG (field number) and TEXT.
+pb_string() { printf '%02x%02x' $(($1 << 3 | 2)) "${#2}"; printf '%s' "$2" | od -An -tx1 | tr -d ' \n'; }
+
+h2reads=$(chosen "$H2LOAD_SCENARIOS")
+if [[ -n "$h2reads" ]]; then
+    "$LOADGEN" --seed-only --discovered "http://127.0.0.1:$DISCOVERED_PORT" \
+        --etcd "http://127.0.0.1:$ETCD_PORT" --nodes "$NODES"
+    prefix="/discovered/default/bench-read/nodes/"
+    end="/discovered/default/bench-read/nodes0"
+    grpc_body "$(pb_string 1 default)$(pb_string 2 bench-read)" "$WORK/get-nodes.bin"
+    grpc_body "$(pb_string 1 "$prefix")$(pb_string 2 "$end")3801" "$WORK/range-serializable.bin"
+    grpc_body "$(pb_string 1 "$prefix")$(pb_string 2 "$end")" "$WORK/range-linearizable.bin"
+    for shape in $SHAPES; do
+        concurrency=${shape%x*}
+        channels=${shape#*x}
+        streams=$(((concurrency + channels - 1) / channels))
+        echo
+        echo "## h2load: $channels connections x $streams streams ($((channels * streams)) calls)"
+        echo
+        declare -A rates=() cpu=() errs=() bytes=()
+        for round in $(seq "$ROUNDS"); do
+            for s in ${h2reads//,/ }; do
+                case $s in
+                h2load-get-nodes) set -- "$DISCOVERED_PORT" /discovered.v1.Discovery/GetNodes "$WORK/get-nodes.bin" "$DISCOVERED_PID" "$REDIS_PID" ;;
+                h2load-ceiling-get-nodes) set -- "$CEILING_PORT" /discovered.v1.Discovery/GetNodes "$WORK/get-nodes.bin" "$CEILING_PID" ;;
+                h2load-range-serializable) set -- "$ETCD_PORT" /etcdserverpb.KV/Range "$WORK/range-serializable.bin" "$ETCD_PID" ;;
+                h2load-range-linearizable) set -- "$ETCD_PORT" /etcdserverpb.KV/Range "$WORK/range-linearizable.bin" "$ETCD_PID" ;;
+                esac
+                log "h2load round $round/$ROUNDS: $s ($shape)"
+                read -r _ r u e b < <(h2load_run "$s" "$1" "$2" "$3" "$channels" "$streams" "${@:4}")
+                rates[$s]+="$r "
+                cpu[$s]+="$u "
+                errs[$s]=$((${errs[$s]:-0} + e))
+                bytes[$s]=$b
+            done
+        done
+        echo "| scenario | calls/s, median round | rounds | server CPU µs/call | answer bytes | errors |"
+        echo "| --- | ---: | --- | ---: | ---: | ---: |"
+        declare -A median=()
+        for s in ${h2reads//,/ }; do
+            median[$s]=$(tr ' ' '\n' <<<"${rates[$s]}" | grep . | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+            mcpu=$(tr ' ' '\n' <<<"${cpu[$s]}" | grep . | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+            echo "| $s | ${median[$s]} | ${rates[$s]% } | $mcpu | ${bytes[$s]} | ${errs[$s]} |"
+        done
+        if [[ -n "${median[h2load-get-nodes]:-}" ]]; then
+            best=0
+            for s in h2load-range-serializable h2load-range-linearizable; do
+                [[ -n "${median[$s]:-}" ]] && ((median[$s] > best)) && best=${median[$s]}
+            done
+            if ((best > 0)); then
+                ratio=$(awk -v a="${median[h2load-get-nodes]}" -v b="$best" 'BEGIN { printf "%.2f", a / b }')
+                met=$(awk -v r="$ratio" -v e="${errs[h2load-get-nodes]}" 'BEGIN { print (r >= 4 && e == 0) ? "yes" : "**no**" }')
+                echo
+                echo "GetNodes ÷ etcd's faster Range (h2load): ${ratio}x (target >= 4x: $met)"
+            fi
+            if [[ -n "${median[h2load-ceiling-get-nodes]:-}" ]]; then
+                ratio=$(awk -v a="${median[h2load-get-nodes]}" -v b="${median[h2load-ceiling-get-nodes]}" 'BEGIN { printf "%.2f", a / b }')
+                met=$(awk -v r="$ratio" -v e="${errs[h2load-get-nodes]}" 'BEGIN { print (r >= 0.6 && e == 0) ? "yes" : "**no**" }')
+                echo "GetNodes ÷ the ceiling (h2load): ${ratio}x (target >= 0.6x: $met)"
+            fi
+        fi
+        unset rates cpu errs median bytes
+    done
+fi
+
 latency=$(chosen "$LATENCY_SCENARIOS")
 if [[ -n "$latency" ]]; then
     echo

@@ -119,6 +119,11 @@ struct Args {
     #[arg(long)]
     no_seed: bool,
 
+    /// Only seed the read set in each system given, then exit (for
+    /// clients other than this one, such as h2load).
+    #[arg(long, conflicts_with = "no_seed")]
+    seed_only: bool,
+
     /// Also report the CPU use of a process, as [SYSTEM/]NAME=PID, e.g.
     /// discovered/redis=1234; a SYSTEM (discovered or etcd) counts the
     /// process in that system's server CPU per call. Repeatable.
@@ -195,6 +200,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.pool > 0, "--pool must be at least 1");
     anyhow::ensure!(args.ttl > 0, "--ttl must be at least 1");
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
+    if args.seed_only {
+        return seed_only(&args).await;
+    }
     let scenarios = if args.scenarios.is_empty() {
         Scenario::ALL.to_vec()
     } else {
@@ -386,4 +394,17 @@ fn watched_server(
         .find(|w| w.name == system.name())
         .and_then(|w| w.pid);
     Ok((target, url, pid))
+}
+
+/// Seeds the read set in every system whose address is given.
+async fn seed_only(args: &Args) -> anyhow::Result<()> {
+    if let Some(url) = &args.discovered {
+        let channel = workload::connect(url, 1).await?.remove(0);
+        workload::seed_discovered(channel, &args.read_service, args.nodes).await?;
+    }
+    if let Some(url) = &args.etcd {
+        let channel = workload::connect(url, 1).await?.remove(0);
+        workload::seed_etcd(channel, &args.read_service, args.nodes).await?;
+    }
+    Ok(())
 }
