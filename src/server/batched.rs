@@ -9,32 +9,43 @@
 //! - it tells h2 it has no vectored writes, so h2 copies DATA frames of up
 //!   to 1 KiB (a change event is ~400 bytes) into its 16 KiB write buffer
 //!   instead of handing each to the socket apart;
-//! - a write yields (the task wakes itself and returns `Pending`), which
+//! - it holds what h2 writes (up to [`HOLD_BYTES`]) until h2 flushes, so
+//!   that a frame's header and its payload, and the frames of several
+//!   answers, go out in one system call: h2 writes a large DATA frame's
+//!   header and payload apart without vectored writes;
+//! - the first write of a batch and its flush yield (the task wakes
+//!   itself and returns `Pending`), which
 //!   puts the connection behind the tasks already woken: the streams among
-//!   them add their frames to h2's buffer, and one write takes them all.
-//!   It yields again while the last yield brought more bytes, up to
-//!   [`MAX_YIELDS`] times and [`BATCH_BYTES`]: tokio runs at most 256
-//!   queued tasks between two turns of the connection, and the woken
-//!   streams of one connection are spread over 10,000. A connection that
-//!   has nothing else to do writes one scheduler turn later.
+//!   them add their frames, and one write takes them all. It yields again
+//!   while the last yield brought more bytes, up to [`MAX_YIELDS`] times
+//!   and [`BATCH_BYTES`]: tokio runs at most 256 queued tasks between two
+//!   turns of the connection, and the woken streams of one connection are
+//!   spread over 10,000. A connection that has nothing else to do writes
+//!   one scheduler turn later.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Most yields before one write.
+/// Most yields before one flush.
 const MAX_YIELDS: u8 = 8;
-/// Bytes waiting that are written without yielding again.
+/// Bytes waiting that are flushed without yielding again.
 const BATCH_BYTES: usize = 8 * 1024;
+/// Most bytes held between flushes; a larger write goes out at once, with
+/// what was held before it.
+const HOLD_BYTES: usize = 16 * 1024;
 
 /// An IO whose writes are batched; see the module documentation.
 pub(crate) struct Batched<IO> {
     inner: IO,
+    /// Bytes written to this IO and not yet to `inner`.
+    held: BytesMut,
     /// Yields since the last flush (which starts the next batch).
     yields: u8,
-    /// Bytes offered at the last yield.
+    /// Bytes held at the last yield.
     offered: usize,
 }
 
@@ -42,14 +53,16 @@ impl<IO> Batched<IO> {
     pub(crate) fn new(inner: IO) -> Self {
         Self {
             inner,
+            held: BytesMut::new(),
             yields: 0,
             offered: 0,
         }
     }
 
-    /// Whether to yield before writing `len` bytes: on the first attempt,
-    /// and while the batch keeps growing, within the bounds.
-    fn yields_for(&mut self, len: usize) -> bool {
+    /// Whether to yield before flushing: on the first attempt, and while
+    /// the batch keeps growing, within the bounds.
+    fn yields_now(&mut self) -> bool {
+        let len = self.held.len();
         let growing = self.yields == 0 || len > self.offered;
         if growing && self.yields < MAX_YIELDS && len < BATCH_BYTES {
             self.yields += 1;
@@ -71,33 +84,77 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Batched<IO> {
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Batched<IO> {
+    /// Holds `buf` if it fits with what is held already; otherwise writes
+    /// what is held and `buf` together (one vectored write).
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.yields_for(buf.len()) {
-            // Woken during its own poll, a tokio task is queued behind the
-            // tasks already woken (a yield), not run next.
+        let this = &mut *self;
+        if this.held.is_empty() && this.yields == 0 {
+            // The first write of a batch yields too: h2 keeps the bytes
+            // and adds the frames that come meanwhile before writing again.
+            this.yields = 1;
+            this.offered = buf.len();
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        if this.held.len() + buf.len() <= HOLD_BYTES {
+            this.held.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        loop {
+            if this.held.is_empty() {
+                return Pin::new(&mut this.inner).poll_write(cx, buf);
+            }
+            let parts = [IoSlice::new(&this.held), IoSlice::new(buf)];
+            let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, &parts))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let held = this.held.len();
+            this.held.advance(n.min(held));
+            if n > held {
+                return Poll::Ready(Ok(n - held));
+            }
+        }
     }
 
     /// `false`: see the module documentation. With vectored writes h2
-    /// chains every DATA frame of more than 256 bytes and writes it before
+    /// chains every DATA frame of more than 256 bytes and flushes before
     /// buffering the next frame.
     fn is_write_vectored(&self) -> bool {
         false
     }
 
+    /// Yields while the batch grows (see the module documentation), then
+    /// writes everything held.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.yields = 0;
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        if !this.held.is_empty() && this.yields_now() {
+            // Woken during its own poll, a tokio task is queued behind the
+            // tasks already woken (a yield), not run next.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        while !this.held.is_empty() {
+            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &this.held))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            this.held.advance(n);
+        }
+        this.yields = 0;
+        // An idle connection keeps no buffer.
+        if this.held.capacity() > HOLD_BYTES {
+            this.held = BytesMut::new();
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -125,28 +182,37 @@ mod tests {
     }
 
     #[test]
-    fn a_write_yields_while_its_batch_grows_within_bounds() {
-        let (a, _b) = tokio::io::duplex(1 << 16);
+    fn a_batch_yields_while_it_grows_within_bounds() {
+        let (a, _b) = tokio::io::duplex(1 << 20);
         let mut batched = Batched::new(a);
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let mut w = Pin::new(&mut batched);
-        let data = vec![7u8; BATCH_BYTES];
-        // The first attempt yields; the same bytes again are written.
-        assert!(w.as_mut().poll_write(&mut cx, &data[..10]).is_pending());
-        let written = w.as_mut().poll_write(&mut cx, &data[..10]);
-        assert!(matches!(written, Poll::Ready(Ok(10))));
+        // The first write of a batch yields; the same bytes again are held.
+        assert!(w.as_mut().poll_write(&mut cx, b"x").is_pending());
+        assert!(matches!(
+            w.as_mut().poll_write(&mut cx, b"x"),
+            Poll::Ready(Ok(1))
+        ));
+        assert_eq!(w.held.len(), 1);
+        // Nothing came meanwhile: the flush writes.
         assert!(w.as_mut().poll_flush(&mut cx).is_ready());
+        assert!(w.held.is_empty());
         // A batch that keeps growing yields up to MAX_YIELDS times.
-        for n in 1..=usize::from(MAX_YIELDS) {
-            let attempt = w.as_mut().poll_write(&mut cx, &data[..n]);
-            assert!(attempt.is_pending(), "yield {n}");
+        assert!(w.as_mut().poll_write(&mut cx, b"y").is_pending());
+        for n in 2..=usize::from(MAX_YIELDS) {
+            // More than the write that yielded offered: the batch grew.
+            assert!(w.as_mut().poll_write(&mut cx, b"yy").is_ready());
+            assert!(w.as_mut().poll_flush(&mut cx).is_pending(), "yield {n}");
         }
-        let n = usize::from(MAX_YIELDS) + 1;
-        let written = w.as_mut().poll_write(&mut cx, &data[..n]);
-        assert!(matches!(written, Poll::Ready(Ok(_))));
+        assert!(w.as_mut().poll_write(&mut cx, b"y").is_ready());
         assert!(w.as_mut().poll_flush(&mut cx).is_ready());
-        // A full batch is written at once.
-        assert!(w.as_mut().poll_write(&mut cx, &data).is_ready());
+        assert!(w.held.is_empty());
+        // A write larger than what may be held goes out with what was held.
+        assert!(w.as_mut().poll_write(&mut cx, b"z").is_pending());
+        assert!(w.as_mut().poll_write(&mut cx, b"z").is_ready());
+        let huge = vec![8u8; HOLD_BYTES + 1];
+        assert!(matches!(w.as_mut().poll_write(&mut cx, &huge), Poll::Ready(Ok(n)) if n > 0));
+        assert!(w.held.is_empty());
     }
 }
