@@ -25,8 +25,6 @@ use crate::lean;
 use crate::proto::discovered::discovery_client::DiscoveryClient;
 use crate::proto::discovered::{EventType, WatchServiceRequest};
 use crate::proto::etcdserverpb::kv_client::KvClient;
-use crate::proto::etcdserverpb::watch_request::RequestUnion;
-use crate::proto::etcdserverpb::{WatchCreateRequest, WatchRequest};
 use crate::stats::{Failure, Recorder};
 use crate::workload;
 
@@ -243,18 +241,8 @@ async fn etcd(
     plan: &ExpiryPlan,
 ) -> anyhow::Result<(HashMap<String, i64>, Events)> {
     let prefix = workload::etcd_prefix(service);
-    let range = workload::range_request(&prefix, false);
-    let create = WatchRequest {
-        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-            key: range.key,
-            range_end: range.range_end,
-            start_revision: 0,
-        })),
-    };
-    // The request stream stays open: etcd keeps the watch for as long.
-    let requests = futures::stream::iter([create]).chain(futures::stream::pending());
     let mut grpc = Grpc::new(channels[0].clone());
-    let mut stream = lean::etcd_watch(&mut grpc, requests)
+    let mut stream = lean::etcd_watch(&mut grpc, &prefix)
         .await
         .context("etcd Watch")?;
     loop {

@@ -29,8 +29,7 @@ use crate::driver::Measured;
 use crate::lean;
 use crate::proto::discovered::discovery_client::DiscoveryClient;
 use crate::proto::discovered::{EventType, WatchServiceRequest};
-use crate::proto::etcdserverpb::watch_request::RequestUnion;
-use crate::proto::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest};
+use crate::proto::etcdserverpb::PutRequest;
 use crate::stats::{Failure, Recorder};
 use crate::workload;
 
@@ -435,21 +434,10 @@ async fn etcd_streams(
     key: Vec<u8>,
     follow: Follow,
 ) -> Vec<StreamResult> {
-    let range = workload::range_request(&prefix, false);
-    let create = WatchRequest {
-        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-            key: range.key,
-            range_end: range.range_end,
-            start_revision: 0,
-        })),
-    };
     let opens = (0..n).map(|_| {
-        let (channel, create) = (channel.clone(), create.clone());
+        let (channel, prefix) = (channel.clone(), prefix.clone());
         async move {
-            // The request stream stays open: etcd keeps the watch for as
-            // long.
-            let requests = futures::stream::iter([create]).chain(futures::stream::pending());
-            lean::etcd_watch(&mut Grpc::new(channel), requests)
+            lean::etcd_watch(&mut Grpc::new(channel), &prefix)
                 .await
                 .map_err(|s| format!("Watch: {s}"))
         }

@@ -28,7 +28,9 @@ use tonic::{Request, Status};
 use tonic::Streaming;
 
 use crate::proto::discovered::{GetNodesRequest, WatchServiceRequest};
-use crate::proto::etcdserverpb::{RangeRequest, WatchRequest};
+use crate::proto::etcdserverpb::watch_request::RequestUnion;
+use crate::proto::etcdserverpb::{RangeRequest, WatchCreateRequest, WatchRequest};
+use futures::StreamExt;
 
 /// `discovered.v1.GetNodesResponse` with each node left encoded.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -157,11 +159,22 @@ where
         .into_inner())
 }
 
-/// etcd `Watch.Watch` with `requests`, responses decoded lean.
+/// etcd `Watch.Watch` with one watch on every key under `prefix`,
+/// responses decoded lean. The request stream stays open: etcd keeps the
+/// watch for as long.
 pub async fn etcd_watch(
     grpc: &mut Grpc<Channel>,
-    requests: impl tonic::codegen::tokio_stream::Stream<Item = WatchRequest> + Send + 'static,
+    prefix: &str,
 ) -> Result<Streaming<LeanWatchResponse>, Status> {
+    let range = crate::workload::range_request(prefix, false);
+    let create = WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: range.key,
+            range_end: range.range_end,
+            start_revision: 0,
+        })),
+    };
+    let requests = futures::stream::iter([create]).chain(futures::stream::pending());
     ready(grpc).await?;
     let codec = tonic_prost::ProstCodec::<WatchRequest, LeanWatchResponse>::default();
     let path = PathAndQuery::from_static("/etcdserverpb.Watch/Watch");
