@@ -277,6 +277,53 @@ impl ServiceRecord {
     }
 }
 
+/// Whether a node takes new calls; separate from its presence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// Takes new calls.
+    #[default]
+    Serving,
+    /// Finishes what it has, takes nothing new; stays listed.
+    Draining,
+}
+
+impl NodeStatus {
+    /// Whether this is the default, [`NodeStatus::Serving`] (left out of
+    /// stored records, so that a record from before the field existed and
+    /// the same node registered again compare equal).
+    pub fn is_serving(&self) -> bool {
+        *self == NodeStatus::Serving
+    }
+}
+
+/// Where a node runs: region, zone within it, sub-zone within that.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Locality {
+    /// The region, e.g. "eu-west".
+    pub region: String,
+    /// The zone within the region.
+    pub zone: String,
+    /// The sub-zone within the zone.
+    pub sub_zone: String,
+}
+
+impl Locality {
+    /// Whether no part is set.
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty() && self.zone.is_empty() && self.sub_zone.is_empty()
+    }
+}
+
+/// The largest node weight: a service's weights must sum within 32 bits
+/// in xDS, even with thousands of nodes.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// What a node registration says about the node; replaced whole on each
 /// registration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,6 +352,17 @@ pub struct NodeSpec {
     pub last_boot: Option<WallTime>,
     /// Free-form labels.
     pub metadata: BTreeMap<String, String>,
+    /// Whether it takes new calls. The fields from here on are left out of
+    /// the stored record at their defaults, so records written before they
+    /// existed read and compare the same.
+    #[serde(skip_serializing_if = "NodeStatus::is_serving")]
+    pub status: NodeStatus,
+    /// Where it runs.
+    #[serde(skip_serializing_if = "Locality::is_empty")]
+    pub locality: Locality,
+    /// Its share of the service's calls; 0: unset (counted as 1).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub weight: u32,
 }
 
 impl NodeSpec {
@@ -316,6 +374,15 @@ impl NodeSpec {
         validate_text("os", &self.os)?;
         validate_text("platform_name", &self.platform_name)?;
         validate_text("arch", &self.arch)?;
+        validate_text("locality.region", &self.locality.region)?;
+        validate_text("locality.zone", &self.locality.zone)?;
+        validate_text("locality.sub_zone", &self.locality.sub_zone)?;
+        if self.weight > MAX_WEIGHT {
+            return Err(InvalidField::new(
+                "weight",
+                format!("must be at most {MAX_WEIGHT} (got {})", self.weight),
+            ));
+        }
         validate_metadata("metadata", &self.metadata)
     }
 }
@@ -409,6 +476,34 @@ impl Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_serving_node_without_locality_or_weight_is_stored_as_before() {
+        // Records written before these fields existed must compare equal
+        // to the same node registered again (no spurious NODE_UPDATED).
+        let spec = NodeSpec {
+            port: 80,
+            ..NodeSpec::default()
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        for field in ["status", "locality", "weight"] {
+            assert!(!json.contains(field), "{field} in {json}");
+        }
+        let old: NodeSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(old, spec);
+        let draining = NodeSpec {
+            status: NodeStatus::Draining,
+            locality: Locality {
+                zone: "z".into(),
+                ..Locality::default()
+            },
+            weight: 3,
+            ..spec
+        };
+        let json = serde_json::to_string(&draining).unwrap();
+        assert!(json.contains(r#""status":"draining""#), "{json}");
+        assert_eq!(serde_json::from_str::<NodeSpec>(&json).unwrap(), draining);
+    }
 
     #[test]
     fn names_follow_the_rules() {

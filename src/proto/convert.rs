@@ -9,7 +9,8 @@ use prost_types::Timestamp;
 
 use super::v1 as pb;
 use crate::model::{
-    InvalidField, Millis, NodeRecord, NodeSpec, ServiceRecord, ServiceSpec, WallTime, validate_name,
+    InvalidField, Locality, Millis, NodeRecord, NodeSpec, NodeStatus, ServiceRecord, ServiceSpec,
+    WallTime, validate_name,
 };
 
 /// Milliseconds since the epoch (how the registry keeps its own times) as
@@ -102,6 +103,21 @@ impl TryFrom<pb::RegisterNodeRequest> for NodeSpec {
                 format!("must be at most 65535 (got {})", r.port),
             ));
         }
+        let status = match pb::NodeStatus::try_from(r.status) {
+            Ok(pb::NodeStatus::Unspecified | pb::NodeStatus::Serving) => NodeStatus::Serving,
+            Ok(pb::NodeStatus::Draining) => NodeStatus::Draining,
+            Err(_) => {
+                return Err(InvalidField::new(
+                    "status",
+                    format!("unknown node status {}", r.status),
+                ));
+            }
+        };
+        let locality = r.locality.map_or_else(Locality::default, |l| Locality {
+            region: l.region,
+            zone: l.zone,
+            sub_zone: l.sub_zone,
+        });
         let mut spec = NodeSpec {
             instance_id: r.instance_id,
             ip: r.ip,
@@ -114,6 +130,9 @@ impl TryFrom<pb::RegisterNodeRequest> for NodeSpec {
             memory_mb: r.memory_mb,
             last_boot,
             metadata: sorted(r.metadata),
+            status,
+            locality,
+            weight: r.weight,
         };
         spec.validate()?;
         Ok(spec)
@@ -172,6 +191,16 @@ impl From<NodeRecord> for pb::Node {
             updated_at: Some(timestamp(r.updated_at)),
             expires_at: r.expires_at.map(timestamp),
             instance_id: r.spec.instance_id,
+            status: match r.spec.status {
+                NodeStatus::Serving => pb::NodeStatus::Serving,
+                NodeStatus::Draining => pb::NodeStatus::Draining,
+            } as i32,
+            locality: (!r.spec.locality.is_empty()).then_some(pb::Locality {
+                region: r.spec.locality.region,
+                zone: r.spec.locality.zone,
+                sub_zone: r.spec.locality.sub_zone,
+            }),
+            weight: r.spec.weight,
         }
     }
 }

@@ -67,6 +67,14 @@ fn node_from(req: &RegisterNodeRequest, group: &str) -> Node {
         updated_at: None,
         expires_at: None,
         instance_id: req.instance_id.clone(),
+        // Unspecified registers a serving node; an empty locality is none.
+        status: if req.status == NodeStatus::Unspecified as i32 {
+            NodeStatus::Serving as i32
+        } else {
+            req.status
+        },
+        locality: req.locality.clone().filter(|l| *l != Locality::default()),
+        weight: req.weight,
     }
 }
 
@@ -1354,6 +1362,17 @@ async fn invalid_node_fields_are_refused(backend: Backend) {
             Box::new(|r| r.ip = vec!["10.0.0.1".into(), "10.0.0.256".into()]),
         ),
         ("port", Box::new(|r| r.port = 70000)),
+        ("weight", Box::new(|r| r.weight = 1_000_001)),
+        ("status", Box::new(|r| r.status = 7)),
+        (
+            "locality.zone",
+            Box::new(|r| {
+                r.locality = Some(Locality {
+                    zone: big.clone(),
+                    ..Default::default()
+                })
+            }),
+        ),
         ("port", Box::new(|r| r.port = 65536)),
         (
             "last_boot",

@@ -92,6 +92,10 @@ impl V1Node {
             updated_at: Some(ts(self.updated_at)),
             expires_at: self.expires_at.map(ts),
             instance_id: format!("inst-{}", self.name),
+            // A v1 record has none of these: a serving node, no locality.
+            status: NodeStatus::Serving as i32,
+            locality: None,
+            weight: 0,
         }
     }
 }

@@ -230,6 +230,50 @@ async fn identical_reregistration_is_silent(backend: Backend) {
     w.expect_node(EventType::NodeUpdated, &back).await;
 }
 
+/// A node's status, locality and weight are part of its record: draining
+/// it (or moving it, or reweighting it) is NODE_UPDATED and shows in
+/// GetNodes, the same again is silent, and a draining node stays listed.
+async fn status_locality_and_weight_changes_are_updates(backend: Backend) {
+    let mut t = TestServer::start(backend).await;
+    let c = &mut t.client;
+    let mut w = Watch::open(c, "shop", "payments", None).await;
+    assert!(w.initial("shop", "payments").await.is_empty());
+    let a = register_node(c, node("shop", "payments", "a", 1, None)).await;
+    assert_eq!(a.status, NodeStatus::Serving as i32);
+    assert_eq!(a.weight, 11);
+    assert_eq!(
+        a.locality.as_ref().map(|l| l.sub_zone.as_str()),
+        Some("rack-1")
+    );
+    w.expect_node(EventType::NodeAdded, &a).await;
+
+    let mut draining = node("shop", "payments", "a", 1, None);
+    draining.status = NodeStatus::Draining as i32;
+    let drained = register_node(c, draining.clone()).await;
+    assert_eq!(drained.status, NodeStatus::Draining as i32);
+    w.expect_node(EventType::NodeUpdated, &drained).await;
+    let listed = get_nodes(c, "shop", "payments").await;
+    assert_eq!(listed.len(), 1, "a draining node stays listed");
+    assert_eq!(listed[0].status, NodeStatus::Draining as i32);
+    // The same draining registration again sends nothing: the next event
+    // is the reweighting.
+    register_node(c, draining.clone()).await;
+    let mut heavier = draining;
+    heavier.weight = 500;
+    let reweighted = register_node(c, heavier.clone()).await;
+    let e = w.expect(EventType::NodeUpdated).await;
+    assert_eq!(node_of(&e), &reweighted, "the same again must send nothing");
+    assert_eq!(node_of(&e).weight, 500);
+    // Moved to no locality at all, and serving again (unspecified).
+    let mut moved = heavier;
+    moved.locality = None;
+    moved.status = NodeStatus::Unspecified as i32;
+    let serving = register_node(c, moved).await;
+    assert_eq!(serving.status, NodeStatus::Serving as i32);
+    assert_eq!(serving.locality, None);
+    w.expect_node(EventType::NodeUpdated, &serving).await;
+}
+
 /// A watch of a whole group (empty service_name) sees every service of the
 /// group and nothing of other groups, however similar their names.
 async fn group_watch_sees_every_service(backend: Backend) {
@@ -714,6 +758,7 @@ async fn consistent_start_under_writes(backend: Backend) {
 conformance!(
     initial_then_changes,
     identical_reregistration_is_silent,
+    status_locality_and_weight_changes_are_updates,
     group_watch_sees_every_service,
     send_initial_false,
     remove_group_events,

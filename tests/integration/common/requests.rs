@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use discovered::proto::v1::{RegisterNodeRequest, RegisterServiceRequest};
+use discovered::proto::v1::{Locality, NodeStatus, RegisterNodeRequest, RegisterServiceRequest};
 use prost_types::Timestamp;
 
 /// A metadata map from pairs.
@@ -76,6 +76,13 @@ pub fn full_node(group: &str, service: &str, name: &str, i: u32) -> RegisterNode
             ("gamma", "3"),
             ("delta", "4"),
         ]),
+        status: NodeStatus::Serving as i32,
+        locality: Some(Locality {
+            region: "eu".into(),
+            zone: "eu-1".into(),
+            sub_zone: format!("rack-{i}"),
+        }),
+        weight: 10 + i,
         ttl_seconds: None,
         auto: None,
         instance_id: format!("{name}-instance"),
