@@ -3,7 +3,10 @@
 //! It registers the node (with the machine's facts unless told not to) under
 //! a fresh instance id, heartbeats every ttl/3, registers again when a
 //! heartbeat says the node is gone (it expired while the server or Redis
-//! was away), and removes its own registration when it stops. Failures are
+//! was away), and removes its own registration when it stops, after
+//! marking it draining for `drain` when one is set (so that clients stop
+//! sending it new calls before it goes: a rolling restart loses none).
+//! Failures are
 //! retried with exponential backoff and jitter, capped at ttl/3, and logged
 //! once per change of state rather than once per retry.
 
@@ -41,6 +44,13 @@ pub struct AgentConfig {
     pub metadata: HashMap<String, String>,
     /// Fill in the machine's facts (addresses, OS, CPUs, memory, ...).
     pub auto: bool,
+    /// Where the node runs, if said.
+    pub locality: Option<pb::Locality>,
+    /// Its share of the service's calls; 0: unset.
+    pub weight: u32,
+    /// At shutdown, how long the node stays listed as draining before it
+    /// is removed; zero removes it at once.
+    pub drain: Duration,
 }
 
 /// The registration the agent sends: explicit values first, the machine's
@@ -57,6 +67,8 @@ pub fn registration(config: &AgentConfig, instance_id: &str) -> pb::RegisterNode
         // connection's address in their place.
         auto: Some(false),
         instance_id: instance_id.into(),
+        locality: config.locality.clone(),
+        weight: config.weight,
         ..Default::default()
     };
     if config.auto {
@@ -207,8 +219,9 @@ impl Agent {
                 shutdown.await;
                 ControlFlow::Break(Ok(()))
             }
-            // Stopping: remove our own registration, then finish.
+            // Stopping: drain, remove our own registration, then finish.
             State::Stopping => {
+                self.drain().await;
                 self.remove().await;
                 ControlFlow::Break(Ok(()))
             }
@@ -282,6 +295,55 @@ impl Agent {
         ControlFlow::Continue(next)
     }
 
+    /// Registers the node as draining and waits `config.drain`, when set,
+    /// renewing it meanwhile: it stays listed, and clients stop sending it
+    /// new calls.
+    async fn drain(&self) {
+        let config = &self.config;
+        if config.drain.is_zero() {
+            return;
+        }
+        let draining = pb::RegisterNodeRequest {
+            status: pb::NodeStatus::Draining as i32,
+            ..self.request.clone()
+        };
+        let marked =
+            tokio::time::timeout(Duration::from_secs(5), self.client.register_node(draining));
+        match marked.await {
+            Ok(Ok(_)) => {
+                tracing::info!(node = %config.node, drain = ?config.drain, "node draining; removing it after the drain")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(node = %config.node, error = %e, "could not mark the node draining; draining anyway")
+            }
+            Err(_) => {
+                tracing::warn!(node = %config.node, "marking the node draining timed out; draining anyway")
+            }
+        }
+        // Renewed meanwhile: a drain longer than the TTL must not end in
+        // an expiry.
+        let end = tokio::time::Instant::now() + config.drain;
+        loop {
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::time::sleep(left.min(self.interval())).await;
+            if tokio::time::Instant::now() < end {
+                let renewal = self.client.heartbeat(
+                    &config.group,
+                    &config.service,
+                    &config.node,
+                    Some(config.ttl.as_secs() as i64),
+                    &self.instance_id,
+                );
+                if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), renewal).await {
+                    tracing::warn!(node = %config.node, error = %e, "renewing the draining node failed");
+                }
+            }
+        }
+    }
+
     /// Removes our own registration only: a successor's stays.
     async fn remove(&self) {
         let config = &self.config;
@@ -331,6 +393,9 @@ mod tests {
             ttl: Duration::from_secs(30),
             metadata: HashMap::new(),
             auto: false,
+            locality: None,
+            weight: 0,
+            drain: Duration::ZERO,
         })
         .await
         .expect("a lazy client")
@@ -389,11 +454,19 @@ mod tests {
             ttl: Duration::from_secs(30),
             metadata: HashMap::from([("kernel_version".to_string(), "mine".to_string())]),
             auto: true,
+            locality: Some(pb::Locality {
+                zone: "eu-1".into(),
+                ..Default::default()
+            }),
+            weight: 5,
+            drain: Duration::ZERO,
         };
         let req = registration(&config, "abc");
         assert_eq!(req.metadata["kernel_version"], "mine");
         assert_eq!(req.instance_id, "abc");
         assert_eq!(req.ttl_seconds, Some(30));
+        assert_eq!(req.weight, 5);
+        assert_eq!(req.locality.as_ref().map(|l| l.zone.as_str()), Some("eu-1"));
         assert!(req.cpu_count > 0);
         let bare = registration(
             &AgentConfig {

@@ -11,6 +11,7 @@ use super::logging::{self, LogFormat};
 use super::parse_meta;
 use super::runtime::{self, Threads};
 use crate::agent::{self, AgentConfig};
+use crate::proto::v1 as pb;
 
 /// Flags of `discovered agent`. Each also reads an environment variable.
 #[derive(Debug, Args)]
@@ -52,6 +53,30 @@ pub struct AgentArgs {
     /// boot time); register only what the flags say.
     #[arg(long, env = "DISCOVERED_NO_AUTO")]
     no_auto: bool,
+
+    /// The region the node runs in (its locality, with --zone and
+    /// --sub-zone).
+    #[arg(long, env = "DISCOVERED_REGION", default_value = "")]
+    region: String,
+
+    /// The zone within the region.
+    #[arg(long, env = "DISCOVERED_ZONE", default_value = "")]
+    zone: String,
+
+    /// The sub-zone within the zone.
+    #[arg(long, env = "DISCOVERED_SUB_ZONE", default_value = "")]
+    sub_zone: String,
+
+    /// The node's share of its service's calls relative to the others (1 to
+    /// 1000000; 0 leaves it unset, counted as 1).
+    #[arg(long, env = "DISCOVERED_WEIGHT", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    weight: u32,
+
+    /// On SIGINT/SIGTERM, mark the node draining (still listed, no new
+    /// calls) and wait this many seconds before removing it; 0 removes it
+    /// at once.
+    #[arg(long, env = "DISCOVERED_DRAIN_SECONDS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    drain_seconds: u64,
 }
 
 /// Runs the agent until SIGINT or SIGTERM; returns the exit code.
@@ -78,8 +103,21 @@ pub fn run(args: AgentArgs, secret_flags: Vec<&'static str>) -> ExitCode {
         ttl: Duration::from_secs(args.ttl),
         metadata: args.meta.into_iter().collect::<HashMap<_, _>>(),
         auto: !args.no_auto,
+        locality: locality(args.region, args.zone, args.sub_zone),
+        weight: args.weight,
+        drain: Duration::from_secs(args.drain_seconds),
     };
     runtime::block_on(Threads::PerCore, async {
         runtime::finish(agent::run(config, super::signal::shutdown()).await)
     })
+}
+
+/// The locality the flags give; `None` when they give none.
+fn locality(region: String, zone: String, sub_zone: String) -> Option<pb::Locality> {
+    let l = pb::Locality {
+        region,
+        zone,
+        sub_zone,
+    };
+    (l != pb::Locality::default()).then_some(l)
 }

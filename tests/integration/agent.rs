@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::common::{Proc, RedisServer, eventually, free_port, ms, now_ms, within};
 use discovered::client::{Client, Event};
 use discovered::hostfacts;
-use discovered::proto::v1::Node;
+use discovered::proto::v1::{Node, NodeStatus};
 use futures::StreamExt;
 
 const TTL: u64 = 2;
@@ -120,6 +120,57 @@ async fn the_agent_registers_host_facts_stays_alive_and_leaves_on_sigterm() {
         node(&s.client, "n1").await.is_none(),
         "SIGTERM must remove the node"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_registers_its_locality_and_weight_and_drains_before_leaving() {
+    const DRAIN: u64 = 2;
+    let s = setup().await;
+    let agent = Proc::spawn(
+        &format!(
+            "agent --server 127.0.0.1:{} --service payments --node n1 --port 9000 --ttl {TTL} \
+             --region eu --zone eu-1 --sub-zone rack-7 --weight 30 --drain-seconds {DRAIN}",
+            s.port
+        ),
+        &[],
+    );
+    let n = wait_for_node(&s.client, "n1", "the agent's node").await;
+    let locality = n.locality.clone().expect("a locality");
+    assert_eq!(
+        (
+            locality.region.as_str(),
+            locality.zone.as_str(),
+            locality.sub_zone.as_str()
+        ),
+        ("eu", "eu-1", "rack-7")
+    );
+    assert_eq!(n.weight, 30);
+    assert_eq!(n.status, NodeStatus::Serving as i32);
+
+    let mut events = Box::pin(s.client.watch("", "payments"));
+    let _ = until(&mut events, |e| matches!(e, Event::Synced)).await;
+    agent.signal("TERM");
+    // First draining, still listed...
+    let drained = until(&mut events, |e| matches!(e, Event::NodeUpdated(_))).await;
+    let Event::NodeUpdated(drained) = drained else {
+        unreachable!()
+    };
+    assert_eq!(drained.status, NodeStatus::Draining as i32);
+    assert_eq!(drained.instance_id, n.instance_id);
+    let marked = now_ms();
+    let listed = node(&s.client, "n1")
+        .await
+        .expect("a draining node stays listed");
+    assert_eq!(listed.status, NodeStatus::Draining as i32);
+    // ...then removed once the drain is over, and the agent exits cleanly.
+    let removed = until(&mut events, |e| matches!(e, Event::NodeRemoved(_))).await;
+    let after = now_ms() - marked;
+    assert!(
+        after >= (DRAIN as i64) * 1000 - 200,
+        "removed {after} ms after draining, before the {DRAIN} s drain: {removed:?}"
+    );
+    let (status, stderr) = agent.wait_async().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
