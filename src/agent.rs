@@ -230,24 +230,13 @@ impl Agent {
 
     /// Sends `call`, then moves on as [`Agent::after`] says.
     async fn send(&self, call: Call, outage: Option<Outage>) -> Step {
-        let config = &self.config;
         let sent = match call {
             Call::Register => self
                 .client
                 .register_node(self.request.clone())
                 .await
                 .map(drop),
-            Call::Heartbeat => self
-                .client
-                .heartbeat(
-                    &config.group,
-                    &config.service,
-                    &config.node,
-                    Some(config.ttl.as_secs() as i64),
-                    &self.instance_id,
-                )
-                .await
-                .map(drop),
+            Call::Heartbeat => self.heartbeat().await,
         };
         self.after(call, outage, sent)
     }
@@ -330,18 +319,27 @@ impl Agent {
             }
             tokio::time::sleep(left.min(self.interval())).await;
             if tokio::time::Instant::now() < end {
-                let renewal = self.client.heartbeat(
-                    &config.group,
-                    &config.service,
-                    &config.node,
-                    Some(config.ttl.as_secs() as i64),
-                    &self.instance_id,
-                );
-                if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), renewal).await {
+                let renewal = tokio::time::timeout(Duration::from_secs(5), self.heartbeat());
+                if let Ok(Err(e)) = renewal.await {
                     tracing::warn!(node = %config.node, error = %e, "renewing the draining node failed");
                 }
             }
         }
+    }
+
+    /// Renews this instance's registration of the node.
+    async fn heartbeat(&self) -> Result<(), ClientError> {
+        let config = &self.config;
+        self.client
+            .heartbeat(
+                &config.group,
+                &config.service,
+                &config.node,
+                Some(config.ttl.as_secs() as i64),
+                &self.instance_id,
+            )
+            .await
+            .map(drop)
     }
 
     /// Removes our own registration only: a successor's stays.

@@ -57,7 +57,8 @@ pub struct DiscoveryService {
     shutdown: CancellationToken,
     /// The open watch streams, against `--max-watch-streams`.
     watch_slots: WatchSlots,
-    /// Each service's encoded GetNodes answer, while nothing changed it.
+    /// Each service's encoded GetNodes (and GetService) answer, while
+    /// nothing changed it.
     cache: Arc<ReadCache>,
     /// Whether calls must come with a [`Caller`] (the server has an auth
     /// file). The auth layer refuses calls without one before they get
@@ -85,8 +86,8 @@ impl DiscoveryService {
         }
     }
 
-    /// Caches at most `bytes` of GetNodes answers (`--read-cache-bytes`;
-    /// 0: none).
+    /// Caches at most `bytes` of GetNodes and GetService answers
+    /// (`--read-cache-bytes`; 0: none).
     pub fn with_read_cache(self, bytes: usize) -> Self {
         self.cache.set_budget(bytes);
         self

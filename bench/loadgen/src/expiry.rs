@@ -202,34 +202,23 @@ async fn discovered(
             .collect()
     });
     let clients: Vec<_> = channels.iter().cloned().map(DiscoveryClient::new).collect();
-    let written = futures::stream::iter(0..plan.nodes)
-        .map(|i| {
-            let mut client = clients[i % clients.len()].clone();
-            let request = workload::register_request(service, i as u64, plan.ttl_secs);
-            async move {
-                let node = client
-                    .register_node(request)
-                    .await
-                    .context("RegisterNode")?
-                    .into_inner();
-                let at = node.expires_at.context("a node without expires_at")?;
-                anyhow::Ok((
-                    node.node_name,
-                    at.seconds * 1000 + i64::from(at.nanos) / 1_000_000,
-                ))
-            }
-        })
-        .buffer_unordered(plan.concurrency)
-        .collect::<Vec<_>>()
-        .await;
-    let deadlines: HashMap<String, i64> = written.into_iter().collect::<anyhow::Result<_>>()?;
-    if deadlines.values().any(|&d| d <= now_ms()) {
-        bail!(
-            "registering {} nodes took longer than their TTL ({} s): raise it",
-            plan.nodes,
-            plan.ttl_secs
-        );
-    }
+    let deadlines = write_all(plan, |i| {
+        let mut client = clients[i % clients.len()].clone();
+        let request = workload::register_request(service, i as u64, plan.ttl_secs);
+        async move {
+            let node = client
+                .register_node(request)
+                .await
+                .context("RegisterNode")?
+                .into_inner();
+            let at = node.expires_at.context("a node without expires_at")?;
+            anyhow::Ok((
+                node.node_name,
+                at.seconds * 1000 + i64::from(at.nanos) / 1_000_000,
+            ))
+        }
+    })
+    .await?;
     Ok((deadlines, events))
 }
 
@@ -267,26 +256,40 @@ async fn etcd(
     let lease = workload::grant_lease(channels[0].clone(), plan.ttl_secs).await?;
     let end = granted + plan.ttl_secs * 1000;
     let clients: Vec<_> = channels.iter().cloned().map(KvClient::new).collect();
+    let deadlines = write_all(plan, |i| {
+        let mut client = clients[i % clients.len()].clone();
+        let request = workload::put_request(service, i as u64, plan.ttl_secs, lease);
+        async move {
+            let key = String::from_utf8_lossy(&request.key).into_owned();
+            client.put(request).await.context("etcd Put")?;
+            anyhow::Ok((key, end))
+        }
+    })
+    .await?;
+    Ok((deadlines, events))
+}
+
+/// Makes `plan.nodes` writes, `plan.concurrency` at a time; each returns
+/// what it wrote and its deadline (ms since the epoch). Fails if a deadline
+/// passed before the last write returned: every node must be written before
+/// any expires.
+async fn write_all<F, Fut>(plan: &ExpiryPlan, write: F) -> anyhow::Result<HashMap<String, i64>>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(String, i64)>>,
+{
     let written = futures::stream::iter(0..plan.nodes)
-        .map(|i| {
-            let mut client = clients[i % clients.len()].clone();
-            let request = workload::put_request(service, i as u64, plan.ttl_secs, lease);
-            async move {
-                let key = String::from_utf8_lossy(&request.key).into_owned();
-                client.put(request).await.context("etcd Put")?;
-                anyhow::Ok((key, end))
-            }
-        })
+        .map(write)
         .buffer_unordered(plan.concurrency)
         .collect::<Vec<_>>()
         .await;
     let deadlines: HashMap<String, i64> = written.into_iter().collect::<anyhow::Result<_>>()?;
-    if now_ms() >= end {
+    if deadlines.values().any(|&d| d <= now_ms()) {
         bail!(
-            "writing {} keys took longer than their lease's TTL ({} s): raise it",
+            "writing {} nodes took longer than their TTL ({} s): raise --expiry-ttl",
             plan.nodes,
             plan.ttl_secs
         );
     }
-    Ok((deadlines, events))
+    Ok(deadlines)
 }

@@ -91,6 +91,8 @@ pub fn register_request(service: &str, index: u64, ttl_seconds: i64) -> Register
         // One id per node, as an agent sends: a re-registration is then
         // identical and publishes no change.
         instance_id: format!("bench-instance-{index}"),
+        // Serving, no locality, no weight: stored as before these fields.
+        ..Default::default()
     }
 }
 
