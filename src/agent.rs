@@ -38,6 +38,9 @@ pub struct AgentConfig {
     pub node: String,
     /// The port the node serves on.
     pub port: u32,
+    /// The addresses the node is reached at; when empty, the machine's
+    /// own (with `auto`), which never include loopback.
+    pub ip: Vec<String>,
     /// The node's TTL; the agent heartbeats every third of it.
     pub ttl: Duration,
     /// Extra labels.
@@ -61,6 +64,7 @@ pub fn registration(config: &AgentConfig, instance_id: &str) -> pb::RegisterNode
         service_name: config.service.clone(),
         node_name: config.node.clone(),
         port: config.port,
+        ip: config.ip.clone(),
         metadata: config.metadata.clone(),
         ttl_seconds: Some(config.ttl.as_secs() as i64),
         // The agent sends the facts itself; the server must not put the
@@ -388,6 +392,7 @@ mod tests {
             service: "svc".into(),
             node: "n1".into(),
             port: 0,
+            ip: Vec::new(),
             ttl: Duration::from_secs(30),
             metadata: HashMap::new(),
             auto: false,
@@ -449,6 +454,7 @@ mod tests {
             service: "svc".into(),
             node: "n1".into(),
             port: 8080,
+            ip: vec!["10.9.8.7".into()],
             ttl: Duration::from_secs(30),
             metadata: HashMap::from([("kernel_version".to_string(), "mine".to_string())]),
             auto: true,
@@ -464,6 +470,7 @@ mod tests {
         assert_eq!(req.instance_id, "abc");
         assert_eq!(req.ttl_seconds, Some(30));
         assert_eq!(req.weight, 5);
+        assert_eq!(req.ip, ["10.9.8.7"], "the given address, not the machine's");
         assert_eq!(req.locality.as_ref().map(|l| l.zone.as_str()), Some("eu-1"));
         assert!(req.cpu_count > 0);
         let bare = registration(
@@ -473,6 +480,7 @@ mod tests {
             },
             "abc",
         );
-        assert!(bare.ip.is_empty() && bare.os.is_empty() && bare.cpu_count == 0);
+        assert!(bare.os.is_empty() && bare.cpu_count == 0);
+        assert_eq!(bare.ip, ["10.9.8.7"], "given addresses are sent without auto too");
     }
 }

@@ -298,7 +298,7 @@ impl NodeStatus {
 }
 
 /// Where a node runs: region, zone within it, sub-zone within that.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Locality {
     /// The region, e.g. "eu-west".

@@ -40,6 +40,12 @@ pub struct AgentArgs {
     #[arg(long, env = "DISCOVERED_PORT", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=65535))]
     port: u32,
 
+    /// An address the node is reached at (an IP); repeat for more. Without
+    /// it the machine's own addresses are found (with auto), and loopback
+    /// is never among them.
+    #[arg(long = "ip", value_name = "IP", env = "DISCOVERED_IP", value_delimiter = ',')]
+    ip: Vec<String>,
+
     /// The node's TTL in seconds (at least 1); the agent heartbeats every
     /// third of it.
     #[arg(long, env = "DISCOVERED_TTL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
@@ -100,6 +106,7 @@ pub fn run(args: AgentArgs, secret_flags: Vec<&'static str>) -> ExitCode {
         service: args.service,
         node,
         port: args.port,
+        ip: args.ip,
         ttl: Duration::from_secs(args.ttl),
         metadata: args.meta.into_iter().collect::<HashMap<_, _>>(),
         auto: !args.no_auto,

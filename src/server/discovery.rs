@@ -135,6 +135,12 @@ impl DiscoveryService {
         }
     }
 
+    /// The count of open streams this service takes its places from, to
+    /// share with the other streaming services of the server (xDS).
+    pub fn watch_slots(&self) -> WatchSlots {
+        self.watch_slots.clone()
+    }
+
     fn key(&self, group: &str, service: &str) -> Result<ServiceKey, Status> {
         Ok(ServiceKey::new(
             group_or_default(group, &self.defaults.service_group)?,

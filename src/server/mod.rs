@@ -20,6 +20,7 @@ pub(crate) mod reply;
 mod status;
 pub mod tls;
 mod watch;
+pub mod xds;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -116,11 +117,19 @@ pub async fn serve(
     let monitor = tokio::spawn(health::monitor(registry.clone(), reporter));
 
     let stopping = CancellationToken::new();
-    let service = DiscoveryService::new(registry, defaults, stopping.clone())
+    let default_group = defaults.service_group.clone();
+    let service = DiscoveryService::new(registry.clone(), defaults, stopping.clone())
         .with_max_watch_streams(limits.max_watch_streams)
         .with_read_cache(limits.read_cache_bytes)
         .with_auth(auth.clone());
-    let service = grpc_service(service, health, auth)?;
+    let xds = xds::XdsService::new(
+        registry,
+        default_group,
+        auth.clone(),
+        stopping.clone(),
+        service.watch_slots(),
+    );
+    let service = grpc_service(service, xds, health, auth)?;
 
     // Shutdown starts when `shutdown` completes; the drain clock starts then.
     let (started_tx, started_rx) = oneshot::channel::<()>();
@@ -172,6 +181,7 @@ fn follow_files(
 /// the layers each request passes through, outermost first.
 fn grpc_service(
     discovery: DiscoveryService,
+    xds: xds::XdsService,
     health: HealthServer<impl Health>,
     auth: Option<Arc<crate::auth::Auth>>,
 ) -> Result<impl connection::GrpcService, ServeError> {
@@ -182,6 +192,7 @@ fn grpc_service(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(discovery)
+        .add_service(xds.into_server())
         .prepare();
     Ok(tower::ServiceBuilder::new()
         .layer(content_type::GrpcOnlyLayer)
