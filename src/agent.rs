@@ -481,6 +481,10 @@ mod tests {
             "abc",
         );
         assert!(bare.os.is_empty() && bare.cpu_count == 0);
-        assert_eq!(bare.ip, ["10.9.8.7"], "given addresses are sent without auto too");
+        assert_eq!(
+            bare.ip,
+            ["10.9.8.7"],
+            "given addresses are sent without auto too"
+        );
     }
 }

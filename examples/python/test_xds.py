@@ -167,6 +167,9 @@ def start_agent(server, workdir):
         return agents[-1]
 
     yield start
+    # All drain at once rather than one after the other.
+    for agent in agents:
+        agent.terminate()
     for agent in agents:
         agent.close()
 
@@ -184,7 +187,7 @@ def assert_stops_getting_calls(loop: CallLoop, gone: Backend, since: float, what
     """Asserts that `gone` got no call later than CHANGE_LIMIT after `since`
     (the moment of the change), watching OBSERVE seconds more, while the
     loop's calls went on succeeding on the other backends. Returns how long
-    after the change its last call arrived (0 if none did)."""
+    after the change its last call arrived (0 if none arrived after it)."""
     end = since + CHANGE_LIMIT + OBSERVE
     time.sleep(max(0.0, end - time.monotonic()))
     after_change = gone.calls_since(since)
@@ -199,7 +202,8 @@ def assert_stops_getting_calls(loop: CallLoop, gone: Backend, since: float, what
         f"the calls after {gone.name} was {what} should go on succeeding on the other backends: "
         f"{summarize(window)}"
     )
-    print(f"{gone.name} {what}: last call {stopped_after:.3f} s after the change")
+    print(f"{gone.name} {what}: " + (f"last call {stopped_after:.3f} s after the change" if after_change
+                                     else "no call after the change"))
     return stopped_after
 
 
@@ -452,8 +456,17 @@ def test_rolling_restart_under_agents_fails_no_call(stub, service, start_backend
     loop = calls(service, expect=current)
 
     for i, node in enumerate(nodes):
+        old = current[i]
+        signalled = time.monotonic()
         stop_agent(agents[i])
-        current[i].stop(grace=5)
+        # The drain is what makes stopping the backend safe: marked DRAINING
+        # at SIGTERM, it stops getting calls within 1 s, well before its
+        # agent removes the node and exits.
+        late = old.calls_since(signalled + CHANGE_LIMIT)
+        assert not late, (
+            f"{old.name} still got {len(late)} calls more than {CHANGE_LIMIT} s after its agent got "
+            f"SIGTERM, the last {late[-1] - signalled:.3f} s after it")
+        old.stop(grace=5)
         new = start_backend(f"{'abc'[i]}-2")
         since = time.monotonic()
         agents[i] = start_agent(service, node, new.port)
@@ -461,9 +474,11 @@ def test_rolling_restart_under_agents_fails_no_call(stub, service, start_backend
         assert took is not None, (
             f"{new.name} got no call within {START_TIMEOUT} s of its agent starting:\n{agents[i].log_tail()}")
         print(f"{node}: new backend {new.name} got calls {took:.3f} s after its agent started")
+        current[i] = new
 
     loop.stop()
     outcomes = loop.between()
     assert outcomes and not loop.failures(), summarize(outcomes)
+    # Since the last agent started, the calls go to the three new backends.
     assert set(loop.answered(since)) == {b.name for b in current}, summarize(loop.between(since))
     print(f"rolling restart: {summarize(outcomes)}")

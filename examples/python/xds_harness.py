@@ -337,8 +337,10 @@ class CallLoop:
         return self
 
     def stop(self) -> None:
+        """Stops calling (a loop never started, or stopped already, is fine)."""
         self._stopping.set()
-        self._thread.join(timeout=self.call_timeout + 5)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=self.call_timeout + 5)
 
     def __enter__(self) -> "CallLoop":
         return self.start()
@@ -404,15 +406,13 @@ class Agent:
     DRAIN_SECONDS = 2
     TTL = 5
 
-    def __init__(self, server_address: str, service: str, node: str, port: int, log_path: str,
-                 group: str = ""):
+    def __init__(self, server_address: str, service: str, node: str, port: int, log_path: str):
         self.node = node
         self.log_path = log_path
+        self._terminated = False
         args = [server_binary(), "agent", "--server", server_address, "--service", service,
                 "--node", node, "--port", str(port), "--ip", "127.0.0.1", "--no-auto",
                 "--drain-seconds", str(self.DRAIN_SECONDS), "--ttl", str(self.TTL)]
-        if group:
-            args += ["--group", group]
         # The flags say everything: no DISCOVERED_* setting of the caller's
         # environment may change what the agent registers.
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISCOVERED_")}
@@ -421,8 +421,11 @@ class Agent:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def terminate(self) -> None:
-        """SIGTERM: the agent marks the node draining, waits, removes it, exits."""
-        self.proc.send_signal(signal.SIGTERM)
+        """SIGTERM (once, and only while it runs): the agent marks the node
+        draining, waits --drain-seconds, removes the node and exits 0."""
+        if self.proc.poll() is None and not self._terminated:
+            self._terminated = True
+            self.proc.send_signal(signal.SIGTERM)
 
     def wait(self, timeout: float) -> Optional[int]:
         """The exit code, or None if it is still running after timeout."""
@@ -435,7 +438,12 @@ class Agent:
         return _tail(self.log_path)
 
     def close(self) -> None:
-        _stop(self.proc)
+        """Stops the agent if it still runs: SIGTERM as above, then SIGKILL
+        if it has not exited a while after its drain should have ended."""
+        self.terminate()
+        if self.wait(self.DRAIN_SECONDS + 10) is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
 
 
 # ---------------------------------------------------------------------------

@@ -43,7 +43,12 @@ pub struct AgentArgs {
     /// An address the node is reached at (an IP); repeat for more. Without
     /// it the machine's own addresses are found (with auto), and loopback
     /// is never among them.
-    #[arg(long = "ip", value_name = "IP", env = "DISCOVERED_IP", value_delimiter = ',')]
+    #[arg(
+        long = "ip",
+        value_name = "IP",
+        env = "DISCOVERED_IP",
+        value_delimiter = ','
+    )]
     ip: Vec<String>,
 
     /// The node's TTL in seconds (at least 1); the agent heartbeats every

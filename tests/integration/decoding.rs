@@ -723,7 +723,7 @@ async fn undecodable_requests() {
         )
         .await;
         tally.check(&plan, started);
-        if (last + 1) % PROGRESS == 0 {
+        if (last + 1).is_multiple_of(PROGRESS) {
             eprintln!(
                 "decoding: {} of {} cases, {:.0} s",
                 last + 1,

@@ -37,3 +37,4 @@ mod storm;
 mod tls;
 mod watch;
 mod watch_faults;
+mod xds;

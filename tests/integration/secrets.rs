@@ -182,15 +182,14 @@ async fn watch_events_carry_no_credentials_on_either_store() {
         let mut services = 0;
         within("three service changes", async {
             while services < 3 {
-                if let Ok(StoreEvent::Change(ev)) = events.recv().await {
-                    if let Change::ServiceRegistered(s)
+                if let Ok(StoreEvent::Change(ev)) = events.recv().await
+                    && let Change::ServiceRegistered(s)
                     | Change::ServiceUpdated(s)
                     | Change::ServiceRemoved(s) = &ev.change
-                    {
-                        assert_eq!(s.spec.auth_credentials, "", "{backend:?}: {:?}", ev.change);
-                        assert_eq!(s.spec.backend, "postgres-15");
-                        services += 1;
-                    }
+                {
+                    assert_eq!(s.spec.auth_credentials, "", "{backend:?}: {:?}", ev.change);
+                    assert_eq!(s.spec.backend, "postgres-15");
+                    services += 1;
                 }
             }
         })

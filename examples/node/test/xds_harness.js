@@ -375,6 +375,7 @@ class Stack {
     this.redis = null;
     this.server = null;
     this.registry = null;
+    this.adsHolder = null;
     this.agents = new Set();
   }
 
@@ -396,10 +397,28 @@ class Stack {
     await this.server.start();
     this.registry = dc.connect(this.server.address);
     installBootstrap(this.server.address);
+    this.holdAdsStream();
+  }
+
+  /**
+   * Keeps one xDS channel resolving for the whole file, so that the process
+   * keeps one ADS stream, as a long-running client would. Without it
+   * @grpc/grpc-js-xds ends the stream whenever a test has closed its last
+   * xDS channel and opens a new one for the next test, and each new stream
+   * lengthens its ADS backoff, which it never resets (1.14.1:
+   * onAdsStreamReceivedMessage() is never called): by the sixth stream the
+   * client would wait about 10 s to reconnect after a server restart, so
+   * the restart test would depend on how many tests ran before it. The
+   * service held has no nodes and is used by no test.
+   */
+  holdAdsStream() {
+    this.adsHolder = xdsClient('xds-test-stream-holder');
+    this.adsHolder.getChannel().getConnectivityState(true); // leave IDLE: resolve now
   }
 
   /** Stops every agent still running, the server, then Redis; removes the directory. */
   async stop() {
+    if (this.adsHolder) this.adsHolder.close();
     if (this.registry) this.registry.close();
     for (const agent of this.agents) await agent.stop();
     if (this.server && this.server.running) await this.server.stop();

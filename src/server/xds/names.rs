@@ -81,9 +81,18 @@ mod tests {
     #[test]
     fn listener_names_in_every_form_a_client_sends() {
         assert_eq!(lds("payments"), Ok(ServiceKey::new("default", "payments")));
-        assert_eq!(lds("payments:50051"), Ok(ServiceKey::new("default", "payments")));
-        assert_eq!(lds("shop/payments"), Ok(ServiceKey::new("shop", "payments")));
-        assert_eq!(lds("shop/payments:443"), Ok(ServiceKey::new("shop", "payments")));
+        assert_eq!(
+            lds("payments:50051"),
+            Ok(ServiceKey::new("default", "payments"))
+        );
+        assert_eq!(
+            lds("shop/payments"),
+            Ok(ServiceKey::new("shop", "payments"))
+        );
+        assert_eq!(
+            lds("shop/payments:443"),
+            Ok(ServiceKey::new("shop", "payments"))
+        );
         assert_eq!(
             lds("xdstp://shop/envoy.config.listener.v3.Listener/payments"),
             Ok(ServiceKey::new("shop", "payments"))
@@ -102,7 +111,10 @@ mod tests {
             ("pay ments", "service"),
             ("/payments", "group"),
             ("xdstp://shop", "no resource path"),
-            ("xdstp://shop/envoy.config.cluster.v3.Cluster/payments", "not a Listener"),
+            (
+                "xdstp://shop/envoy.config.cluster.v3.Cluster/payments",
+                "not a Listener",
+            ),
         ] {
             let err = lds(name).expect_err(name);
             assert!(err.contains(why), "{name:?}: {err}");

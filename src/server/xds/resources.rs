@@ -14,9 +14,8 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, circuit_breakers, cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus,
-    Locality as EnvoyLocality, RoutingPriority, SocketAddress, address, config_source,
-    socket_address,
+    AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, Locality as EnvoyLocality,
+    RoutingPriority, SocketAddress, address, config_source, socket_address,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
@@ -146,9 +145,7 @@ pub fn route(key: &ServiceKey) -> Any {
                     ..Default::default()
                 }),
                 action: Some(route::Action::Route(RouteAction {
-                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                        name.clone(),
-                    )),
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(name.clone())),
                     ..Default::default()
                 })),
                 ..Default::default()
@@ -221,7 +218,10 @@ pub fn load_assignment(key: &ServiceKey, nodes: &[NodeRecord]) -> Any {
                 "two nodes of one service at the same address and port: xDS lists the first by name only");
             continue;
         }
-        localities.entry(&node.spec.locality).or_default().push(node);
+        localities
+            .entry(&node.spec.locality)
+            .or_default()
+            .push(node);
     }
     let serving = |members: &[&NodeRecord]| -> u64 {
         members
@@ -320,7 +320,11 @@ mod tests {
             key: ServiceKey::new("default", "payments"),
             name: name.into(),
             spec: NodeSpec {
-                ip: if ip.is_empty() { vec![] } else { vec![ip.into()] },
+                ip: if ip.is_empty() {
+                    vec![]
+                } else {
+                    vec![ip.into()]
+                },
                 port,
                 ..Default::default()
             },
@@ -340,7 +344,8 @@ mod tests {
         let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
             panic!("no endpoint");
         };
-        let Some(address::Address::SocketAddress(sa)) = ep.address.as_ref().unwrap().address.clone()
+        let Some(address::Address::SocketAddress(sa)) =
+            ep.address.as_ref().unwrap().address.clone()
         else {
             panic!("no socket address");
         };
@@ -378,9 +383,18 @@ mod tests {
         assert_eq!(z1.load_balancing_weight, Some(UInt32Value { value: 3 }));
         let listed: Vec<_> = z1.lb_endpoints.iter().map(address).collect();
         assert_eq!(listed, [("10.0.0.1".into(), 80), ("10.0.0.2".into(), 80)]);
-        assert_eq!(z1.lb_endpoints[0].health_status, HealthStatus::Healthy as i32);
-        assert_eq!(z1.lb_endpoints[1].health_status, HealthStatus::Draining as i32);
-        assert_eq!(z1.lb_endpoints[1].load_balancing_weight, Some(UInt32Value { value: 100 }));
+        assert_eq!(
+            z1.lb_endpoints[0].health_status,
+            HealthStatus::Healthy as i32
+        );
+        assert_eq!(
+            z1.lb_endpoints[1].health_status,
+            HealthStatus::Draining as i32
+        );
+        assert_eq!(
+            z1.lb_endpoints[1].load_balancing_weight,
+            Some(UInt32Value { value: 100 })
+        );
     }
 
     #[test]
@@ -389,7 +403,10 @@ mod tests {
         let mut a = node("a", "10.0.0.1", 80);
         a.spec.status = NodeStatus::Draining;
         let cla = decode(load_assignment(&key, &[a]));
-        assert_eq!(cla.endpoints[0].load_balancing_weight, Some(UInt32Value { value: 1 }));
+        assert_eq!(
+            cla.endpoints[0].load_balancing_weight,
+            Some(UInt32Value { value: 1 })
+        );
     }
 
     #[test]

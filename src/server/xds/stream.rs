@@ -66,10 +66,9 @@ struct Subscription {
     nonce: Option<String>,
     /// How many responses of this type went out (the version's counter).
     responses: u64,
-    /// What the last response held, by name and hash.
+    /// What the last response held, by name and hash (for the log of a
+    /// NACK).
     last: HashMap<String, u64>,
-    /// What the client rejected last; cleared by its next ACK.
-    nacked: HashMap<String, u64>,
 }
 
 /// Why a name gets no resource.
@@ -203,24 +202,26 @@ impl AdsStream {
             return Ok(());
         }
         let first = sub.nonce.is_none();
-        if answers_last {
-            match &request.error_detail {
-                Some(error) => {
-                    tracing::warn!(
-                        node = %self.node.as_ref().map_or("", |n| n.id.as_str()),
-                        kind = kind.short(),
-                        version = %request.version_info,
-                        resources = ?sub.last.keys().collect::<BTreeSet<_>>(),
-                        error = %error.message,
-                        "an xDS client rejected our configuration (NACK); it keeps its previous one, and this one is not sent again"
-                    );
-                    sub.nacked = sub.last.clone();
-                }
-                None => sub.nacked.clear(),
-            }
+        if let (true, Some(error)) = (answers_last, &request.error_detail) {
+            // What was sent stays recorded as sent: the same content is
+            // never sent again (a client that rejects it would reject it
+            // again, in a loop), only something new.
+            tracing::warn!(
+                node = %self.node.as_ref().map_or("", |n| n.id.as_str()),
+                kind = kind.short(),
+                version = %request.version_info,
+                resources = ?sub.last.keys().collect::<BTreeSet<_>>(),
+                error = %error.message,
+                "an xDS client rejected our configuration (NACK); it keeps its previous one, and this one is not sent again"
+            );
         }
         let names: BTreeSet<String> = request.resource_names.into_iter().collect();
-        sub.sent.retain(|n, _| names.contains(n));
+        if !kind.is_whole_set() {
+            // Forgotten, so that subscribing again sends it again. (LDS
+            // and CDS compare their whole set with what was sent: a name
+            // dropped from it is a change to send.)
+            sub.sent.retain(|n, _| names.contains(n));
+        }
         sub.refused.retain(|n| names.contains(n));
         if kind == Kind::Endpoints {
             self.retry.retain(|n| names.contains(n));
@@ -286,16 +287,12 @@ impl AdsStream {
         }
         let sub = &mut self.subs[kind.index()];
         if kind.is_whole_set() {
-            let set: HashMap<String, u64> =
-                built.iter().map(|(n, _, h)| (n.clone(), *h)).collect();
-            let same = set == sub.sent || (!sub.nacked.is_empty() && set == sub.nacked);
-            if same && !first && errors.is_empty() {
+            let set: HashMap<String, u64> = built.iter().map(|(n, _, h)| (n.clone(), *h)).collect();
+            if set == sub.sent && !first && errors.is_empty() {
                 return Ok(());
             }
         } else {
-            built.retain(|(name, _, hash)| {
-                sub.sent.get(name) != Some(hash) && sub.nacked.get(name) != Some(hash)
-            });
+            built.retain(|(name, _, hash)| sub.sent.get(name) != Some(hash));
             if built.is_empty() && !first && errors.is_empty() {
                 return Ok(());
             }
@@ -304,7 +301,8 @@ impl AdsStream {
             sub.sent.clear();
         }
         sub.last = built.iter().map(|(n, _, h)| (n.clone(), *h)).collect();
-        sub.sent.extend(sub.last.iter().map(|(n, h)| (n.clone(), *h)));
+        sub.sent
+            .extend(sub.last.iter().map(|(n, h)| (n.clone(), *h)));
         sub.responses += 1;
         self.nonces += 1;
         let nonce = self.nonces.to_string();
