@@ -101,6 +101,9 @@ suite_python() {
   say "python: examples/python (grpcio)"
   rm -rf examples/python/generated
   pytest_suite python examples/python test_discovery_client.py
+  # Proxyless gRPC: grpcio resolving xds:/// targets from the server.
+  say "python: examples/python/test_xds.py (grpcio's own xDS client)"
+  run_pytest python-xds examples/python test_xds.py
 }
 
 # The Node.js client example (@grpc/grpc-js, proto loaded at run time).
