@@ -117,6 +117,9 @@ pub async fn serve(
     let monitor = tokio::spawn(health::monitor(registry.clone(), reporter));
 
     let stopping = CancellationToken::new();
+    // However `serve` ends (returned, or its task aborted), what follows
+    // `stopping` stops too: the xDS assignments' follower among them.
+    let _stop_followers = stopping.clone().drop_guard();
     let default_group = defaults.service_group.clone();
     let service = DiscoveryService::new(registry.clone(), defaults, stopping.clone())
         .with_max_watch_streams(limits.max_watch_streams)

@@ -151,27 +151,6 @@ async fn expired_nodes_are_removed_from_redis() {
     assert!(members.is_empty(), "deadline entry left: {members:?}");
 }
 
-/// Calls per command since Redis started, from INFO commandstats.
-async fn command_calls(conn: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_string(), calls))
-        })
-        .collect()
-}
-
 /// Commands sent by `n` GetNodes calls, leaving out the ones the server's
 /// background tasks send on their own (health PING, the expiry sweep) and
 /// our own INFO.

@@ -745,3 +745,37 @@ async fn a_change_through_another_server_on_the_same_redis_is_pushed() {
     .await;
     assert_eq!(drained, HealthStatus::Draining);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_of_one_service_cost_one_read_per_change() {
+    let mut settings = Settings::default();
+    // Only the xDS reads are counted: GetNodes's cache plays no part.
+    settings.limits.read_cache_bytes = 0;
+    let redis = RedisServer::start();
+    let registry = redis_registry(&redis).await;
+    let hub = registry.hub();
+    let mut t = TestServer::on_with((Arc::new(registry), hub), Some(redis), settings).await;
+    let mut conn = t.redis().connection().await;
+    let reads = |stats: &BTreeMap<String, u64>| stats.get("hgetall").copied().unwrap_or(0);
+
+    // What a registration reads by itself, with no xDS client of it.
+    let before = command_calls(&mut conn).await;
+    register(&mut t, node("orders", "x", 7100)).await;
+    let alone = reads(&command_calls(&mut conn).await) - reads(&before);
+
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        streams.push(subscribed(&t, "payments").await.0);
+    }
+    let before = command_calls(&mut conn).await;
+    register(&mut t, node("payments", "a", 7001)).await;
+    for ads in &mut streams {
+        let r = ads.recv_kind(Kind::Endpoints).await;
+        assert_eq!(endpoints(&assignment(&r)).len(), 1);
+    }
+    let with_clients = reads(&command_calls(&mut conn).await) - reads(&before);
+    assert!(
+        with_clients <= alone + 1,
+        "20 clients of one service: {with_clients} reads of nodes for one change (a registration alone: {alone})"
+    );
+}

@@ -7,7 +7,9 @@
 //! - [`names`]: which service a resource name stands for;
 //! - [`resources`]: the Listener, RouteConfiguration, Cluster and
 //!   ClusterLoadAssignment of a service;
-//! - [`stream`]: one client's stream, its subscriptions and answers.
+//! - [`stream`]: one client's stream, its subscriptions and answers;
+//! - [`assignments`]: the services' endpoint assignments, shared by every
+//!   stream and made once per change.
 //!
 //! It is served on the gRPC port behind the same layers as the registry
 //! API: with an auth file, an xDS client needs an identity that may watch
@@ -15,6 +17,7 @@
 //! `--max-watch-streams`, and ends with UNAVAILABLE when the server stops,
 //! like a watch.
 
+mod assignments;
 pub mod names;
 pub mod resources;
 mod stream;
@@ -47,7 +50,8 @@ const QUEUED_RESPONSES: usize = 4;
 
 /// What every stream of one server shares.
 struct Shared {
-    registry: Arc<dyn Registry>,
+    /// The endpoint assignments, made once per change for every stream.
+    assignments: Arc<assignments::Assignments>,
     /// The group of a Listener name that says none.
     default_group: String,
     auth: Option<Arc<Auth>>,
@@ -86,7 +90,7 @@ impl XdsService {
         slots: WatchSlots,
     ) -> Self {
         let shared = Shared {
-            registry,
+            assignments: assignments::Assignments::start(registry, stopping.clone()),
             default_group,
             auth,
             stopping,
@@ -124,7 +128,7 @@ impl AggregatedDiscoveryService for XdsService {
         let slot = self.slots.acquire()?;
         // Subscribed before anything is read, so no change falls between a
         // read and the feed.
-        let changes = self.shared.registry.subscribe();
+        let changes = self.shared.assignments.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUED_RESPONSES);
         let stream = AdsStream::new(self.shared.clone(), caller, tx, slot);
         tokio::spawn(stream.run(request.into_inner(), changes));

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -306,6 +307,13 @@ fn fit_u32(weights: Vec<u64>) -> Vec<u32> {
         .into_iter()
         .map(|w| u32::try_from((w / divisor).max(1)).unwrap_or(u32::MAX))
         .collect()
+}
+
+/// A resource's content hash: equal hashes, nothing new to send.
+pub fn hash_of(any: &Any) -> u64 {
+    let mut h = DefaultHasher::new();
+    any.value.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]

@@ -24,7 +24,6 @@
 //! anew, and it goes out if it differs from what the client holds.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,12 +37,12 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::{Code, Status, Streaming};
 
 use super::Shared;
+use super::assignments::Changed;
 use super::names::{listener_service, resource_name, service};
-use super::resources::{self, Kind};
+use super::resources::{self, Kind, hash_of};
 use crate::auth::{Action, Caller};
 use crate::model::ServiceKey;
 use crate::server::WatchSlot;
-use crate::store::StoreEvent;
 
 /// How long before assignments the store could not read are tried again
 /// (Redis down: its RESYNC on return usually comes first).
@@ -124,7 +123,7 @@ impl AdsStream {
     pub async fn run(
         mut self,
         mut requests: Streaming<DiscoveryRequest>,
-        mut changes: broadcast::Receiver<StoreEvent>,
+        mut changes: broadcast::Receiver<Changed>,
     ) {
         let stopping = self.shared.stopping.clone();
         let mut reloads = self.shared.auth.as_ref().map(|a| a.reloads());
@@ -235,19 +234,19 @@ impl AdsStream {
     /// Notes which subscribed assignments `event` may change.
     fn on_change(
         &mut self,
-        event: Result<StoreEvent, broadcast::error::RecvError>,
+        event: Result<Changed, broadcast::error::RecvError>,
         dirty: &mut BTreeSet<String>,
     ) {
         let endpoints = &self.subs[Kind::Endpoints.index()].names;
         match event {
-            Ok(StoreEvent::Change(change)) => {
-                let name = resource_name(change.change.key());
+            Ok(Changed::Service(key)) => {
+                let name = resource_name(&key);
                 if endpoints.contains(&name) {
                     dirty.insert(name);
                 }
             }
             // Changes may have been missed: look at everything again.
-            Ok(StoreEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+            Ok(Changed::All) | Err(broadcast::error::RecvError::Lagged(_)) => {
                 dirty.extend(endpoints.iter().cloned());
             }
             Err(broadcast::error::RecvError::Closed) => {}
@@ -270,10 +269,7 @@ impl AdsStream {
         let mut errors = Vec::new();
         for name in names {
             match self.build(kind, &name).await {
-                Ok(any) => {
-                    let hash = hash_of(&any);
-                    built.push((name, any, hash));
-                }
+                Ok((any, hash)) => built.push((name, any, hash)),
                 Err(Refusal::Told(code, message)) => {
                     if self.subs[kind.index()].refused.insert(name.clone()) {
                         tracing::debug!(node = %self.node_id(), kind = kind.short(), %name, %message, "xDS resource refused");
@@ -323,20 +319,22 @@ impl AdsStream {
 
     /// The resource `name` of `kind`, if the name is one we serve and the
     /// caller may read it.
-    async fn build(&self, kind: Kind, name: &str) -> Result<Any, Refusal> {
+    async fn build(&self, kind: Kind, name: &str) -> Result<(Any, u64), Refusal> {
         let key = self.resolve(kind, name)?;
-        Ok(match kind {
+        let any = match kind {
             Kind::Listener => resources::listener(name, &key),
             Kind::Route => resources::route(&key),
             Kind::Cluster => resources::cluster(&key),
             Kind::Endpoints => {
-                let nodes = self.shared.registry.get_nodes(&key).await.map_err(|e| {
+                let assignment = self.shared.assignments.get(&key).await.map_err(|e| {
                     tracing::debug!(error = %e, %name, "reading a service's nodes for xDS failed; trying again");
                     Refusal::Unavailable
                 })?;
-                resources::load_assignment(&key, &nodes)
+                return Ok((assignment.any.clone(), assignment.hash));
             }
-        })
+        };
+        let hash = hash_of(&any);
+        Ok((any, hash))
     }
 
     /// The service `name` stands for, if the caller may read it.
@@ -399,10 +397,4 @@ fn resource_error(name: String, code: Code, message: String) -> ResourceError {
             details: Vec::new(),
         }),
     }
-}
-
-fn hash_of(any: &Any) -> u64 {
-    let mut h = DefaultHasher::new();
-    any.value.hash(&mut h);
-    h.finish()
 }

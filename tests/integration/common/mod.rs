@@ -648,6 +648,29 @@ async fn connect_channel(url: &str) -> Channel {
         .unwrap_or_else(|e| panic!("connect to the test server at {url}: {e}"))
 }
 
+/// Calls per command since Redis started, from INFO commandstats.
+pub async fn command_calls(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> std::collections::BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
 /// Wall-clock milliseconds since the epoch, as the server counts them.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
