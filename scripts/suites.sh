@@ -104,6 +104,8 @@ suite_python() {
   # Proxyless gRPC: grpcio resolving xds:/// targets from the server.
   say "python: examples/python/test_xds.py (grpcio's own xDS client)"
   run_pytest python-xds examples/python test_xds.py
+  say "python: examples/python/test_xds_secure.py (xDS to a server with TLS, mutual TLS and tokens)"
+  run_pytest python-xds-secure examples/python test_xds_secure.py
 }
 
 # The Node.js client example (@grpc/grpc-js, proto loaded at run time).

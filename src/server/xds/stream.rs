@@ -186,7 +186,8 @@ impl AdsStream {
         if self.node.is_none() {
             // Only the first request is sure to carry it.
             self.node = request.node.clone();
-            tracing::debug!(node = %self.node_id(), "ADS stream opened");
+            let caller = self.caller.as_ref().map_or("", |c| c.name.as_str());
+            tracing::debug!(node = %self.node_id(), %caller, "ADS stream opened");
         }
         let Some(kind) = Kind::from_type_url(&request.type_url) else {
             tracing::debug!(node = %self.node_id(), type_url = %request.type_url, "ADS request for a type we do not serve: ignored");
