@@ -12,6 +12,11 @@
  *
  * Every process started here is stopped by its PID when the test file ends,
  * also when it ends abnormally; nothing is looked up or killed by name.
+ *
+ * Logs go to a temporary directory (redis.log, discovered-N.log for the
+ * server's Nth start, agent-NODE-PORT.log), removed at the end unless
+ * XDS_TEST_KEEP_DIR is set. RUST_LOG passes through to `discovered`, e.g.
+ * RUST_LOG=discovered=debug to see the ADS streams.
  */
 
 'use strict';
@@ -405,11 +410,11 @@ class Stack {
    * keeps one ADS stream, as a long-running client would. Without it
    * @grpc/grpc-js-xds ends the stream whenever a test has closed its last
    * xDS channel and opens a new one for the next test, and each new stream
-   * lengthens its ADS backoff, which it never resets (1.14.1:
-   * onAdsStreamReceivedMessage() is never called): by the sixth stream the
-   * client would wait about 10 s to reconnect after a server restart, so
-   * the restart test would depend on how many tests ran before it. The
-   * service held has no nodes and is used by no test.
+   * lengthens its ADS backoff (x1.6 each, up to 120 s), which it never
+   * resets (1.14.1: onAdsStreamReceivedMessage() is never called). By the
+   * restart test, the sixth stream, the client waited about 8 s to
+   * reconnect, and the wait would grow with every test added before it.
+   * The service held has no nodes and is used by no test.
    */
   holdAdsStream() {
     this.adsHolder = xdsClient('xds-test-stream-holder');
