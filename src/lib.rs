@@ -35,6 +35,10 @@ pub mod cli;
 pub mod client;
 #[cfg(feature = "agent")]
 pub mod hostfacts;
+#[cfg(feature = "server")]
+pub mod http;
+#[cfg(feature = "server")]
+pub mod metrics;
 pub mod model;
 pub mod proto;
 #[cfg(feature = "server")]

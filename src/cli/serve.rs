@@ -72,6 +72,12 @@ pub struct ServeArgs {
     #[arg(long, env = "DISCOVERED_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
 
+    /// Also serve HTTP on this address: /metrics (Prometheus),
+    /// /sd/prometheus (Prometheus service discovery) and a read-only
+    /// dashboard at /. Off unless given; protected like the gRPC port.
+    #[arg(long, env = "DISCOVERED_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+
     /// Redis to keep the registry in, as a redis:// or rediss:// URL,
     /// redis+sentinel://[user:password@]host1:port1,host2:port2/<master-name>[/<db>]
     /// (rediss+sentinel:// for TLS to the data nodes) for the master that
@@ -447,8 +453,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let defaults = args.defaults()?;
     // Like Redis's protected mode: open only on loopback unless asked.
     let protected = args.auth_file.is_some() || args.tls_cert.is_some();
-    if !protected && !args.insecure && !args.listen.ip().is_loopback() {
-        return Err(Failure::Unprotected(args.listen));
+    for addr in std::iter::once(args.listen).chain(args.http_listen) {
+        if !protected && !args.insecure && !addr.ip().is_loopback() {
+            return Err(Failure::Unprotected(addr));
+        }
     }
     // Before Redis: a bad file is a mistake to report at once.
     let auth = args.auth_file.as_deref().map(Auth::load).transpose()?;
@@ -474,6 +482,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         tls,
         // One SIGHUP reloads everything that can be reloaded.
         reload,
+        http_listen: args.http_listen,
     };
     log_start(&args, registry.as_ref(), &settings);
     server::serve(registry, settings, listener, shutdown).await?;
@@ -504,6 +513,7 @@ fn log_start(args: &ServeArgs, registry: &dyn Registry, settings: &Settings) {
     let (defaults, limits, tls) = (&settings.defaults, &settings.limits, &settings.tls);
     tracing::info!(
         listen = %args.listen,
+        http_listen = ?args.http_listen,
         store = %registry.describe(),
         default_group = %defaults.service_group,
         node_ttl = ?defaults.node_ttl,

@@ -70,6 +70,7 @@ fn is_up(failures: u32, reported: bool) -> bool {
 /// service.
 async fn report(reporter: &HealthReporter, up: bool) {
     type Discovery = DiscoveryServer<DiscoveryService>;
+    crate::metrics::metrics().store_up.set(i64::from(up));
     if up {
         reporter
             .set_service_status("", ServingStatus::Serving)

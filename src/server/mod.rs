@@ -5,6 +5,7 @@ mod accept;
 mod audit;
 mod auth;
 mod batched;
+mod call_metrics;
 pub(crate) mod codec;
 mod connection;
 mod content_type;
@@ -65,6 +66,9 @@ pub struct Settings {
     /// The trigger every reloadable part follows (the CLI fires it on
     /// SIGHUP): the TLS files are read again at once when it fires.
     pub reload: Reload,
+    /// Serve the HTTP side port ([`crate::http`]: metrics, Prometheus
+    /// service discovery, the dashboard) on this address; off when `None`.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -76,6 +80,7 @@ impl Default for Settings {
             auth: None,
             tls: None,
             reload: Reload::new(),
+            http_listen: None,
         }
     }
 }
@@ -89,6 +94,14 @@ pub enum ServeError {
     /// The TLS files could not be loaded at start.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The HTTP side port's address cannot be bound.
+    #[error("cannot listen on {addr} (--http-listen): {source}")]
+    HttpListen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The server task panicked or was cancelled.
     #[error("server task failed: {0}")]
     Task(String),
@@ -109,6 +122,7 @@ pub async fn serve(
         auth,
         tls,
         reload,
+        http_listen,
     } = settings;
     let tls = tls.map(TlsConfig::load).transpose()?.map(Arc::new);
     // Stops following the files when `serve` returns, however it returns.
@@ -126,12 +140,25 @@ pub async fn serve(
         .with_read_cache(limits.read_cache_bytes)
         .with_auth(auth.clone());
     let xds = xds::XdsService::new(
-        registry,
+        registry.clone(),
         default_group,
         auth.clone(),
         stopping.clone(),
         service.watch_slots(),
     );
+    if let Some(addr) = http_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::HttpListen { addr, source })?;
+        tracing::info!(%addr, "HTTP side port: /metrics, /sd/prometheus and the dashboard");
+        let side = crate::http::SidePort {
+            registry: registry.clone(),
+            auth: auth.clone(),
+            tls: tls.clone(),
+            stopping: stopping.clone(),
+        };
+        tokio::spawn(Arc::new(side).serve(listener));
+    }
     let service = grpc_service(service, xds, health, auth)?;
 
     // Shutdown starts when `shutdown` completes; the drain clock starts then.
@@ -199,6 +226,8 @@ fn grpc_service(
         .prepare();
     Ok(tower::ServiceBuilder::new()
         .layer(content_type::GrpcOnlyLayer)
+        // Outside every other layer: it counts the status the client gets.
+        .layer(call_metrics::CallMetricsLayer)
         .layer(framing::FramingLayer)
         .layer(codec::LogRefusedLayer)
         .map_response(limits::oversized_is_resource_exhausted)

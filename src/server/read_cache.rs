@@ -56,6 +56,16 @@ pub enum Answer {
     Service,
 }
 
+impl Answer {
+    /// Its name in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Answer::Nodes => "nodes",
+            Answer::Service => "service",
+        }
+    }
+}
+
 /// One cached answer.
 struct Held {
     answer: Bytes,
@@ -158,6 +168,18 @@ impl ReadCache {
     /// `key`'s cached `answer`, if it is still good under `feed` (the
     /// registry's [`Registry::feed`] now).
     pub fn get(&self, key: &ServiceKey, answer: Answer, feed: Option<u64>) -> Option<Bytes> {
+        let found = self.lookup(key, answer, feed);
+        let m = crate::metrics::metrics();
+        let counter = if found.is_some() {
+            &m.cache_hits
+        } else {
+            &m.cache_misses
+        };
+        counter.with_label_values(&[answer.label()]).inc();
+        found
+    }
+
+    fn lookup(&self, key: &ServiceKey, answer: Answer, feed: Option<u64>) -> Option<Bytes> {
         let feed = feed?;
         let mut entries = self.entries.lock().ok()?;
         let held = entries.lru.get_mut(key)?.slot(answer);

@@ -32,6 +32,7 @@ use tonic::Status;
 use super::on_wake::OnWake;
 use super::reply::SharedEvent;
 use crate::auth::{Action, Auth, Caller};
+use crate::metrics::{OpenStream, metrics};
 use crate::model::{NodeRecord, ServiceKey, now_millis};
 use crate::proto::timestamp;
 use crate::proto::v1::{self as pb, EventType};
@@ -237,6 +238,7 @@ pub fn start(
         end: Some(end),
         sequence: 0,
         _slot: slot,
+        _open: OpenStream::new(&metrics().watch_streams),
     }
 }
 
@@ -253,6 +255,8 @@ pub struct WatchStream {
     sequence: u64,
     /// Held for as long as the stream, which is as long as its call.
     _slot: WatchSlot,
+    /// Counts it among the open streams for as long.
+    _open: OpenStream,
 }
 
 /// Where a stream is between its snapshots and the changes after them.
@@ -293,6 +297,7 @@ impl Stream for WatchStream {
             }
         };
         this.sequence += 1;
+        metrics().watch_events.inc();
         Poll::Ready(Some(Ok(SharedEvent {
             body,
             sequence: this.sequence,
@@ -349,6 +354,7 @@ impl WatchStream {
                                 snapshot: read_snapshot(self.registry.clone(), self.filter.clone()),
                                 send_nodes: true,
                             };
+                            metrics().watch_resyncs.inc();
                             return Poll::Ready(Ok(self.marker(EventType::Resync)));
                         }
                         None => {

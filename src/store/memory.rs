@@ -134,6 +134,7 @@ impl State {
 
     /// Removes every node whose deadline has passed.
     fn sweep(&mut self, now: Millis) {
+        crate::metrics::metrics().expiry_sweeps.inc();
         while let Some(first) = self.deadlines.first() {
             if first.0 > now {
                 break;

@@ -197,4 +197,19 @@ pub trait Registry: Send + Sync + 'static {
 
     /// A one-line description for logs, such as `redis 127.0.0.1:6379 db 0`.
     fn describe(&self) -> String;
+
+    /// The connections of the store's request pool, for metrics; `None`
+    /// for a store without one (memory, Redis Cluster's own links).
+    fn pool_state(&self) -> Option<PoolState> {
+        None
+    }
+}
+
+/// How a store's connection pool stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolState {
+    /// Connections open and waiting for a request.
+    pub idle: u32,
+    /// Connections lent out to requests now.
+    pub in_use: u32,
 }

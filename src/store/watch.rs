@@ -195,6 +195,14 @@ impl Hub {
 
     /// Hands a change to every current watcher, credentials blanked.
     pub fn send_event(&self, event: ChangeEvent) {
+        if let Change::NodeExpired(node) = &event.change
+            && let Some(deadline) = node.expires_at
+        {
+            // Every expiry reaches every server's feed: each counts what
+            // the registry expired, with the lag it saw.
+            let lag = event.time.saturating_sub(deadline).max(0);
+            crate::metrics::metrics().expired(std::time::Duration::from_millis(lag as u64));
+        }
         self.send(StoreEvent::Change(Arc::new(ChangeEvent {
             change: event.change.without_credentials(),
             ..event

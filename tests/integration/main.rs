@@ -32,6 +32,7 @@ mod redis_store;
 mod refused_writes;
 mod secrets;
 mod sentinel;
+mod side_port;
 mod side_services;
 mod storm;
 mod tls;

@@ -41,6 +41,7 @@ use super::assignments::Changed;
 use super::names::{listener_service, resource_name, service};
 use super::resources::{self, Kind, hash_of};
 use crate::auth::{Action, Caller};
+use crate::metrics::{OpenStream, metrics};
 use crate::model::ServiceKey;
 use crate::server::WatchSlot;
 
@@ -91,6 +92,7 @@ pub struct AdsStream {
     retry: BTreeSet<String>,
     out: mpsc::Sender<Outgoing>,
     _slot: WatchSlot,
+    _open: OpenStream,
 }
 
 /// The client went away: nothing more to send.
@@ -114,6 +116,7 @@ impl AdsStream {
             retry: BTreeSet::new(),
             out,
             _slot: slot,
+            _open: OpenStream::new(&metrics().xds_streams),
         }
     }
 
@@ -203,6 +206,7 @@ impl AdsStream {
         }
         let first = sub.nonce.is_none();
         if let (true, Some(error)) = (answers_last, &request.error_detail) {
+            metrics().xds_nacks.with_label_values(&[kind.short()]).inc();
             // What was sent stays recorded as sent: the same content is
             // never sent again (a client that rejects it would reject it
             // again, in a loop), only something new.
@@ -315,6 +319,10 @@ impl AdsStream {
             resource_errors: errors,
             ..Default::default()
         };
+        metrics()
+            .xds_responses
+            .with_label_values(&[kind.short()])
+            .inc();
         self.out.send(Ok(response)).await.map_err(|_| Gone)
     }
 

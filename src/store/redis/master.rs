@@ -100,6 +100,7 @@ impl Master {
             generation = *g;
         });
         tracing::warn!(%why, generation, "Redis master may have moved; reconnecting everything to the current master");
+        crate::metrics::metrics().store_failovers.inc();
     }
 
     /// The node to connect to now.

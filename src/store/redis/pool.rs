@@ -215,6 +215,22 @@ impl RedisPool {
     }
 
     /// Where the pool connects, for messages.
+    /// The pool's connections by state; `None` on a cluster (redis-rs
+    /// keeps those links itself).
+    pub fn state(&self) -> Option<crate::store::PoolState> {
+        match &self.via {
+            Via::Master { pool, .. } => {
+                let state = pool.state();
+                Some(crate::store::PoolState {
+                    idle: state.idle_connections,
+                    in_use: state.connections.saturating_sub(state.idle_connections),
+                })
+            }
+            Via::Cluster(_) => None,
+        }
+    }
+
+    /// The address of the Redis it talks to, for messages.
     pub fn addr(&self) -> String {
         match &self.via {
             Via::Master { master, .. } => master.describe(),
@@ -347,6 +363,7 @@ impl RedisPool {
     }
 
     fn store_error(&self, e: QueryError) -> StoreError {
+        crate::metrics::metrics().store_errors.inc();
         match e {
             QueryError::Timeout => {
                 StoreError::Unavailable(format!("Redis at {} did not answer in time", self.addr()))

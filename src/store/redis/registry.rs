@@ -597,6 +597,10 @@ impl Registry for RedisRegistry {
             .map(|_| ())
     }
 
+    fn pool_state(&self) -> Option<crate::store::PoolState> {
+        self.pool().state()
+    }
+
     fn describe(&self) -> String {
         match &self.inner.deployment {
             Deployment::Master(_) => format!("redis {} db {}", self.pool().addr(), self.inner.db),

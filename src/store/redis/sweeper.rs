@@ -70,6 +70,7 @@ impl Sweeper {
     /// One sweep over every shard; returns whether some shard had a full
     /// batch due (so more may be).
     async fn sweep(&self) -> StoreResult<bool> {
+        crate::metrics::metrics().expiry_sweeps.inc();
         let now = now_millis();
         let shards = (0..DEADLINE_SHARDS).map(|shard| self.due(shard, now));
         let due: Vec<Vec<(String, String)>> = futures::future::try_join_all(shards).await?;
