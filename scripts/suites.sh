@@ -137,3 +137,23 @@ suite_grpcurl() {
   say "grpcurl: examples/grpcurl"
   pytest_suite grpcurl examples/grpcurl test_grpcurl.py
 }
+
+# The HTTP side port as operators use it: a real Prometheus (Debian's
+# package, run by the tests on a free port) scraping /metrics and finding
+# targets through /sd/prometheus, and the dashboard in Debian's headless
+# Chromium driven by Playwright (no browser is downloaded).
+suite_operators() {
+  local dir=tests/operators
+  say "operators: $dir (Prometheus, dashboard in headless Chromium)"
+  ensure_command prometheus prometheus
+  ensure_command chromium chromium
+  if ! make_venv "$dir"; then
+    record operators-prometheus 0 0 "could not create its virtual environment"
+    record operators-dashboard 0 0 "could not create its virtual environment"
+    return
+  fi
+  say "operators: $dir/test_prometheus.py ($(prometheus --version 2>&1 | head -n 1))"
+  run_pytest operators-prometheus "$dir" test_prometheus.py
+  say "operators: $dir/test_dashboard.py ($(chromium --version 2>/dev/null))"
+  run_pytest operators-dashboard "$dir" test_dashboard.py
+}

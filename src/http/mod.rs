@@ -83,15 +83,15 @@ impl SidePort {
         let Some(tls) = self.tls.clone() else {
             return self.http(tcp, None).await;
         };
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(tcp)).await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                tracing::debug!(?peer, error = %e, "HTTP side port: TLS handshake failed");
-                return;
-            }
-            Err(_) => return,
-        };
+        let stream =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.http_acceptor().accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(?peer, error = %e, "HTTP side port: TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
         let certificate = stream
             .get_ref()
             .1

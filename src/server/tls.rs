@@ -141,6 +141,16 @@ impl TlsConfig {
             .clone();
         TlsAcceptor::from(config)
     }
+
+    /// The acceptor for a connection to the HTTP side port, which speaks
+    /// HTTP/1.1 as well as HTTP/2 (a browser or Prometheus may offer
+    /// either): the same certificates, both protocols offered.
+    pub(crate) fn http_acceptor(&self) -> TlsAcceptor {
+        let mut config =
+            ServerConfig::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        TlsAcceptor::from(Arc::new(config))
+    }
 }
 
 impl Reloadable for TlsConfig {

@@ -20,7 +20,18 @@ use crate::common::*;
 async fn server_with(mut settings: Settings) -> (TestServer, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     settings.http_listen = Some(addr);
-    (TestServer::memory_with(settings).await, addr)
+    let t = TestServer::memory_with(settings).await;
+    listening(addr).await;
+    (t, addr)
+}
+
+/// Waits until the side port accepts connections (the server binds it in
+/// its own task).
+async fn listening(addr: SocketAddr) {
+    eventually("the side port listens", || async {
+        TcpStream::connect(addr).await.ok().map(drop)
+    })
+    .await;
 }
 
 /// An answer: status, content type, body.
@@ -435,4 +446,65 @@ impl Events {
     async fn end(mut self) {
         while self.chunk().await.is_some() {}
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_the_side_port_serves_https_with_the_same_certificate() {
+    use crate::common::pki::{Ca, Dir};
+    let ca = Ca::new("side-port-ca");
+    let dir = Dir::new();
+    let files = dir.server_files(&ca.server(), None);
+    // The gRPC port speaks TLS too: no plaintext test client for it.
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let settings = Settings {
+        tls: Some(files),
+        http_listen: Some(addr),
+        ..Settings::default()
+    };
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let registry = Arc::new(discovered::store::MemoryRegistry::new());
+    let _server = discovered::server::RunningServer::start_with(registry, settings, any)
+        .await
+        .unwrap();
+    listening(addr).await;
+
+    // A client that offers HTTP/1.1 only, as curl --http1.1 does.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut tls = within("the TLS handshake", connector.connect(name, tcp))
+        .await
+        .expect("HTTPS");
+    tls.write_all(request("/sd/prometheus", None, true).as_bytes())
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    within("the answer", tls.read_to_string(&mut raw))
+        .await
+        .unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.ends_with("[]"), "{raw}");
+
+    // Plaintext is not served.
+    let plain = TcpStream::connect(addr).await.unwrap();
+    let mut plain = plain;
+    plain
+        .write_all(request("/metrics", None, true).as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = within("the refusal", plain.read_to_end(&mut raw)).await;
+    assert!(
+        !String::from_utf8_lossy(&raw).contains("discovered_"),
+        "metrics in plaintext"
+    );
 }
