@@ -10,6 +10,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -62,28 +63,29 @@ pub fn metrics() -> &'static Metrics {
     &METRICS
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
+/// Registers `metric` (a valid one: the names and labels are ours) and
+/// hands it back.
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: Result<M, prometheus::Error>,
+) -> M {
+    let metric = metric.expect("valid metric");
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(metric.clone()))
         .expect("registered once");
-    c
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(registry, IntCounter::new(name, help))
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("registered once");
-    c
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("registered once");
-    g
+    register(registry, IntGauge::new(name, help))
 }
 
 impl Metrics {
@@ -100,44 +102,41 @@ impl Metrics {
         let call_buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
-        let grpc_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "discovered_grpc_request_duration_seconds",
-                "How long unary gRPC calls took, from request to the end of the answer, by method",
-            )
-            .buckets(call_buckets),
-            &["method"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(grpc_duration.clone()))
-            .expect("registered once");
+        let grpc_duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "discovered_grpc_request_duration_seconds",
+                    "How long unary gRPC calls took, from request to the end of the answer, by method",
+                )
+                .buckets(call_buckets),
+                &["method"],
+            ),
+        );
         // The sweep runs every few hundred milliseconds: lags from 10 ms
         // to a minute (a store that was down when the node ran out).
-        let expiry_lag = Histogram::with_opts(
-            HistogramOpts::new(
-                "discovered_expiry_lag_seconds",
-                "From a node's deadline to its expiry event",
-            )
-            .buckets(vec![
-                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(expiry_lag.clone()))
-            .expect("registered once");
-        let store_pool = IntGaugeVec::new(
-            Opts::new(
-                "discovered_store_pool_connections",
-                "Connections of the store's pool to Redis, by state (idle, in_use)",
+        let expiry_lag = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "discovered_expiry_lag_seconds",
+                    "From a node's deadline to its expiry event",
+                )
+                .buckets(vec![
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ]),
             ),
-            &["state"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(store_pool.clone()))
-            .expect("registered once");
+        );
+        let store_pool = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "discovered_store_pool_connections",
+                    "Connections of the store's pool to Redis, by state (idle, in_use)",
+                ),
+                &["state"],
+            ),
+        );
         Self {
             grpc_requests: counter_vec(
                 &registry,

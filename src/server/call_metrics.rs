@@ -17,6 +17,7 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 
 use crate::metrics::metrics;
+use crate::proto::code_name;
 
 /// The methods counted under their own name; anything else (an unknown
 /// path, which a client can make up without end) is `other`.
@@ -171,28 +172,5 @@ impl Drop for Metered {
         if let Some(call) = self.call.take() {
             call.finish(Code::Cancelled);
         }
-    }
-}
-
-/// A code's name as gRPC spells it (`NOT_FOUND`).
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use discovered::auth::{Auth, hash_token};
 use discovered::proto::v1 as pb;
 use discovered::server::Settings;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -298,24 +297,12 @@ async fn the_registry_api_and_its_event_stream_show_every_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_auth_file_the_side_port_wants_an_identity() {
-    let dir = std::env::temp_dir().join(format!("discovered-side-auth-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("auth.toml");
-    let entry = |name: &str, token: &str, extra: &str| {
-        format!(
-            "[[token]]\nname = \"{name}\"\nsha256 = \"{}\"\nrole = \"read\"\n{extra}\n",
-            hash_token(token)
-        )
-    };
-    std::fs::write(
-        &path,
-        entry("all", "read-all", "") + &entry("shop", "read-shop", "groups = [\"shop\"]"),
-    )
-    .unwrap();
-    let auth = Auth::load(&path).expect("auth file");
-    let _ = std::fs::remove_dir_all(&dir);
+    let auth = read_tokens(&[
+        ("all", "read-all", ""),
+        ("shop", "read-shop", "groups = [\"shop\"]"),
+    ]);
     let (t, addr) = server_with(Settings {
-        auth: Some(Arc::clone(&auth)),
+        auth: Some(auth),
         ..Settings::default()
     })
     .await;

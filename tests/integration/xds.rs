@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use discovered::auth::{Auth, hash_token};
 use discovered::proto::v1 as pb;
 use discovered::server::Settings;
 use discovered::server::xds::resources::Kind;
@@ -637,22 +636,12 @@ async fn a_new_stream_is_answered_whatever_version_it_claims() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_auth_file_xds_clients_need_read_access_to_each_service() {
-    let dir = std::env::temp_dir().join(format!("discovered-xds-auth-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("auth.toml");
-    let entry = |name: &str, token: &str, extra: &str| {
-        format!(
-            "[[token]]\nname = \"{name}\"\nsha256 = \"{}\"\nrole = \"read\"\n{extra}\n",
-            hash_token(token)
-        )
-    };
-    let file =
-        entry("reader", "read-all", "") + &entry("shop-only", "read-shop", "groups = [\"shop\"]");
-    std::fs::write(&path, file).unwrap();
-    let auth = Auth::load(&path).expect("auth file");
-    let _ = std::fs::remove_dir_all(&dir);
+    let auth = read_tokens(&[
+        ("reader", "read-all", ""),
+        ("shop-only", "read-shop", "groups = [\"shop\"]"),
+    ]);
     let t = TestServer::memory_with(Settings {
-        auth: Some(Arc::<Auth>::clone(&auth)),
+        auth: Some(auth),
         ..Settings::default()
     })
     .await;

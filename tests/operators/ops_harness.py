@@ -32,7 +32,6 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
 LOG_DIR = os.path.join(REPO, "target", "test-logs")
-DEFAULT_BIN = os.path.join(REPO, "target", "debug", "discovered")
 
 # The Python client example (grpcio); it generates its protobuf modules on
 # first import.
@@ -40,26 +39,11 @@ sys.path.insert(0, os.path.join(REPO, "examples", "python"))
 import grpc  # noqa: E402
 
 import discovery_client as dc  # noqa: E402
+# One definition of the binary's place, a free port and a start failure
+# for every Python suite.
+from live_server import StartError, free_port, server_binary  # noqa: E402,F401
 
 pb = dc.pb
-
-
-class StartError(RuntimeError):
-    """A program the tests need is missing or did not start."""
-
-
-# ---------------------------------------------------------------- processes
-
-
-def server_binary() -> str:
-    """The server binary: $DISCOVERED_BIN, else the repository's debug build."""
-    binary = os.environ.get("DISCOVERED_BIN", DEFAULT_BIN)
-    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
-        raise StartError(
-            f"discovered binary not found at {binary}: run `cargo build` in the repository root "
-            "or set DISCOVERED_BIN to the server binary"
-        )
-    return binary
 
 
 def require_command(name: str, package: str) -> str:
@@ -68,13 +52,6 @@ def require_command(name: str, package: str) -> str:
     if path is None:
         raise StartError(f"{name} not found on PATH: install it (apt-get install -y {package})")
     return path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(path: str, chars: int = 4000) -> str:

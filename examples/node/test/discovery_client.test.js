@@ -16,7 +16,6 @@ const { spawn } = require('node:child_process');
 const { once } = require('node:events');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
@@ -24,6 +23,7 @@ const protoLoader = require('@grpc/proto-loader');
 
 const dc = require('../discovery_client');
 const { makeSecure } = require('./secure_setup');
+const { freePort, acceptsConnections } = require('./ports');
 
 const EXAMPLE_DIR = path.resolve(__dirname, '..');
 const DEFAULT_BIN = path.resolve(EXAMPLE_DIR, '..', '..', 'target', 'debug', 'discovered');
@@ -121,31 +121,6 @@ function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** A port that was free a moment ago: listen on port 0, note it, close. */
-async function freePort() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address();
-  server.close();
-  await once(server, 'close');
-  return port;
-}
-
-/** Whether something accepts TCP connections on 127.0.0.1:port. */
-function accepts(port) {
-  return new Promise((resolve) => {
-    const socket = net.connect({ host: '127.0.0.1', port });
-    const done = (ok) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(500, () => done(false));
-    socket.once('connect', () => done(true));
-    socket.once('error', () => done(false));
-  });
-}
-
 /** Waits until proc listens on port; throws with its log if it exits or times out. */
 async function waitListening(proc, port, name, logPath) {
   const deadline = Date.now() + LISTEN_TIMEOUT_MS;
@@ -159,7 +134,7 @@ async function waitListening(proc, port, name, logPath) {
           `127.0.0.1:${port}; its log:\n${readLog(logPath)}`,
       );
     }
-    if (await accepts(port)) return;
+    if (await acceptsConnections(port)) return;
     await sleep(50);
   }
   throw new Error(`${name} did not listen on 127.0.0.1:${port} within ${LISTEN_TIMEOUT_MS / 1000} s; its log:\n${readLog(logPath)}`);

@@ -24,13 +24,13 @@
 const { spawn } = require('node:child_process');
 const { once } = require('node:events');
 const fs = require('node:fs');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const grpcXds = require('@grpc/grpc-js-xds');
 
 const dc = require('../discovery_client');
+const { freePort, acceptsConnections } = require('./ports');
 
 // Installs the xds: resolver and the xDS load-balancing policies in
 // @grpc/grpc-js (once: this module is loaded once per process).
@@ -203,31 +203,6 @@ class ManagedProcess {
     }
     return { ...result, killed, ms: Date.now() - started };
   }
-}
-
-/** A port that was free a moment ago (listen on port 0, note it, close). */
-async function freePort() {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address();
-  server.close();
-  await once(server, 'close');
-  return port;
-}
-
-/** Whether something accepts TCP connections on 127.0.0.1:port. */
-function acceptsConnections(port) {
-  return new Promise((resolve) => {
-    const socket = net.connect({ host: '127.0.0.1', port });
-    const done = (ok) => {
-      socket.destroy();
-      resolve(ok);
-    };
-    socket.setTimeout(1000, () => done(false));
-    socket.once('connect', () => done(true));
-    socket.once('error', () => done(false));
-  });
 }
 
 /** Waits until proc listens on 127.0.0.1:port; throws with its log if it dies or takes too long. */

@@ -42,6 +42,7 @@ use super::connect::ConnectArgs;
 use super::output::{Output, Printed};
 use super::runtime::{self, Threads};
 use crate::client::{Client, ClientError};
+use crate::proto::code_name;
 
 /// Where to connect and how to print.
 #[derive(Debug, Args)]
@@ -170,29 +171,6 @@ async fn follow(args: watch::WatchArgs) -> Result<(), ClientError> {
             Some(printed) => printed?.print(output),
             None => return Ok(()),
         }
-    }
-}
-
-/// The proto name of a gRPC status code, e.g. `NOT_FOUND`.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

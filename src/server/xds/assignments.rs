@@ -58,6 +58,11 @@ pub struct Assignments {
     registry: Arc<dyn Registry>,
     slots: Mutex<Slots>,
     changed: broadcast::Sender<Changed>,
+    /// Stops the follower.
+    stop: CancellationToken,
+    /// Whether the follower runs: it starts with the first stream, so a
+    /// server no xDS client uses keeps no task and no feed receiver.
+    following: std::sync::Once,
 }
 
 #[derive(Default)]
@@ -68,21 +73,28 @@ struct Slots {
 }
 
 impl Assignments {
-    /// Starts following `registry`'s changes until `stop` is cancelled.
-    pub fn start(registry: Arc<dyn Registry>, stop: CancellationToken) -> Arc<Self> {
+    /// Assignments of `registry`'s services; `registry`'s changes are
+    /// followed from the first [`Assignments::subscribe`] until `stop` is
+    /// cancelled.
+    pub fn new(registry: Arc<dyn Registry>, stop: CancellationToken) -> Arc<Self> {
         let (changed, _) = broadcast::channel(CHANGED_CAPACITY);
-        let this = Arc::new(Self {
-            registry: registry.clone(),
+        Arc::new(Self {
+            registry,
             slots: Mutex::new(Slots::default()),
             changed,
-        });
-        let feed = registry.subscribe();
-        tokio::spawn(this.clone().follow(feed, stop));
-        this
+            stop,
+            following: std::sync::Once::new(),
+        })
     }
 
     /// Changes from now on, each told after its assignment was dropped.
-    pub fn subscribe(&self) -> broadcast::Receiver<Changed> {
+    pub fn subscribe(self: &Arc<Self>) -> broadcast::Receiver<Changed> {
+        self.following.call_once(|| {
+            // Subscribed here, before the caller reads anything: no change
+            // falls between.
+            let feed = self.registry.subscribe();
+            tokio::spawn(self.clone().follow(feed, self.stop.clone()));
+        });
         self.changed.subscribe()
     }
 

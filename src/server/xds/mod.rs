@@ -90,7 +90,7 @@ impl XdsService {
         slots: WatchSlots,
     ) -> Self {
         let shared = Shared {
-            assignments: assignments::Assignments::start(registry, stopping.clone()),
+            assignments: assignments::Assignments::new(registry, stopping.clone()),
             default_group,
             auth,
             stopping,

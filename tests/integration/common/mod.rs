@@ -671,6 +671,31 @@ pub async fn command_calls(
         .collect()
 }
 
+/// An auth file of `read` tokens, each `(name, token, extra lines)` (a
+/// scope such as `groups = ["shop"]`), loaded; the file itself is gone.
+pub fn read_tokens(entries: &[(&str, &str, &str)]) -> Arc<discovered::auth::Auth> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("discovered-read-tokens-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("auth.toml");
+    let file: String = entries
+        .iter()
+        .map(|(name, token, extra)| {
+            format!(
+                "[[token]]\nname = \"{name}\"\nsha256 = \"{}\"\nrole = \"read\"\n{extra}\n",
+                discovered::auth::hash_token(token)
+            )
+        })
+        .collect();
+    std::fs::write(&path, file).expect("write auth file");
+    let auth = discovered::auth::Auth::load(&path).expect("valid auth file");
+    let _ = std::fs::remove_dir_all(&dir);
+    auth
+}
+
 /// Wall-clock milliseconds since the epoch, as the server counts them.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
