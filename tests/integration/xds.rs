@@ -768,3 +768,29 @@ async fn many_clients_of_one_service_cost_one_read_per_change() {
         "20 clients of one service: {with_clients} reads of nodes for one change (a registration alone: {alone})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_the_store_cannot_read_is_sent_once_it_can() {
+    let mut t = TestServer::start(Backend::Redis).await;
+    register(&mut t, node("payments", "a", 7001)).await;
+    let mut ads = Ads::open(t.channel.clone()).await;
+    ads.fetch(Kind::Listener, &["payments"]).await;
+    t.redis().kill();
+    // Redis is down: the assignment cannot be read. The first request is
+    // answered all the same, without it (a no-op to the client): an empty
+    // assignment would tell the client the service has no nodes.
+    ads.subscribe(Kind::Endpoints, &["default/payments"]).await;
+    let first = ads.recv_kind(Kind::Endpoints).await;
+    assert!(first.resources.is_empty(), "{first:?}");
+    ads.silent("an assignment the store cannot read").await;
+    t.redis().restart();
+    // The test's Redis keeps nothing across a restart: the service is
+    // empty now, and that is what the client learns once Redis answers.
+    let r = ads.recv_kind(Kind::Endpoints).await;
+    let cla = assignment(&r);
+    assert_eq!(
+        cla.cluster_name, "default/payments",
+        "sent once Redis answers"
+    );
+    assert!(cla.endpoints.is_empty(), "{cla:?}");
+}

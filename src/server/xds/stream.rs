@@ -171,7 +171,9 @@ impl AdsStream {
             if step.is_err() {
                 break None;
             }
-            if !retrying && !self.retry.is_empty() {
+            // Names to try again: a new wait, unless one is under way (a
+            // retry that failed again starts another).
+            if !self.retry.is_empty() && (!retrying || retry.is_elapsed()) {
                 retry.as_mut().reset(tokio::time::Instant::now() + RETRY);
             }
         };
