@@ -363,3 +363,18 @@ fn refused(path: &str, status: StatusCode, why: String) -> Response<Body> {
         text(status, &why)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        let q = query("group=shop&service=pay%2Dments+x&empty&bad=%zz%4");
+        assert_eq!(q["group"], "shop");
+        assert_eq!(q["service"], "pay-ments x");
+        assert_eq!(q["empty"], "");
+        assert_eq!(q["bad"], "%zz%4", "a malformed escape stays as it is");
+        assert!(query("").is_empty());
+    }
+}

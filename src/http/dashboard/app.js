@@ -537,7 +537,9 @@
     const expires = entry.node.expires_at_ms;
     const cell = entry.ttlCell;
     if (typeof expires !== 'number') return; // stays '-': the node never expires
-    const left = Math.max(0, Math.ceil((expires - now) / 1000));
+    // Rounded, as Redis's TTL is: the server clock is only estimated (to
+    // half a round trip), and rounding up made a fresh 120 s node read 121.
+    const left = Math.max(0, Math.round((expires - now) / 1000));
     cell.textContent = String(left);
     cell.title = `expires ${formatTime(expires)}`;
     cell.classList.toggle('ttl-low', left <= 5);
