@@ -9,7 +9,8 @@
 //! kept one, or joins the read already under way, or starts one. A read
 //! keeps its result only if nothing dropped the service meanwhile and the
 //! feed was up throughout ([`Registry::feed`]): while it is down every ask
-//! reads the store.
+//! reads the store. Only services with nodes are kept, so the slots are
+//! bounded by what is registered, not by the names clients ask for.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,6 +35,10 @@ pub struct Assignment {
     pub any: envoy_types::pb::google::protobuf::Any,
     /// Its content's hash: equal hashes, nothing to send.
     pub hash: u64,
+    /// Whether the service had no live nodes: such an assignment is not
+    /// kept (any name a client makes up has one, and nothing would ever
+    /// drop it), only shared while it is read.
+    pub empty: bool,
 }
 
 /// What a stream is told.
@@ -172,7 +177,9 @@ impl Assignments {
             && *g == generation
         {
             match &result {
-                Ok(a) if feed_before.is_some() && self.registry.feed() == feed_before => {
+                Ok(a)
+                    if !a.empty && feed_before.is_some() && self.registry.feed() == feed_before =>
+                {
                     slots.by_service.insert(key.clone(), Slot::Kept(a.clone()));
                 }
                 _ => {
@@ -191,7 +198,11 @@ impl Assignments {
             let nodes = registry.get_nodes(&key).await.map_err(|e| e.to_string())?;
             let any = resources::load_assignment(&key, &nodes);
             let hash = resources::hash_of(&any);
-            Ok(Arc::new(Assignment { any, hash }))
+            Ok(Arc::new(Assignment {
+                any,
+                hash,
+                empty: nodes.is_empty(),
+            }))
         }
         .boxed()
         .shared()

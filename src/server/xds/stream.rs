@@ -222,6 +222,11 @@ impl AdsStream {
             );
         }
         let names: BTreeSet<String> = request.resource_names.into_iter().collect();
+        if !first && names == sub.names {
+            // An ACK, a NACK, or the same subscription again: nothing the
+            // client asks for is new, and changes come as pushes.
+            return Ok(());
+        }
         if !kind.is_whole_set() {
             // Forgotten, so that subscribing again sends it again. (LDS
             // and CDS compare their whole set with what was sent: a name
