@@ -29,7 +29,7 @@ use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
@@ -41,8 +41,17 @@ use crate::server::{PeerCertificate, TlsConfig};
 use crate::store::Registry;
 use registry::Selection;
 
-/// How long a client has for the TLS handshake.
+/// How long a client has for the TLS handshake, and for a request's head.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once; more are closed as they come. Operators'
+/// tools need a handful: the bound keeps a client from taking the file
+/// descriptors the gRPC port shares.
+const MAX_CONNECTIONS: usize = 1024;
+/// Streams (event streams, mostly) on one HTTP/2 connection at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// How often an idle HTTP/2 connection is pinged, and how long the answer
+/// may take, before it is closed.
+const KEEPALIVE: Duration = Duration::from_secs(30);
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -62,6 +71,7 @@ pub struct SidePort {
 impl SidePort {
     /// Serves `listener` until `stopping` is cancelled.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let room = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
             let (tcp, peer) = tokio::select! {
                 () = self.stopping.cancelled() => return,
@@ -74,7 +84,19 @@ impl SidePort {
                     }
                 },
             };
-            tokio::spawn(self.clone().connection(tcp, peer));
+            let Ok(permit) = room.clone().try_acquire_owned() else {
+                tracing::debug!(
+                    ?peer,
+                    max = MAX_CONNECTIONS,
+                    "HTTP side port: too many connections; closing a new one"
+                );
+                continue;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.connection(tcp, peer).await;
+                drop(permit);
+            });
         }
     }
 
@@ -113,7 +135,17 @@ impl SidePort {
             let (this, certificate) = (this.clone(), certificate.clone());
             async move { Ok::<_, Infallible>(this.answer(request, certificate.as_ref().as_ref()).await) }
         });
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HANDSHAKE_TIMEOUT);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE);
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         tokio::select! {

@@ -169,13 +169,17 @@ impl ReadCache {
     /// registry's [`Registry::feed`] now).
     pub fn get(&self, key: &ServiceKey, answer: Answer, feed: Option<u64>) -> Option<Bytes> {
         let found = self.lookup(key, answer, feed);
-        let m = crate::metrics::metrics();
-        let counter = if found.is_some() {
-            &m.cache_hits
-        } else {
-            &m.cache_misses
-        };
-        counter.with_label_values(&[answer.label()]).inc();
+        // A cache turned off, or bypassed while the feed is down, is not
+        // missed.
+        if feed.is_some() && self.budget.load(Ordering::Relaxed) > 0 {
+            let m = crate::metrics::metrics();
+            let counter = if found.is_some() {
+                &m.cache_hits
+            } else {
+                &m.cache_misses
+            };
+            counter.with_label_values(&[answer.label()]).inc();
+        }
         found
     }
 

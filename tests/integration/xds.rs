@@ -794,3 +794,47 @@ async fn an_assignment_the_store_cannot_read_is_sent_once_it_can() {
     );
     assert!(cla.endpoints.is_empty(), "{cla:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_reload_ends_a_stream_only_when_it_takes_away_what_was_sent() {
+    let dir = TempDir::new("xds-reload");
+    let path = dir.0.join("auth.toml");
+    let shop_only = [("reader", "read-token", "groups = [\"shop\"]")];
+    write_read_tokens(&path, &shop_only);
+    let auth = discovered::auth::Auth::load(&path).expect("auth file");
+    let t = TestServer::memory_with(Settings {
+        auth: Some(auth.clone()),
+        ..Settings::default()
+    })
+    .await;
+    let mut ads = Ads::try_open(t.channel.clone(), Some("read-token"))
+        .await
+        .expect("open");
+    let names = ["payments", "shop/payments"];
+    ads.subscribe(Kind::Listener, &names).await;
+    let lds = ads.recv_kind(Kind::Listener).await;
+    assert_eq!(lds.resources.len(), 1, "shop/payments only");
+    ads.ack(&lds, &names).await;
+
+    // A reload that changes nothing: `payments` was never sent, so the
+    // stream goes on (told of the refusal again).
+    auth.reload_now().expect("reload");
+    let again = ads.recv_kind(Kind::Listener).await;
+    assert_eq!(again.resources.len(), 1);
+    assert_eq!(again.resource_errors.len(), 1, "{again:?}");
+    ads.ack(&again, &names).await;
+
+    // Access to every group: the refused listener comes now.
+    write_read_tokens(&path, &[("reader", "read-token", "")]);
+    auth.reload_now().expect("reload");
+    let both = ads.recv_kind(Kind::Listener).await;
+    assert_eq!(both.resources.len(), 2, "{both:?}");
+    ads.ack(&both, &names).await;
+
+    // Access to another group only: what was sent is taken away.
+    write_read_tokens(&path, &[("reader", "read-token", "groups = [\"other\"]")]);
+    auth.reload_now().expect("reload");
+    let end = within("the stream's end", ads.rx.message()).await;
+    let status = end.expect_err("ended with a status");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}

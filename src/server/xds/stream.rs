@@ -49,6 +49,11 @@ use crate::server::WatchSlot;
 /// (Redis down: its RESYNC on return usually comes first).
 const RETRY: Duration = Duration::from_secs(1);
 
+/// How much of a NACK's message, and how many of the rejected response's
+/// resource names, the log shows: the client writes the message.
+const NACK_LOGGED_CHARS: usize = 500;
+const NACK_LOGGED_NAMES: usize = 20;
+
 /// A response on its way to the client, or the status ending the stream.
 pub type Outgoing = Result<DiscoveryResponse, Status>;
 
@@ -69,6 +74,8 @@ struct Subscription {
     /// What the last response held, by name and hash (for the log of a
     /// NACK).
     last: HashMap<String, u64>,
+    /// The nonce of the last response the client rejected.
+    nacked: Option<String>,
 }
 
 /// Why a name gets no resource.
@@ -134,6 +141,7 @@ impl AdsStream {
         tokio::pin!(retry);
         let ended = loop {
             let retrying = !self.retry.is_empty();
+            let mut retried = false;
             let step = tokio::select! {
                 () = stopping.cancelled() => {
                     break Some(Status::unavailable("the server is shutting down; reconnect to another"));
@@ -141,30 +149,35 @@ impl AdsStream {
                 () = self.out.closed() => break None,
                 request = requests.message() => match request {
                     Ok(Some(request)) => self.on_request(request).await,
-                    // The client closed its side, or went away.
-                    Ok(None) | Err(_) => break None,
+                    // The client closed its side.
+                    Ok(None) => break None,
+                    // A request that could not be read (too large, say):
+                    // the client learns why, instead of a bare end.
+                    Err(status) => break Some(status),
                 },
                 event = changes.recv() => {
                     let mut dirty = BTreeSet::new();
                     self.on_change(event, &mut dirty);
                     // Take what else is waiting: one push for a burst.
                     loop {
-                        match changes.try_recv() {
-                            Err(broadcast::error::TryRecvError::Empty) => break,
-                            event => self.on_change(event.map_err(|e| match e {
-                                broadcast::error::TryRecvError::Lagged(n) => broadcast::error::RecvError::Lagged(n),
-                                _ => broadcast::error::RecvError::Closed,
-                            }), &mut dirty),
-                        }
+                        let event = match changes.try_recv() {
+                            Ok(event) => Ok(event),
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                Err(broadcast::error::RecvError::Lagged(n))
+                            }
+                            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => break,
+                        };
+                        self.on_change(event, &mut dirty);
                     }
                     self.push_endpoints(dirty).await
                 }
                 () = &mut retry, if retrying => {
+                    retried = true;
                     let names = std::mem::take(&mut self.retry);
                     self.push_endpoints(names).await
                 }
                 Some(()) = reloaded(&mut reloads) => match self.recheck_access() {
-                    Ok(()) => Ok(()),
+                    Ok(()) => self.after_reload().await,
                     Err(status) => break Some(status),
                 },
             };
@@ -173,12 +186,12 @@ impl AdsStream {
             }
             // Names to try again: a new wait, unless one is under way (a
             // retry that failed again starts another).
-            if !self.retry.is_empty() && (!retrying || retry.is_elapsed()) {
+            if !self.retry.is_empty() && (!retrying || retried) {
                 retry.as_mut().reset(tokio::time::Instant::now() + RETRY);
             }
         };
         if let Some(status) = ended {
-            tracing::debug!(node = %self.node_id(), status = %status.message(), "ADS stream ends");
+            tracing::debug!(node = ?self.node_id(), status = %status.message(), "ADS stream ends");
             let _ = self.out.send(Err(status)).await;
         }
     }
@@ -192,10 +205,10 @@ impl AdsStream {
             // Only the first request is sure to carry it.
             self.node = request.node.clone();
             let caller = self.caller.as_ref().map_or("", |c| c.name.as_str());
-            tracing::debug!(node = %self.node_id(), %caller, "ADS stream opened");
+            tracing::debug!(node = ?self.node_id(), %caller, "ADS stream opened");
         }
         let Some(kind) = Kind::from_type_url(&request.type_url) else {
-            tracing::debug!(node = %self.node_id(), type_url = %request.type_url, "ADS request for a type we do not serve: ignored");
+            tracing::debug!(node = ?self.node_id(), type_url = ?request.type_url, "ADS request for a type we do not serve: ignored");
             return Ok(());
         };
         let sub = &mut self.subs[kind.index()];
@@ -203,21 +216,27 @@ impl AdsStream {
         if !request.response_nonce.is_empty() && !answers_last && sub.nonce.is_some() {
             // About an older response; a newer one is on its way to the
             // client, whose answer to it will say everything again.
-            tracing::debug!(node = %self.node_id(), kind = kind.short(), nonce = %request.response_nonce, "stale nonce: ignored");
+            tracing::debug!(node = ?self.node_id(), kind = kind.short(), nonce = ?request.response_nonce, "stale nonce: ignored");
             return Ok(());
         }
         let first = sub.nonce.is_none();
-        if let (true, Some(error)) = (answers_last, &request.error_detail) {
+        if let (true, Some(error)) = (answers_last, &request.error_detail)
+            && sub.nacked.as_ref() != sub.nonce.as_ref()
+        {
+            // Once per response: a client repeating its NACK is not logged
+            // or counted again. What was sent stays recorded as sent: the
+            // same content is never sent again (a client that rejects it
+            // would reject it again, in a loop), only something new.
+            sub.nacked = sub.nonce.clone();
             metrics().xds_nacks.with_label_values(&[kind.short()]).inc();
-            // What was sent stays recorded as sent: the same content is
-            // never sent again (a client that rejects it would reject it
-            // again, in a loop), only something new.
+            let message: String = error.message.chars().take(NACK_LOGGED_CHARS).collect();
+            let resources: Vec<&String> = sub.last.keys().take(NACK_LOGGED_NAMES).collect();
             tracing::warn!(
-                node = %self.node.as_ref().map_or("", |n| n.id.as_str()),
+                node = ?self.node.as_ref().map_or("", |n| n.id.as_str()),
                 kind = kind.short(),
-                version = %request.version_info,
-                resources = ?sub.last.keys().collect::<BTreeSet<_>>(),
-                error = %error.message,
+                version = ?request.version_info,
+                ?resources,
+                error = ?message,
                 "an xDS client rejected our configuration (NACK); it keeps its previous one, and this one is not sent again"
             );
         }
@@ -284,7 +303,7 @@ impl AdsStream {
                 Ok((any, hash)) => built.push((name, any, hash)),
                 Err(Refusal::Told(code, message)) => {
                     if self.subs[kind.index()].refused.insert(name.clone()) {
-                        tracing::debug!(node = %self.node_id(), kind = kind.short(), %name, %message, "xDS resource refused");
+                        tracing::debug!(node = ?self.node_id(), kind = kind.short(), name = ?name, %message, "xDS resource refused");
                         errors.push(resource_error(name, code, message));
                     }
                 }
@@ -370,7 +389,8 @@ impl AdsStream {
 
     /// After a reload of the auth file: the caller's identity as it is
     /// now, or the status ending the stream when it lost its entry or the
-    /// right to read a service it subscribed to (as watches end).
+    /// right to read a service it was being sent (as watches end). Names
+    /// refused from the start are no loss.
     fn recheck_access(&mut self) -> Result<(), Status> {
         let (Some(auth), Some(caller)) = (&self.shared.auth, &self.caller) else {
             return Ok(());
@@ -383,11 +403,27 @@ impl AdsStream {
         };
         self.caller = Some(now);
         for kind in Kind::ALL {
-            for name in &self.subs[kind.index()].names {
+            for name in self.subs[kind.index()].sent.keys() {
                 if let Err(Refusal::Told(Code::PermissionDenied, why)) = self.resolve(kind, name) {
                     return Err(Status::permission_denied(why));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// After a reload that left the stream open: names refused before may
+    /// be allowed now, so each type's subscription is answered again (what
+    /// the client already holds is not resent).
+    async fn after_reload(&mut self) -> Result<(), Gone> {
+        for kind in Kind::ALL {
+            let sub = &mut self.subs[kind.index()];
+            if sub.nonce.is_none() || sub.refused.is_empty() {
+                continue;
+            }
+            sub.refused.clear();
+            let names: Vec<String> = sub.names.iter().cloned().collect();
+            self.respond(kind, names, false).await?;
         }
         Ok(())
     }

@@ -671,16 +671,10 @@ pub async fn command_calls(
         .collect()
 }
 
-/// An auth file of `read` tokens, each `(name, token, extra lines)` (a
-/// scope such as `groups = ["shop"]`), loaded; the file itself is gone.
-pub fn read_tokens(entries: &[(&str, &str, &str)]) -> Arc<discovered::auth::Auth> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let dir =
-        std::env::temp_dir().join(format!("discovered-read-tokens-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("auth.toml");
+/// Writes an auth file of `read` tokens at `path`, each `(name, token,
+/// extra lines)` (a scope such as `groups = ["shop"]`), by rename, as
+/// operators are told to.
+pub fn write_read_tokens(path: &std::path::Path, entries: &[(&str, &str, &str)]) {
     let file: String = entries
         .iter()
         .map(|(name, token, extra)| {
@@ -690,10 +684,41 @@ pub fn read_tokens(entries: &[(&str, &str, &str)]) -> Arc<discovered::auth::Auth
             )
         })
         .collect();
-    std::fs::write(&path, file).expect("write auth file");
-    let auth = discovered::auth::Auth::load(&path).expect("valid auth file");
-    let _ = std::fs::remove_dir_all(&dir);
-    auth
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, file).expect("write auth file");
+    std::fs::rename(&tmp, path).expect("rename auth file");
+}
+
+/// An auth file of `read` tokens (see [`write_read_tokens`]), loaded; the
+/// file itself is gone.
+pub fn read_tokens(entries: &[(&str, &str, &str)]) -> Arc<discovered::auth::Auth> {
+    let dir = TempDir::new("read-tokens");
+    let path = dir.0.join("auth.toml");
+    write_read_tokens(&path, entries);
+    discovered::auth::Auth::load(&path).expect("valid auth file")
+}
+
+/// A directory of its own under the system's temporary one, removed on
+/// drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A new directory whose name says `what`.
+    pub fn new(what: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("discovered-{what}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Wall-clock milliseconds since the epoch, as the server counts them.
