@@ -421,7 +421,7 @@ def test_mutual_tls_identity_reaches_the_backends(workdir, servers, creds, backe
     result = run_probe(workdir, config, calls=20, max_failures=1, within=START_TIMEOUT)
     assert_reaches(result, backends["default"], calls=20)
     assert_logged(servers.mtls, mark, "client certificate verified", READER)
-    assert_logged(servers.mtls, mark, "ADS stream opened", "node=xds-secure-mtls-reader")
+    assert_logged(servers.mtls, mark, "ADS stream opened", 'node="xds-secure-mtls-reader"')
 
 
 def test_jwt_call_creds_reach_the_backends(workdir, servers, creds, backends):
@@ -434,7 +434,7 @@ def test_jwt_call_creds_reach_the_backends(workdir, servers, creds, backends):
                               call_creds=jwt_call_creds(creds.jwt_files["reader"]))
     result = run_probe(workdir, config, {CALL_CREDS_ENV: "true"}, calls=20, max_failures=1, within=START_TIMEOUT)
     assert_reaches(result, backends["default"], calls=20)
-    assert_logged(servers.tls, mark, "ADS stream opened", "node=xds-secure-jwt-reader")
+    assert_logged(servers.tls, mark, "ADS stream opened", 'node="xds-secure-jwt-reader"')
 
 
 # ---------------------------------------------------------------------------
@@ -533,7 +533,7 @@ def test_scoped_identity_fails_promptly_with_data_error_handling(workdir, server
                            'may not WatchService: scope does not include group "default"')
     assert first["ended"] < DOES_NOT_EXIST_TIMER, (
         f"the refusal took {first['ended']:.3f} s, as long as the does-not-exist timer: {result.describe()}")
-    assert_logged(server, mark, "xDS resource refused", f"node={node_id}", 'kind="LDS"', f"name={SERVICE}")
+    assert_logged(server, mark, "xDS resource refused", f'node="{node_id}"', 'kind="LDS"', f'name="{SERVICE}"')
     print(f"{identity}, data error handling on: {first['code']} after {first['ended']:.3f} s: {first['details']}")
 
 
@@ -551,7 +551,7 @@ def test_scoped_identity_without_data_error_handling_waits_for_the_timer(workdir
     result = run_probe(workdir, config, env, calls=1, max_failures=3, within=REFUSED_WITHIN)
     first = assert_refused(result, backends, since, f"LDS resource {SERVICE}: does not exist")
     assert "may not WatchService" not in first["details"], result.describe()
-    assert_logged(server, mark, "xDS resource refused", f"node={node_id}", 'kind="LDS"', f"name={SERVICE}")
+    assert_logged(server, mark, "xDS resource refused", f'node="{node_id}"', 'kind="LDS"', f'name="{SERVICE}"')
     print(f"mtls, data error handling off: {first['code']} after {first['ended']:.3f} s: {first['details']}")
 
 
