@@ -1,6 +1,7 @@
 //! What is registered, read for the side port: every service a caller may
 //! read, with its live nodes, optionally of one group or one service.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::auth::{Action, Caller};
@@ -28,7 +29,10 @@ pub fn may_read(caller: Option<&Caller>, key: &ServiceKey) -> bool {
 }
 
 /// Every service `selection` names that `caller` may read, in group then
-/// service order, each with its live nodes.
+/// service order, each with its live nodes. The nodes come from one
+/// snapshot per group (the store reads its services side by side), the
+/// names from the group's listing, so a listed service without nodes is
+/// there too.
 pub async fn read(
     registry: &Arc<dyn Registry>,
     selection: &Selection,
@@ -44,16 +48,31 @@ pub async fn read(
             Some(s) => vec![s.clone()],
             None => all(|page| registry.list_services(&group, page)).await?,
         };
-        for service in services {
-            let key = ServiceKey::new(group.clone(), service);
-            if !may_read(caller, &key) {
-                continue;
-            }
-            let nodes = registry.get_nodes(&key).await?;
+        let readable: Vec<ServiceKey> = services
+            .into_iter()
+            .map(|service| ServiceKey::new(group.clone(), service))
+            .filter(|key| may_read(caller, key))
+            .collect();
+        if readable.is_empty() {
+            continue;
+        }
+        let snapshot = registry
+            .snapshot(&group, selection.service.as_deref())
+            .await?;
+        let mut by_service: HashMap<String, Vec<NodeRecord>> = HashMap::new();
+        for node in snapshot.nodes {
+            by_service
+                .entry(node.key.service.clone())
+                .or_default()
+                .push(node);
+        }
+        for key in readable {
+            let mut nodes = by_service.remove(&key.service).unwrap_or_default();
             // A named service that does not exist is simply empty.
             if selection.service.is_some() && nodes.is_empty() {
                 continue;
             }
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
             out.push((key, nodes));
         }
     }
